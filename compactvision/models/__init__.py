@@ -1,0 +1,1 @@
+"""Models: the VOneBlock front end, the teacher, and the compact student."""
