@@ -1,0 +1,83 @@
+"""Uploaded files: good ones decode to model-ready arrays, bad ones give DataError naming the upload."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compactvision.errors import DataError
+from compactvision.uploads import read_image_upload
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _gradient(w: int, h: int) -> np.ndarray:
+    x = np.linspace(0, 255, w, dtype=np.float64)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.float64)[:, None].repeat(w, 1)
+    return np.stack([x, y, 255 - x], axis=-1).astype(np.uint8)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR declares a huge canvas: the classic decompression bomb."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_image_is_cropped_and_resized_to_model_size(fmt):
+    rgb = _gradient(300, 200)
+    out = read_image_upload(_encode(Image.fromarray(rgb), fmt), f"photo.{fmt.lower()}", size=112)
+    assert out.shape == (112, 112, 3) and out.dtype == np.uint8
+    # Centre crop of a horizontal ramp: the left edge starts at about a sixth of the way along.
+    assert 20 < int(out[56, 0, 0]) < 70 and 185 < int(out[56, -1, 0]) < 235
+
+
+def test_grey_alpha_and_16_bit_become_rgb():
+    grey = read_image_upload(_encode(Image.fromarray(np.full((40, 40), 200, np.uint8)), "PNG"), "g.png", size=None)
+    assert grey.shape == (40, 40, 3) and (grey == 200).all()
+    rgba = np.zeros((20, 20, 4), np.uint8)  # fully transparent -> neutral grey background
+    out = read_image_upload(_encode(Image.fromarray(rgba, "RGBA"), "PNG"), "a.png", size=None)
+    assert (out == 128).all()
+    deep = Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16))
+    out = read_image_upload(_encode(deep, "PNG"), "deep.png", size=None)
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_format_is_decided_by_content_not_name():
+    with pytest.raises(DataError, match="not a PNG or JPEG") as e:
+        read_image_upload(b"GIF89a" + b"\x00" * 100, "innocent.png")
+    assert "innocent.png" in str(e.value)
+    png = _encode(Image.fromarray(_gradient(30, 30)), "PNG")
+    assert read_image_upload(png, "named-wrong.jpg", size=None).shape == (30, 30, 3)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = _png_header_only(60_000, 60_000)
+    assert len(bomb) < 200
+    with pytest.raises(DataError, match="decompression"):
+        read_image_upload(bomb, "bomb.png")
+    with pytest.raises(DataError, match="limit"):
+        read_image_upload(_encode(Image.fromarray(_gradient(100, 100)), "PNG"), "big.png", max_pixels=5_000)
+
+
+def test_size_limit_empty_and_truncated_files():
+    png = _encode(Image.fromarray(_gradient(64, 64)), "PNG")
+    with pytest.raises(DataError, match="limit"):
+        read_image_upload(png, "x.png", max_bytes=100)
+    with pytest.raises(DataError, match="empty"):
+        read_image_upload(b"", "empty.png")
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        read_image_upload(png[: len(png) // 2], "cut.png")
+    jpeg = _encode(Image.fromarray(_gradient(64, 64)), "JPEG")
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        read_image_upload(jpeg[:40], "cut.jpg")
