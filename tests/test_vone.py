@@ -74,8 +74,8 @@ def test_v1_sampler_matches_reference_histograms() -> None:
 
 def test_uniform_sampler_is_rejected_by_the_same_test() -> None:
     p = sample_v1_params(10_000, seed=0, sampler="uniform")
-    pv = _histogram_p_values(p)
-    assert pv["sf"] < 0.01 and pv["orientation"] >= 1e-6  # orientations are near-uniform in V1 too
+    for name, pv in _histogram_p_values(p).items():
+        assert pv < 0.01, f"{name}: the test has no power against a flat prior (p={pv:.3g})"
 
 
 def test_single_grouped_conv_equals_two_dense_convolutions() -> None:
