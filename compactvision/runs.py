@@ -158,9 +158,6 @@ class Run:
 
 
 # --------------------------------------------------------- progress lines
-PROGRESS_LINE = re.compile(r"^PROGRESS\s+(?P<stage>[A-Za-z0-9_.:-]+)\s+(?P<done>\d+)/(?P<total>\d+)\s*$")
-
-
 @dataclass(frozen=True)
 class ProgressLine:
     stage: str
@@ -169,14 +166,20 @@ class ProgressLine:
 
 
 def parse_progress_line(line: str) -> ProgressLine | None:
-    """``PROGRESS <stage> <done>/<total>`` -> ProgressLine; anything else -> None."""
-    m = PROGRESS_LINE.match(line.strip())
-    if not m:
+    """``PROGRESS <stage> <done>/<total>`` (the format of `progress.line_reporter`) -> ProgressLine.
+
+    Lines that are not progress, or whose counts make no sense (done > total,
+    total 0), give None so a display never shows more than 100%.
+    """
+    from compactvision.progress import parse_line
+
+    parsed = parse_line(line)
+    if parsed is None:
         return None
-    done, total = int(m["done"]), int(m["total"])
+    stage, done, total = parsed
     if total <= 0 or done > total:
         return None
-    return ProgressLine(m["stage"], done, total)
+    return ProgressLine(stage, done, total)
 
 
 @dataclass
