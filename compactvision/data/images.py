@@ -409,7 +409,7 @@ def mixed_images(n: int, size: int = 112, seed: int = 0, mix: Mapping[str, float
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, p / p.sum())
     seeds = rng.integers(2**62, size=len(names))
-    images = np.concatenate([_FAMILIES[k](int(c), size, int(s)) for k, c, s in zip(names, counts, seeds)])
+    images = np.concatenate([_FAMILIES[k](int(c), size, int(s)) for k, c, s in zip(names, counts, seeds) if c > 0])
     family = np.repeat(np.array(names), counts)
     order = rng.permutation(n)
     return images[order], family[order].tolist()
