@@ -46,5 +46,46 @@ def stage(fn: Callable[[argparse._SubParsersAction], None]) -> Callable[[argpars
     return fn
 
 
+@stage
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write one neuron's compact model as a single self-describing file")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--neuron", required=True, help="neuron id, as in students/neuron_<id>.safetensors")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from compactvision.artifacts import export_compact
+
+    out = export_compact(args.run, args.neuron, args.out)
+    print(f"{out} ({out.stat().st_size / 1000:.1f} kB)")
+
+
+@stage
+def add_import_cowley(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-cowley", help="convert the published Cowley et al. compact models into a run")
+    p.add_argument("weights_dir", help="the release's compact_models/ folder (or the release root)")
+    p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--sessions", nargs="+", help="only these sessions (default: every model found)")
+    p.add_argument("--no-evaluate", action="store_true",
+                   help="skip scoring on the session's images even when the release has them")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.set_defaults(func=_import_cowley)
+
+
+def _import_cowley(args: argparse.Namespace) -> None:
+    from compactvision.artifacts import read_manifest
+    from compactvision.cowley import import_cowley
+
+    run = import_cowley(args.weights_dir, args.out, sessions=args.sessions, evaluate=not args.no_evaluate,
+                        progress=True, device=args.device)
+    metrics = read_manifest(run, verify=False)["metrics"]
+    print(f"{run}: {metrics['n_students']} students, median {metrics['median_n_parameters']:.0f} parameters")
+    for session, m in metrics["sessions"].items():
+        print(f"  session {session}: median r {m['median_r_heldout']:.3f} on the held-out half, "
+              f"{m['median_r_first_half']:.3f} on the first half")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
