@@ -130,12 +130,17 @@ def package_versions() -> dict[str, str]:
 
 
 def file_hashes(run_dir: str | Path) -> dict[str, str]:
-    """sha256 of every file under `run_dir` except the manifest and temp files."""
+    """sha256 of every file under `run_dir` except the manifest, temp files and hidden folders.
+
+    Hidden entries (a leading dot, e.g. `.cache/` with the distillation labels
+    and training checkpoints) are regenerable intermediates, not the run.
+    """
     run_dir = Path(run_dir)
     out = {}
     for p in sorted(run_dir.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp") and not p.name.startswith("."):
-            out[p.relative_to(run_dir).as_posix()] = sha256_file(p)
+        rel = p.relative_to(run_dir)
+        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp") and not any(part.startswith(".") for part in rel.parts):
+            out[rel.as_posix()] = sha256_file(p)
     return out
 
 

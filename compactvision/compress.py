@@ -1,0 +1,349 @@
+"""`compress`: distil the teacher into students, then prune one compact model per neuron.
+
+Steps, each resumable:
+1. label the distillation stream with the teacher (`distill.LabelCache`, on disk);
+2. fit the starting student(s): by default one *shared* multi-neuron student
+   whose per-neuron copies start every neuron's compression (strategy
+   "shared"); or a fresh one-output student per neuron (strategy "per_neuron");
+3. for every neuron, as an independent task: fit its copy to its own labels,
+   prune it layer by layer (`prune.prune_neuron`) with fine-tuning after each
+   cut, score it, and write `students/neuron_<id>.*` and
+   `history/prune_<id>.json` atomically. A neuron whose history file exists is
+   done and is never redone, so a killed or repeated job picks up where it was.
+
+Tasks run in local processes by default or as Ray tasks (`backend="ray"`);
+each task is a pure function of (run, neuron, config), so both backends give
+identical students for the same seeds.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, fields, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from compactvision.artifacts import (MANIFEST, atomic_write_json, load_weights, read_json, read_manifest, save_student,
+                                     save_weights, write_manifest)
+from compactvision.distill import LabelCache, StreamConfig, to_tensor
+from compactvision.errors import ArtifactError
+from compactvision.models.student import CompactStudent, StudentArch, select_channels
+from compactvision.progress import Progress, silent
+from compactvision.prune import PruneConfig, prune_neuron
+from compactvision.train import TrainConfig, fit, predict
+
+CACHE_DIR = ".cache"          # large, regenerable intermediates; never hashed, never bundled
+SHARED_STUDENT = "distill/shared_student.safetensors"
+HELDOUT = "data/heldout.npz"  # the test split: images + measured responses (+ twin truth)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Everything that decides the students; stored in the manifest."""
+
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    student_channels: tuple[int, ...] = (100, 100, 100, 100, 100)  # unpruned, as in the reference
+    strategy: str = "shared"        # "shared" multi-neuron student then per-neuron copies, or "per_neuron"
+    shared_epochs: int = 8
+    neuron_epochs: int = 3          # per-neuron fit of the (copied or fresh) student
+    neuron_images: int = 8192       # labels per neuron fit, drawn from the stream
+    finetune_epochs: int = 1        # after each pruned layer
+    finetune_images: int = 4096
+    batch_size: int = 64
+    lr: float = 2e-3
+    probe_images: int = 512         # images on which filter contributions are measured
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    seed: int = 0
+    threads_per_task: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("shared", "per_neuron"):
+            raise ValueError(f"strategy must be 'shared' or 'per_neuron', got {self.strategy!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CompressConfig":
+        d = dict(d)
+        d["stream"] = StreamConfig(**d.get("stream", {}))
+        d["prune"] = PruneConfig(**d.get("prune", {}))
+        if "student_channels" in d:
+            d["student_channels"] = tuple(d["student_channels"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ----------------------------------------------------------------- helpers
+def _train_config(config: CompressConfig, epochs: int, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=1e-4,
+                       patience=max(2, epochs), seed=seed, amp=True)
+
+
+def _task_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, 7919, index]).generate_state(1)[0] % (2**31))
+
+
+def _stream(cache: LabelCache, indices: np.ndarray, batch: int, columns: np.ndarray | None, seed: int):
+    """Epoch -> batches from the on-disk cache; the same epoch gives the same batches (exact resume)."""
+    return lambda epoch: cache.batches(indices, batch, columns=columns, seed=seed * 1000 + epoch)
+
+
+def _val_arrays(cache: LabelCache, val_idx: np.ndarray, columns: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    labels = cache.labels[val_idx] if columns is None else cache.labels[val_idx][:, columns]
+    return np.asarray(cache.images[val_idx]), np.asarray(labels, np.float32)
+
+
+def _r(pred: np.ndarray, target: np.ndarray) -> float:
+    from compactvision.metrics import pearson_r
+
+    return float(np.asarray(pearson_r(np.asarray(pred, np.float64).reshape(1, -1), np.asarray(target, np.float64).reshape(1, -1)))[0])
+
+
+def neuron_ids_of(run_dir: str | Path) -> list[str]:
+    from compactvision.models.teacher import ARCHITECTURE, TEACHER_DIR
+
+    arch = read_json(Path(run_dir) / TEACHER_DIR / ARCHITECTURE)
+    return [i for ids in arch["sessions"].values() for i in ids]
+
+
+def history_path(run_dir: str | Path, neuron_id: str) -> Path:
+    return Path(run_dir) / "history" / f"prune_{neuron_id}.json"
+
+
+def heldout_data(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's held-out images and repeat-averaged responses, from `data/heldout.npz`.
+
+    For the digital twin the file also carries the ground truth, from which the
+    noise-free rates on the same images are recomputed (`truth`), so a model
+    can be scored against what the neuron really computes.
+    """
+    from compactvision.data.formats import load_npz
+
+    path = Path(run_dir) / HELDOUT
+    if not path.exists():
+        return None
+    ds = load_npz(path)
+    sessions = {s.session_id: {"images": s.images, "responses": s.mean_responses(), "neuron_ids": list(s.neuron_ids)}
+                for s in ds.sessions}
+    if ds.ground_truth is not None and len(ds.sessions) == 1:
+        from compactvision.data.twin import twin_from_ground_truth
+
+        s = ds.sessions[0]
+        twin = twin_from_ground_truth(ds.ground_truth, image_size=s.images.shape[1])
+        sessions[s.session_id]["truth"] = twin.rates(s.images)
+    return {"sessions": sessions}
+
+
+# ---------------------------------------------------------- shared student
+class _AllSessions(torch.nn.Module):
+    """The teacher seen as one model with every session's neurons as columns."""
+
+    def __init__(self, teacher: torch.nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher.predict_all_sessions(x)
+
+
+def build_label_cache(run_dir: str | Path, config: CompressConfig, progress: Progress = silent,
+                      device: str | None = None) -> LabelCache:
+    from compactvision.models.teacher import load_teacher
+
+    run_dir = Path(run_dir)
+    teacher = load_teacher(run_dir)
+    own = _training_images(run_dir)
+    return LabelCache.build(run_dir / CACHE_DIR / "labels", _AllSessions(teacher), teacher.neuron_ids, config.stream,
+                            own_images=own, device=device,
+                            progress=lambda d, t: progress("label", d, t))
+
+
+def _training_images(run_dir: Path) -> np.ndarray | None:
+    """The dataset's own training images, stored by the teacher stage when it has them."""
+    path = run_dir / CACHE_DIR / "train_images.npy"
+    return np.load(path, mmap_mode="r") if path.exists() else None
+
+
+def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: LabelCache, progress: Progress = silent,
+                       device: str | None = None, resume: bool = True) -> CompactStudent:
+    """One student for all neurons, fitted to the teacher's labels (checkpointed, resumable)."""
+    run_dir = Path(run_dir)
+    out = run_dir / SHARED_STUDENT
+    arch = StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,
+                       n_outputs=len(cache.neuron_ids), output_names=tuple(cache.neuron_ids))
+    if out.exists():
+        tensors, meta = load_weights(out)
+        model = CompactStudent(StudentArch.from_json(meta["architecture"]))
+        model.load_state_dict(tensors)
+        return model.eval()
+    torch.manual_seed(config.seed)
+    model = CompactStudent(arch)
+    train_idx, val_idx = cache.split()
+    tc = replace(_train_config(config, config.shared_epochs, config.seed), device=device)
+    fit(model, _stream(cache, train_idx, config.batch_size, None, config.seed), _val_arrays(cache, val_idx, None), tc,
+        checkpoint_dir=run_dir / CACHE_DIR / "shared", resume=resume,
+        progress=lambda s, d, t: progress("distill", d, t),
+        target_stats={"": _label_stats(cache, train_idx, None)})
+    save_weights(out, model.state_dict(), metadata={"architecture": model.arch.to_json()})
+    return model.eval()
+
+
+def _label_stats(cache: LabelCache, idx: np.ndarray, columns: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    sel = idx[:: max(1, len(idx) // 4096)]
+    y = np.asarray(cache.labels[np.sort(sel)], np.float64)
+    if columns is not None:
+        y = y[:, columns]
+    std = y.std(0)
+    return y.mean(0).astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------ one neuron
+def compress_neuron(run_dir: str | Path, index: int, config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Distil and prune neuron `index` of the run; writes its student and history. Pure in its inputs."""
+    run_dir = Path(run_dir)
+    config = CompressConfig.from_dict(config_dict)
+    neuron_id = neuron_ids_of(run_dir)[index]
+    done = history_path(run_dir, neuron_id)
+    if done.exists():
+        return read_json(done)
+    torch.set_num_threads(config.threads_per_task)
+    seed = _task_seed(config.seed, index)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    cache = LabelCache(run_dir / CACHE_DIR / "labels")
+    col = np.array([index])
+    train_idx, val_idx = cache.split()
+    rng = np.random.default_rng(seed)
+    fit_idx = np.sort(rng.choice(train_idx, size=min(config.neuron_images, len(train_idx)), replace=False))
+    tune_idx = np.sort(rng.choice(train_idx, size=min(config.finetune_images, len(train_idx)), replace=False))
+    probe_idx = np.sort(rng.choice(train_idx, size=min(config.probe_images, len(train_idx)), replace=False))
+    val = _val_arrays(cache, val_idx, col)
+    stats = {"": _label_stats(cache, train_idx, col)}
+
+    if config.strategy == "shared":
+        shared = CompactStudent(StudentArch.from_json(load_weights(run_dir / SHARED_STUDENT)[1]["architecture"]))
+        shared.load_state_dict(load_weights(run_dir / SHARED_STUDENT)[0])
+        model = select_channels(shared, [range(c) for c in shared.arch.channels], outputs=[index])
+    else:
+        model = CompactStudent(StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,
+                                           n_outputs=1, output_names=(neuron_id,)))
+    fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val, _train_config(config, config.neuron_epochs, seed),
+        progress=False, target_stats=stats)
+
+    def evaluate(m: CompactStudent) -> float:
+        return _r(predict(m, val[0]), val[1])
+
+    def finetune(m: CompactStudent, layer: int) -> CompactStudent:
+        if config.finetune_epochs > 0:
+            fit(m, _stream(cache, tune_idx, config.batch_size, col, seed + layer + 1), val,
+                _train_config(config, config.finetune_epochs, seed + layer + 1), progress=False, target_stats=stats)
+        return m.eval()
+
+    probe = to_tensor(np.asarray(cache.images[probe_idx]))
+    model, path = prune_neuron(model.eval(), probe, config.prune, finetune=finetune, evaluate=evaluate)
+    metrics = {"r_teacher": path[-1].accuracy, "r_teacher_unpruned": path[0].accuracy,
+               "n_parameters": model.n_parameters(), "channels": list(model.arch.channels), "macs": model.macs()}
+    metrics.update(_score_heldout(run_dir, model, neuron_id))
+    metrics["seconds"] = time.perf_counter() - t0
+    record = {"neuron_id": neuron_id, "index": index, "metrics": metrics, "path": [s.to_dict() for s in path]}
+    save_student(model, run_dir, neuron_id, extra={"metrics": metrics})
+    atomic_write_json(done, record)  # written last: its presence marks the neuron done
+    return record
+
+
+def _score_heldout(run_dir: Path, model: CompactStudent, neuron_id: str) -> dict[str, float]:
+    data = heldout_data(run_dir)
+    if data is None:
+        return {}
+    for sid, s in data["sessions"].items():
+        if neuron_id in s["neuron_ids"]:
+            j = s["neuron_ids"].index(neuron_id)
+            pred = predict(model, s["images"])[:, 0]
+            out = {"r_heldout": _r(pred, s["responses"][j])}
+            if "truth" in s:
+                out["r_truth"] = _r(pred, s["truth"][j])
+            return out
+    return {}
+
+
+# ------------------------------------------------------------- the stage
+def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(), backend: str = "local",
+                 workers: int | None = None, address: str | None = None, neurons: Sequence[int] | None = None,
+                 progress: Progress = silent, device: str | None = None) -> dict[str, Any]:
+    """Compress every neuron (or `neurons`) of a teacher run in place; returns the summary metrics."""
+    from compactvision.runtime import cpu_count
+
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).exists():
+        raise ArtifactError("not a run directory (no manifest.json)", run_dir)
+    manifest = read_manifest(run_dir, verify=False)
+    cache = build_label_cache(run_dir, config, progress, device)
+    if config.strategy == "shared":
+        fit_shared_student(run_dir, config, cache, progress, device)
+    ids = neuron_ids_of(run_dir)
+    todo = list(range(len(ids))) if neurons is None else list(neurons)
+    cfg = config.to_dict()
+    workers = workers or max(1, cpu_count() // max(1, config.threads_per_task))
+    done = sum(history_path(run_dir, ids[i]).exists() for i in todo)
+    progress("compress", done, len(todo))
+    pending = [i for i in todo if not history_path(run_dir, ids[i]).exists()]
+    for _ in run_tasks(run_dir, pending, cfg, backend=backend, workers=workers, address=address):
+        done += 1
+        progress("compress", done, len(todo))
+    summary = summarise_run(run_dir)
+    config_all = dict(manifest.get("config", {}))
+    config_all["compress"] = cfg
+    metrics = dict(manifest.get("metrics", {}))
+    metrics["compression"] = summary
+    write_manifest(run_dir, kind="compressed", config=config_all, metrics=metrics, seed=manifest.get("seed"))
+    return summary
+
+
+def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, Any], backend: str = "local",
+              workers: int = 1, address: str | None = None):
+    """Yield each finished neuron's record, as tasks complete, on the chosen backend."""
+    if not indices:
+        return
+    if backend == "ray":
+        from compactvision.distributed import ray_tasks
+
+        yield from ray_tasks(run_dir, indices, config_dict, address=address)
+    elif backend == "local":
+        if workers <= 1:
+            for i in indices:
+                yield compress_neuron(run_dir, i, config_dict)
+            return
+        # spawn: fresh interpreters, no forked torch thread pools; tasks read the run from disk.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(compress_neuron, str(run_dir), i, dict(config_dict)) for i in indices]
+            try:
+                for f in as_completed(futures):
+                    yield f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+
+
+def summarise_run(run_dir: str | Path) -> dict[str, Any]:
+    """Medians (with bootstrap CIs) over the neurons compressed so far."""
+    from compactvision.metrics import bootstrap_median_ci
+
+    run_dir = Path(run_dir)
+    records = [read_json(p) for p in sorted((run_dir / "history").glob("prune_*.json"))]
+    if not records:
+        return {"n_students": 0}
+    out: dict[str, Any] = {"n_students": len(records)}
+    for key in ("n_parameters", "macs", "r_teacher", "r_teacher_unpruned", "r_heldout", "r_truth", "seconds"):
+        vals = np.array([r["metrics"][key] for r in records if r["metrics"].get(key) is not None], float)
+        if len(vals):
+            med, lo, hi = bootstrap_median_ci(vals)
+            out[key] = {"median": float(med), "ci": [float(lo), float(hi)], "n": int(len(vals))}
+    return out
