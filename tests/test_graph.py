@@ -63,7 +63,8 @@ def test_edge_weights_are_the_fused_network_weights():
 def test_activations_and_contributions_reproduce_the_response():
     student, img = _pruned_student(), _image()
     graph = neuron_graph(student, img)
-    expected = float(student(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0, 0])
+    with torch.no_grad():
+        expected = float(student(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0, 0])
     assert graph.response == pytest.approx(expected, abs=1e-5)
     last = graph.layer_nodes(4)
     # The readout is linear: last-layer contributions plus its bias are the response exactly.
