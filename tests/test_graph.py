@@ -103,7 +103,7 @@ def test_ablating_a_whole_layer_leaves_only_what_the_biases_give(layer):
         from_biases = float(student.readout_from(feat)[0, 0])
     assert responses == pytest.approx([from_biases] * 3, abs=1e-5)
     if layer == 4:
-        assert from_biases == pytest.approx(float(student.readout.bias[0]))
+        assert from_biases == pytest.approx(float(student.readout.bias[0].detach()))
 
 
 def test_masked_filters_are_not_nodes():
