@@ -156,6 +156,20 @@ class Run:
     def file_size(self, rel: str) -> int:
         return (self.path / rel).stat().st_size
 
+    def heldout(self) -> dict[str, Any] | None:
+        """The held-out test split the run was scored on (images, measured responses, twin truth), or None."""
+        from compactvision.compress import heldout_data
+
+        return heldout_data(self.path)
+
+    def ground_truth(self) -> list[dict[str, Any]] | None:
+        """The twin's per-neuron ground-truth records (cell type, preferred orientation, ...), or None."""
+        from compactvision.compress import HELDOUT
+        from compactvision.data.formats import load_npz
+
+        p = self.path / HELDOUT
+        return load_npz(p).ground_truth if p.is_file() else None
+
 
 # --------------------------------------------------------- progress lines
 @dataclass(frozen=True)
@@ -290,3 +304,116 @@ class PipelineJob:
 
     def wait(self, timeout: float | None = None) -> int:
         return self.process.wait(timeout)
+
+
+# ------------------------------------------------------- one neuron's data
+@dataclass
+class NeuronData:
+    """One neuron's share of the held-out split: what the app plots predictions against."""
+
+    neuron_id: str
+    session: str
+    index: int                      # row in its session
+    images: Any                     # uint8 N x H x W x C, the session's held-out images
+    responses: Any                  # measured, repeat-averaged (N,)
+    truth: Any = None               # the twin's noise-free rates (N,), twin runs only
+    ground_truth: dict[str, Any] | None = None
+
+
+def neuron_data(heldout: dict[str, Any] | None, neuron_id: str,
+                ground_truth: Sequence[dict[str, Any]] | None = None) -> NeuronData | None:
+    """Pick `neuron_id` out of `Run.heldout()` (None when the run has no held-out data for it)."""
+    if heldout is None:
+        return None
+    for sid, s in heldout["sessions"].items():
+        if neuron_id in s["neuron_ids"]:
+            j = s["neuron_ids"].index(neuron_id)
+            truth = s["truth"][j] if "truth" in s else None
+            record = next((r for r in ground_truth or () if str(r.get("neuron_id")) == neuron_id), None)
+            return NeuronData(neuron_id, sid, j, s["images"], s["responses"][j], truth, record)
+    return None
+
+
+# ---------------------------------------------------------------- summaries
+def student_record(run: Run, neuron_id: str) -> dict[str, Any]:
+    """A student's sidecar JSON: architecture, n_parameters, macs, metrics."""
+    from compactvision.artifacts import student_paths
+
+    _, sidecar = student_paths(run.path, neuron_id)
+    return read_json(sidecar)
+
+
+def prune_history(run: Run, neuron_id: str) -> dict[str, Any] | None:
+    """`history/prune_<id>.json`: the neuron's metrics and its pruning path, or None (e.g. imported models)."""
+    return run.history(f"prune_{neuron_id}.json")
+
+
+def model_macs(model, image_size: int | tuple[int, int] = 112) -> int:
+    """Multiply-accumulates for one prediction, counted by running it once (FLOPs / 2).
+
+    Counting the real forward pass covers any architecture (the teacher's
+    ensemble, readouts, the VOneBlock's grouped conv) with no per-layer formulae.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x = torch.zeros(1, 3, h, w)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops() // 2)
+
+
+def run_summary(run: Run, teacher_macs: int | None = None) -> dict[str, Any]:
+    """The Home page's numbers: neurons, sizes, compression, compute and accuracy.
+
+    Read from files only (sidecars, the teacher's architecture, the manifest's
+    metrics), so the summary costs milliseconds. `teacher_macs` comes from
+    `model_macs` on the loaded teacher, which the caller caches.
+    """
+    import numpy as np
+
+    from compactvision.artifacts import student_paths
+
+    ids = run.student_ids()
+    records = [student_record(run, i) for i in ids]
+    params = np.array([r["n_parameters"] for r in records], float)
+    macs = np.array([r["macs"] for r in records], float)
+    sizes = np.array([student_paths(run.path, i)[0].stat().st_size for i in ids], float)
+    out: dict[str, Any] = {"kind": run.kind, "n_students": len(ids)}
+    if len(ids):
+        out["student"] = {"n_parameters": float(np.median(params)), "n_parameters_range": [float(params.min()), float(params.max())],
+                          "macs": float(np.median(macs)), "file_bytes": float(np.median(sizes))}
+    arch_path = run.path / "teacher" / "architecture.json"
+    if run.has_teacher and arch_path.is_file():
+        arch = read_json(arch_path)
+        n_teacher = int(arch.get("n_parameters", 0))
+        files = sum(p.stat().st_size for p in (run.path / "teacher").iterdir() if p.is_file())
+        out["teacher"] = {"n_parameters": n_teacher, "file_bytes": files,
+                          "n_neurons": sum(len(v) for v in arch.get("sessions", {}).values())}
+        if teacher_macs is not None:
+            out["teacher"]["macs"] = teacher_macs
+        if len(ids) and n_teacher:
+            out["compression"] = n_teacher / out["student"]["n_parameters"]
+    out["accuracy"] = accuracy_table(run)
+    return out
+
+
+#: Accuracy entries the Home page reports, in order, with what each means.
+ACCURACY_KEYS = {
+    "r_heldout": "compact models vs measured responses (held-out images)",
+    "r_truth": "compact models vs the twin's noise-free rates",
+    "r_teacher": "compact models vs the teacher (distillation fidelity)",
+}
+
+
+def accuracy_table(run: Run) -> list[dict[str, Any]]:
+    """Median r with its bootstrap CI for each accuracy the run recorded."""
+    comp = run.metrics.get("compression") or {}
+    rows = []
+    for key, what in ACCURACY_KEYS.items():
+        v = comp.get(key)
+        if isinstance(v, dict) and "median" in v:
+            lo, hi = v.get("ci", [None, None])
+            rows.append({"metric": what, "median r": v["median"], "ci_low": lo, "ci_high": hi, "neurons": v.get("n")})
+    return rows
