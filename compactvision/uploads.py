@@ -136,7 +136,9 @@ def read_dataset_upload(data: bytes, name: str, max_bytes: int = MAX_DATASET_BYT
         path = Path(tmp) / "upload.npz"
         path.write_bytes(data)
         try:
-            return load_npz(path)
+            dataset = load_npz(path)
         except DataError as e:
             # Name the user's file, not our temporary copy.
             raise DataError(e.problem, name) from None
+    dataset.metadata["source"] = name
+    return dataset

@@ -81,3 +81,47 @@ def test_size_limit_empty_and_truncated_files():
     jpeg = _encode(Image.fromarray(_gradient(64, 64)), "JPEG")
     with pytest.raises(DataError, match="corrupt or truncated"):
         read_image_upload(jpeg[:40], "cut.jpg")
+
+
+def _dataset_bytes(tmp_path) -> bytes:
+    from compactvision.data.formats import NeuralDataset, Session, save_npz
+
+    rng = np.random.default_rng(0)
+    s = Session("s1", rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8), rng.random((2, 5, 3)), ["a", "b"])
+    return save_npz(NeuralDataset([s]), tmp_path / "d.npz").read_bytes()
+
+
+def test_dataset_upload_round_trip_names_the_upload(tmp_path):
+    from compactvision.uploads import read_dataset_upload
+
+    ds = read_dataset_upload(_dataset_bytes(tmp_path), "mine.npz")
+    assert ds.sessions[0].neuron_ids == ["a", "b"] and ds.metadata["source"] == "mine.npz"
+
+
+def test_bad_dataset_uploads(tmp_path):
+    import zipfile
+
+    from compactvision.uploads import read_dataset_upload
+
+    with pytest.raises(DataError, match="not a .npz"):
+        read_dataset_upload(b"hello world", "x.npz")
+    good = _dataset_bytes(tmp_path)
+    with pytest.raises(DataError, match="limit"):
+        read_dataset_upload(good, "x.npz", max_bytes=100)
+    with pytest.raises(DataError, match="unpacks to"):
+        read_dataset_upload(good, "x.npz", max_unpacked_bytes=1000)
+    with pytest.raises(DataError) as e:
+        read_dataset_upload(good[: len(good) // 2], "cut.npz")
+    assert "cut.npz" in str(e.value) and "upload.npz" not in str(e.value)
+    # An object array inside the archive would need pickle: refused.
+    buf = io.BytesIO()
+    np.savez(buf, format=np.array("compactvision-dataset"), format_version=np.array(1), metadata=np.array("{}"),
+             session_ids=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="pickle"):
+        read_dataset_upload(buf.getvalue(), "pickled.npz")
+    # A zip of something else entirely.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("readme.txt", "not arrays")
+    with pytest.raises(DataError, match="pickled|npz|missing|format"):
+        read_dataset_upload(buf.getvalue(), "other.npz")
