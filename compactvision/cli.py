@@ -47,6 +47,53 @@ def stage(fn: Callable[[argparse._SubParsersAction], None]) -> Callable[[argpars
 
 
 @stage
+def add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect a dataset, or write a digital-twin dataset")
+    data = p.add_subparsers(dest="data_command", required=True)
+    d = data.add_parser("describe", help="sessions, neurons, images, repeats and median reliability")
+    d.add_argument("path", help="a .npz, an .nwb, a Cowley et al. V4 release folder, or 'twin'")
+    d.add_argument("--json", action="store_true", help="print the summary as JSON")
+    d.set_defaults(func=_data_describe)
+    t = data.add_parser("twin", help="simulate the digital twin and write its dataset (.npz, with ground truth)")
+    t.add_argument("--out", required=True, help="output .npz file")
+    t.add_argument("--neurons", type=int, default=32)
+    t.add_argument("--images", type=int, default=1000)
+    t.add_argument("--repeats", type=int, default=4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--image-size", type=int, default=112)
+    t.set_defaults(func=_data_twin)
+
+
+def _data_describe(args: argparse.Namespace) -> None:
+    import json
+
+    from compactvision.data.formats import describe, load_dataset
+
+    summary = describe(load_dataset(args.path))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"{summary['source']}: {len(summary['sessions'])} session(s), {summary['neurons']} neurons, {summary['images']} images")
+    print(f"{'session':>12} {'neurons':>8} {'images':>7} {'image':>11} {'repeats':>8} {'reliability':>12}")
+    for s in summary["sessions"]:
+        rel = "-" if s["median_reliability"] is None else f"{s['median_reliability']:.3f}"
+        shape = "x".join(map(str, s["image_shape"]))
+        print(f"{s['session']:>12} {s['neurons']:>8} {s['images']:>7} {shape:>11} {s['repeats_max']:>8} {rel:>12}")
+    if "cell_types" in summary:
+        print("cell types: " + ", ".join(f"{k} {v}" for k, v in summary["cell_types"].items()))
+
+
+def _data_twin(args: argparse.Namespace) -> None:
+    from compactvision.data.formats import save_npz
+    from compactvision.data.twin import make_twin_dataset
+
+    ds = make_twin_dataset(args.neurons, args.images, args.repeats, seed=args.seed, image_size=args.image_size)
+    out = save_npz(ds, args.out)
+    print(f"{out}: {args.neurons} neurons x {args.images} images x {args.repeats} repeats, seed {args.seed} "
+          f"({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@stage
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write one neuron's compact model as a single self-describing file")
     p.add_argument("run", help="run directory")

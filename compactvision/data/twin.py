@@ -17,7 +17,9 @@ spike counts per presentation::
 is in comparable units across types and the mean rate is a few spikes, as in
 the Cowley et al. V4 recordings; `max_rate` saturates strong stimuli (a
 full-contrast optimal grating) at a few tens of spikes without flattening any
-tuning curve (the map is strictly increasing). Trials add Poisson noise.
+tuning curve (the map is strictly increasing). Trials are over-dispersed
+Poisson counts (a gamma-distributed gain per trial, as in cortex where the
+Fano factor is above 1), so split-half reliabilities resemble the recordings'.
 
 Cell types (the drives; all filters are DC-free so mean luminance is ignored):
 
@@ -239,8 +241,9 @@ class ColourOpponentCells(_CellGroup):
 
 
 def _fft_size(size: int) -> int:
-    """Zero-padded FFT size: room for the widest surround, so wrap-around stays off the RF."""
-    return size + max(32, size // 4)
+    """Zero-padded FFT size (a multiple of 16): enough that wrap-around only touches map
+    positions near the border, where the pooling windows (centred near the middle) are ~0."""
+    return -(-(size + max(16, size // 8)) // 16) * 16
 
 
 class _PooledCells(_CellGroup):
@@ -259,10 +262,8 @@ class _PooledCells(_CellGroup):
         c = (self.size - 1) // 2
         return np.fft.fft2(np.roll(big, (-c, -c), axis=(0, 1)))
 
-    def _maps(self, contrast: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
-        """Filter outputs centred on every pixel: N x K x size x size (complex)."""
-        padded = F.pad(contrast[:, 0], (0, self.pad - self.size, 0, self.pad - self.size))
-        return torch.fft.ifft2(torch.fft.fft2(padded)[:, None] * spectra)[..., : self.size, : self.size]
+    def _padded(self, contrast: torch.Tensor) -> torch.Tensor:
+        return F.pad(contrast[:, 0], (0, self.pad - self.size, 0, self.pad - self.size))
 
     def forward(self, contrast: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         return torch.cat([self._pool(part) for part in contrast.split(self.chunk)])
@@ -276,14 +277,16 @@ class DotDetectorCells(_PooledCells):
         for r in records:
             p = r["params"]
             sc, ss = dog_sigmas(p["diameter_px"], p["surround_ratio"], 1.0)
-            spectra.append(p["polarity"] * self._spectrum(gaussian(size, c, c, sc) - gaussian(size, c, c, ss)))
+            spectrum = self._spectrum(gaussian(size, c, c, sc) - gaussian(size, c, c, ss))
+            spectra.append(p["polarity"] * spectrum[:, : self.pad // 2 + 1])  # real filter: half spectrum
             g = gaussian(size, *r["rf_center"], p["pool_sigma_px"])
             envelopes.append(g / g.max())
         self.register_buffer("spectra", torch.as_tensor(np.stack(spectra), dtype=torch.complex64), persistent=False)
         self.register_buffer("envelopes", torch.as_tensor(np.stack(envelopes), dtype=torch.float32), persistent=False)
 
     def _pool(self, contrast: torch.Tensor) -> torch.Tensor:
-        m = F.relu(self._maps(contrast, self.spectra).real) * self.envelopes
+        maps = torch.fft.irfft2(torch.fft.rfft2(self._padded(contrast))[:, None] * self.spectra, s=(self.pad, self.pad))
+        m = F.relu(maps[..., : self.size, : self.size]) * self.envelopes
         # Max over position: the same dot anywhere in the window drives the cell equally (up to the envelope).
         return m.flatten(2).amax(dim=2)
 
@@ -308,7 +311,7 @@ class TextureCells(_PooledCells):
         self.register_buffer("sigma_n", torch.tensor(sigma_n, dtype=torch.float32), persistent=False)
 
     def _pool(self, contrast: torch.Tensor) -> torch.Tensor:
-        q = self._maps(contrast, self.spectra)
+        q = torch.fft.ifft2(torch.fft.fft2(self._padded(contrast))[:, None] * self.spectra)[..., : self.size, : self.size]
         energy = (q.real**2 + q.imag**2).unflatten(1, (-1, self.N_ORIENTATIONS))  # N x cells x orient x H x W
         pooled = (energy * self.pools[:, None]).sum(dim=(-2, -1))
         return pooled[..., 0] / (self.sigma_n + pooled.mean(dim=-1))
@@ -329,7 +332,8 @@ def _sample_record(i: int, cell_type: str, rng: np.random.Generator, size: int) 
     r, a = 0.1 * size * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
     center = [c + r * math.cos(a), c + r * math.sin(a)]
     p: dict[str, float] = {"baseline": rng.uniform(0.2, 1.0), "mean_rate": rng.uniform(2.0, 6.0),
-                           "max_rate": rng.uniform(20.0, 40.0), "threshold": rng.uniform(0.0, 0.5)}
+                           "max_rate": rng.uniform(20.0, 40.0), "threshold": rng.uniform(0.0, 0.5),
+                           "gain_noise_shape": rng.uniform(1.5, 4.0)}
     ori = size_px = None
 
     def gabor(sf_lo: float, sf_hi: float, along: tuple[float, float]) -> None:
@@ -460,10 +464,13 @@ class DigitalTwin(nn.Module):
         return self._batched(self.forward, images, batch_size)
 
     def trials(self, images: np.ndarray, repeats: int, seed: int = 0) -> np.ndarray:
-        """Poisson spike counts, n_neurons x n_images x repeats (float64)."""
+        """Spike counts, n_neurons x n_images x repeats (float64): Poisson with a per-trial
+        gamma gain of mean 1 and shape k (`gain_noise_shape`), so variance = rate + rate**2 / k."""
         rng = np.random.default_rng(seed)
-        lam = self.rates(images)
-        return rng.poisson(lam[..., None], size=lam.shape + (int(repeats),)).astype(np.float64)
+        lam = self.rates(images)[..., None]
+        k = np.array([r["params"]["gain_noise_shape"] for r in self._records])[:, None, None]
+        gain = rng.gamma(k, 1.0 / k, size=lam.shape[:2] + (int(repeats),))
+        return rng.poisson(lam * gain).astype(np.float64)
 
     # -- internals
     def _batched(self, fn: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
