@@ -115,7 +115,9 @@ def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targe
     several, or None for every output. Returns a dict with `levels`, `r`,
     `delta`, `delta_rel` (arrays, one value per level), the perturbation's
     name and axis `label`, and the `neurons` used. Seeded: the same call
-    gives the same numbers.
+    gives the same numbers; a noisy model (VOneBlock noise on) sees the same
+    noise draws in the clean and the perturbed pass, so `delta` measures the
+    perturbation, not the noise.
     """
     from compactvision.interpret.attribution import as_model_input, eval_mode, model_device, seeded
 

@@ -59,10 +59,11 @@ def top_images(model: nn.Module, images: np.ndarray, neuron: int, k: int = 9,
 # --------------------------------------------------------------- synthesis
 def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: int = 128, lr: float = 0.05,
                          seed: int = 0, jitter: int = 4, blur: float = 0.5, blur_every: int = 4,
-                         norm_bound: float = 0.25, grayscale: bool = False) -> np.ndarray:
+                         norm_bound: float = 0.25, grayscale: bool = False, n_starts: int = 8) -> np.ndarray:
     """The image maximising `neuron`'s predicted response, by regularised gradient ascent.
 
-    Starts from grey plus faint noise and takes Adam steps on the response.
+    Starts from the best of `n_starts` faint smooth-noise images about grey
+    and takes Adam steps on the response.
     Three regularisers keep the image natural-looking rather than adversarial:
     `jitter` (random shifts of up to that many px each step, so the image must
     work at nearby positions), `blur` (a Gaussian of that sigma, px, every
@@ -74,7 +75,13 @@ def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: 
     device = model_device(model)
     gen = torch.Generator().manual_seed(seed)
     channels = 1 if grayscale else 3
-    delta = (0.01 * torch.randn(1, channels, size, size, generator=gen)).to(device).requires_grad_(True)
+    # Start from the best of a few smooth noise patterns: a rectified unit can have zero
+    # gradient at grey, and ascent from there would never move.
+    starts = gaussian_blur(torch.randn(n_starts, channels, size, size, generator=gen), 1.0).to(device)
+    starts = starts * (0.5 * norm_bound / starts.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt())
+    with eval_mode(model), torch.no_grad():
+        first = model((0.5 + starts).clamp(0.0, 1.0).expand(-1, 3, -1, -1))[:, neuron]
+    delta = starts[int(torch.argmax(first))][None].clone().requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=lr)
     shifts = torch.randint(-jitter, jitter + 1, (steps, 2), generator=gen).tolist() if jitter else [[0, 0]] * steps
     with eval_mode(model):

@@ -1,0 +1,87 @@
+"""Preferred stimuli and tuning, checked against the digital twin whose tuning is known."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compactvision.data.twin import DigitalTwin
+from compactvision.interpret.attribution import response
+from compactvision.interpret.stimuli import (compare_with_twin, dot_size_tuning, estimate_rf_center,
+                                             orientation_difference, orientation_sf_tuning, synthesise_preferred,
+                                             top_images)
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def twin() -> DigitalTwin:
+    # V1 cells only (cheap to run): 0 simple at 149 deg, 1 complex at 73 deg, 2 simple, 3 complex.
+    return DigitalTwin(4, seed=1, image_size=SIZE, cell_types=["v1_simple", "v1_complex"])
+
+
+@pytest.fixture(scope="module")
+def dot_twin() -> DigitalTwin:
+    return DigitalTwin(1, seed=3, image_size=SIZE, cell_types=["dot_detector"])
+
+
+def test_top_images_are_the_strongest_in_order(twin):
+    imgs = (np.random.default_rng(0).random((30, SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    idx, r = top_images(twin, imgs, 1, k=5)
+    all_r = response(twin, imgs)[:, 1]
+    assert list(idx) == list(np.argsort(-all_r)[:5])
+    assert np.all(np.diff(r) <= 0)
+
+
+def test_synthesis_is_reproducible_bounded_and_preferred(twin):
+    a = synthesise_preferred(twin, 0, size=SIZE, steps=32, seed=1, norm_bound=0.2)
+    b = synthesise_preferred(twin, 0, size=SIZE, steps=32, seed=1, norm_bound=0.2)
+    c = synthesise_preferred(twin, 0, size=SIZE, steps=32, seed=2, norm_bound=0.2)
+    assert a.shape == (SIZE, SIZE, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.sqrt(((a / 255.0 - 0.5) ** 2).mean()) <= 0.2 + 2 / 255
+    grey = np.full((1, SIZE, SIZE, 3), 128, np.uint8)
+    assert response(twin, a[None])[0, 0] > 1.5 * response(twin, grey)[0, 0]
+
+
+def test_grating_tuning_finds_a_simple_cells_true_orientation(twin):
+    truth = twin.ground_truth()[0]
+    assert truth["cell_type"] == "v1_simple"
+    t = orientation_sf_tuning(twin, 0, size=SIZE, center=truth["rf_center"])
+    assert t.response.shape == (12, 8)
+    assert orientation_difference(t.preferred["orientation_deg"], truth["preferred_orientation_deg"]) < 10
+
+
+def test_dot_tuning_finds_a_dot_detectors_size(dot_twin):
+    truth = dot_twin.ground_truth()[0]
+    t = dot_size_tuning(dot_twin, 0, diameters=np.geomspace(2, 24, 16), size=SIZE, center=truth["rf_center"])
+    assert t.preferred["diameter_px"] == pytest.approx(truth["preferred_size_px"], rel=0.35)
+
+
+def test_rf_centre_estimate_is_near_the_truth(twin):
+    truth = twin.ground_truth()[1]
+    x, y = estimate_rf_center(twin, 1, size=SIZE)
+    assert np.hypot(x - truth["rf_center"][0], y - truth["rf_center"][1]) < 4
+
+
+def test_the_twin_compared_with_itself_is_recovered(twin):
+    res = compare_with_twin(twin, twin, 0, model_neuron=0, synthesis_steps=32)
+    assert res["cell_type"] == "v1_simple"
+    assert res["orientation_error_deg"] < 10
+    assert res["preferred_image_r"] == pytest.approx(1.0)
+
+
+def test_a_wrong_model_is_not_recovered(twin):
+    # Twin neuron 1 (a complex cell with another orientation) posing as a model of neuron 0.
+    truth = twin.ground_truth()
+    assert orientation_difference(truth[0]["preferred_orientation_deg"], truth[1]["preferred_orientation_deg"]) > 30
+    res = compare_with_twin(twin, twin, 0, model_neuron=1, synthesis_steps=32)
+    assert res["orientation_error_deg"] > 20
+    assert res["preferred_image_r"] < 0.5
+
+
+def test_orientation_difference_wraps_at_180():
+    assert orientation_difference(5, 175) == pytest.approx(10)
+    assert orientation_difference(0, 90) == pytest.approx(90)
+    assert orientation_difference(-30, 150) == pytest.approx(0)
