@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from compactvision.artifacts import MANIFEST, read_json, read_manifest
 from compactvision.errors import ArtifactError
 
@@ -354,7 +356,6 @@ def model_macs(model, image_size: int | tuple[int, int] = 112) -> int:
     Counting the real forward pass covers any architecture (the teacher's
     ensemble, readouts, the VOneBlock's grouped conv) with no per-layer formulae.
     """
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
@@ -417,3 +418,29 @@ def accuracy_table(run: Run) -> list[dict[str, Any]]:
             lo, hi = v.get("ci", [None, None])
             rows.append({"metric": what, "median r": v["median"], "ci_low": lo, "ci_high": hi, "neurons": v.get("n")})
     return rows
+
+
+# ------------------------------------------------------------ the teacher
+def teacher_view(teacher, neuron_id: str):
+    """(model, output index) giving `neuron_id`'s predicted response from a multi-session teacher.
+
+    A teacher predicts one session at a time; interpretation code wants a plain
+    model (images in, N x neurons out). For the default session that is the
+    teacher itself, for any other a `SessionView` of it.
+    """
+    for session, ids in teacher.sessions.items():
+        if neuron_id in ids:
+            model = teacher if session == teacher.default_session else SessionView(teacher, session)
+            return model, ids.index(neuron_id)
+    raise ArtifactError(f"the teacher has no neuron {neuron_id!r}")
+
+
+class SessionView(torch.nn.Module):
+    """One session of a teacher as a plain model: forward(x) = teacher(x, session)."""
+
+    def __init__(self, teacher, session: str) -> None:
+        super().__init__()
+        self.teacher, self.session = teacher, session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x, self.session)

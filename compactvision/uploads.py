@@ -79,7 +79,7 @@ def read_image_upload(data: bytes, name: str, max_bytes: int = MAX_IMAGE_BYTES,
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"the {fmt} data is corrupt or truncated ({e})", name) from None
     if size is not None:
-        rgb = _crop_resize(rgb, (size, size) if isinstance(size, int) else tuple(size))
+        rgb = crop_resize(rgb, (size, size) if isinstance(size, int) else tuple(size))
     return rgb
 
 
@@ -99,7 +99,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
-def _crop_resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def crop_resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Centre-crop to the target aspect ratio, then resize with antialiasing."""
     th, tw = int(size[0]), int(size[1])
     h, w = rgb.shape[:2]
