@@ -94,6 +94,41 @@ def _data_twin(args: argparse.Namespace) -> None:
 
 
 @stage
+def add_teacher(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("teacher", help="train the teacher (VOneBlock + residual back ends + readouts) and score it")
+    p.add_argument("--data", required=True, help="a .npz, an .nwb, a Cowley et al. V4 release folder, or 'twin'")
+    p.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "paper"])
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    p.add_argument("--protocol", default="split", choices=["split", "cowley"],
+                   help="split: held-out test images per session; cowley: the paper's held-out sessions")
+    p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"])
+    twin = p.add_argument_group("with --data twin")
+    twin.add_argument("--neurons", type=int, default=32)
+    twin.add_argument("--images", type=int, default=1000)
+    twin.add_argument("--repeats", type=int, default=4)
+    p.set_defaults(func=_teacher)
+
+
+def _teacher(args: argparse.Namespace) -> None:
+    from compactvision.progress import reporter
+    from compactvision.teacher_stage import train_teacher
+
+    kwargs = ({"n_neurons": args.neurons, "n_images": args.images, "n_repeats": args.repeats, "seed": args.seed}
+              if args.data == "twin" else {})
+    progress = True if args.progress == "bar" else reporter(args.progress)
+    manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
+                             device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
+                             progress=progress)
+    r = manifest["metrics"]["teacher"]["r"]
+    print(f"{args.out}: teacher held-out median r {r['median']:.3f} "
+          f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {r['n']} neurons")
+
+
+@stage
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write one neuron's compact model as a single self-describing file")
     p.add_argument("run", help="run directory")

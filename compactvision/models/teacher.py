@@ -1,0 +1,312 @@
+"""The teacher: a fixed VOneBlock, trainable residual back ends, per-session factorised readouts.
+
+Cowley et al. (2026) put an ImageNet ResNet50 trunk under 25 ensemble members
+of ~2.3M parameters each. We cannot download ImageNet weights, so the front end
+is a VOneBlock (a V1 model that needs no training) and every ensemble member
+learns its own residual back end and readouts from the neural data. Members
+differ only in their initialisation; their predictions are averaged, which is
+what makes the teacher a smoother target for distillation than any one net.
+
+Each session gets its own readout (its neurons were recorded together) and
+its own response scale: the readouts predict z-scores and the teacher maps
+them back to response units with the training split's per-neuron mean and
+s.d., so `forward` returns predicted responses.
+
+Sizes go from `tiny` (trains in seconds, for tests) through `cpu` (the
+default; trains on a 20k-image twin within minutes on two cores) to `paper`
+(about 60M parameters with the ensemble, as in the reference; meant for a GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from compactvision.artifacts import MANIFEST, atomic_write_json, load_weights, read_json, read_manifest, save_weights, verify_files
+from compactvision.errors import ArtifactError
+from compactvision.models.readouts import FactorisedReadout
+from compactvision.models.vone import DEFAULT_VISUAL_DEGREES, VOneBlock
+from compactvision.train import TrainConfig
+
+TEACHER_DIR = "teacher"
+WEIGHTS = "teacher.safetensors"
+ARCHITECTURE = "architecture.json"
+FORMAT = "compactvision.teacher/1"
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Architecture plus the training schedule that suits it."""
+
+    # VOneBlock front end
+    n_simple: int = 64
+    n_complex: int = 64
+    kernel_size: int = 21
+    image_size: int = 112
+    visual_degrees: float = DEFAULT_VISUAL_DEGREES
+    k_exc: float = 25.0
+    noise: str | None = None
+    sampler: str = "v1"
+    # back end, per ensemble member
+    width: int = 64
+    n_blocks: int = 2
+    first_stride: int = 2
+    ensemble: int = 2
+    # readout
+    mask_l1: float = 1e-3
+    feature_l1: float = 1e-3
+    # training
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 4
+
+    def train_config(self, seed: int = 0, device: str | None = None, **overrides: Any) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           patience=self.patience, seed=seed, device=device, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TeacherConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown teacher config fields {sorted(unknown)}")
+        return cls(**dict(d))
+
+
+PRESETS: dict[str, TeacherConfig] = {
+    "tiny": TeacherConfig(n_simple=16, n_complex=16, kernel_size=15, width=24, n_blocks=1, ensemble=1,
+                          epochs=25, batch_size=32, lr=3e-3, patience=6),
+    "cpu": TeacherConfig(),
+    "paper": TeacherConfig(n_simple=256, n_complex=256, kernel_size=25, noise="poisson", width=256, n_blocks=2,
+                           ensemble=25, epochs=40, batch_size=64, lr=1e-3, patience=6),
+}
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus a (projected) shortcut, then ReLU; no in-place ops."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(y + self.shortcut(x))
+
+
+class BackEnd(nn.Module):
+    """1x1 bottleneck over the V1 channels, then residual blocks (the first may downsample)."""
+
+    def __init__(self, c_in: int, width: int, n_blocks: int, first_stride: int) -> None:
+        super().__init__()
+        self.bottleneck = nn.Sequential(nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.Sequential(*[ResidualBlock(width, width, first_stride if i == 0 else 1) for i in range(n_blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.bottleneck(x))
+
+
+class ResponseScale(nn.Module):
+    """Per-neuron mean and s.d. of the training responses: z-scores in, response units out."""
+
+    def __init__(self, n_neurons: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_neurons))
+        self.register_buffer("std", torch.ones(n_neurons))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std + self.mean
+
+
+class TeacherMember(nn.Module):
+    """One ensemble member: its own back end and one readout per session."""
+
+    def __init__(self, c_in: int, config: TeacherConfig, map_hw: tuple[int, int], sessions: Mapping[str, int]) -> None:
+        super().__init__()
+        self.config, self.map_hw = config, map_hw
+        self.back_end = BackEnd(c_in, config.width, config.n_blocks, config.first_stride)
+        self.readouts = nn.ModuleDict({s: self._readout(n) for s, n in sessions.items()})
+
+    def _readout(self, n_neurons: int) -> FactorisedReadout:
+        return FactorisedReadout(self.config.width, *self.map_hw, n_neurons,
+                                 mask_l1=self.config.mask_l1, feature_l1=self.config.feature_l1)
+
+    def forward(self, v1: torch.Tensor, session: str) -> torch.Tensor:
+        return self.readouts[session](self.back_end(v1))
+
+
+class Teacher(nn.Module):
+    """Input N x 3 x H x W in [0, 1]; `forward(x, session)` gives N x n_neurons predicted responses."""
+
+    def __init__(self, config: TeacherConfig, sessions: Mapping[str, Sequence[str]], seed: int = 0) -> None:
+        super().__init__()
+        if not sessions:
+            raise ValueError("a teacher needs at least one session")
+        self.config, self.seed = config, int(seed)
+        self.sessions: dict[str, list[str]] = {}
+        self.vone = VOneBlock(config.n_simple, config.n_complex, image_size=config.image_size,
+                              visual_degrees=config.visual_degrees, kernel_size=config.kernel_size,
+                              k_exc=config.k_exc, noise=config.noise, noise_seed=seed if config.noise else None,
+                              sampler=config.sampler, seed=seed)
+        side = self.vone.output_size()
+        side = (side - 1) // config.first_stride + 1
+        self.map_hw = (side, side)
+        sizes = {s: len(ids) for s, ids in sessions.items()}
+        for s in sizes:
+            _check_session_id(s)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(seed)  # members differ by their place in this one seeded stream
+            self.members = nn.ModuleList(TeacherMember(self.vone.out_channels, config, self.map_hw, sizes)
+                                         for _ in range(config.ensemble))
+        self.scales = nn.ModuleDict({s: ResponseScale(n) for s, n in sizes.items()})
+        self.sessions = {s: [str(i) for i in ids] for s, ids in sessions.items()}
+        self._trunk_frozen = False
+
+    # ------------------------------------------------------------- predict
+    @property
+    def default_session(self) -> str:
+        return next(iter(self.sessions))
+
+    @property
+    def neuron_ids(self) -> list[str]:
+        """Every neuron, session by session (the column order of `predict_all_sessions`)."""
+        return [i for ids in self.sessions.values() for i in ids]
+
+    def forward(self, x: torch.Tensor, session: str | None = None) -> torch.Tensor:
+        session = self.default_session if session is None else session
+        if session not in self.sessions:
+            raise KeyError(f"no session {session!r}; the teacher has {list(self.sessions)}")
+        v1 = self.vone(x)
+        z = torch.stack([m(v1, session) for m in self.members]).mean(0)
+        return self.scales[session](z)
+
+    def predict_all_sessions(self, x: torch.Tensor) -> torch.Tensor:
+        """All sessions' neurons at once (N x total neurons), sharing the front end and back ends."""
+        v1 = self.vone(x)
+        feats = [m.back_end(v1) for m in self.members]
+        cols = []
+        for s in self.sessions:
+            z = torch.stack([m.readouts[s](f) for m, f in zip(self.members, feats)]).mean(0)
+            cols.append(self.scales[s](z))
+        return torch.cat(cols, dim=1)
+
+    def regularizer(self, session: str | None = None) -> torch.Tensor:
+        """Readout penalty of `session` (default: the first), averaged over neurons and members."""
+        session = self.default_session if session is None else session
+        return torch.stack([m.readouts[session].regularizer("mean") for m in self.members]).mean()
+
+    # ------------------------------------------------------------ sessions
+    def set_response_stats(self, session: str, mean: np.ndarray, std: np.ndarray) -> None:
+        """Fix the z-score <-> response mapping of `session` (from its training split)."""
+        scale = self.scales[session]
+        with torch.no_grad():
+            scale.mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32))
+            scale.std.copy_(torch.as_tensor(np.asarray(std), dtype=torch.float32))
+
+    def add_session(self, session: str, neuron_ids: Sequence[str]) -> None:
+        """A fresh readout (in every member) for a new session, e.g. a held-out recording."""
+        _check_session_id(session)
+        if session in self.sessions:
+            raise ValueError(f"session {session!r} already has a readout")
+        device = next(self.parameters()).device
+        for m in self.members:
+            m.readouts[session] = m._readout(len(neuron_ids)).to(device)
+        self.scales[session] = ResponseScale(len(neuron_ids)).to(device)
+        self.sessions[session] = [str(i) for i in neuron_ids]
+
+    def trunk_parameters(self) -> Iterator[nn.Parameter]:
+        """Everything shared by all sessions: the back ends (the VOneBlock has no trainable parameters)."""
+        for m in self.members:
+            yield from m.back_end.parameters()
+
+    def freeze_trunk(self, frozen: bool = True) -> None:
+        """Stop the back ends learning (weights and BatchNorm statistics), to fit readouts alone."""
+        self._trunk_frozen = frozen
+        for p in self.trunk_parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        super().train(mode)
+        if self._trunk_frozen:
+            for m in self.members:
+                m.back_end.eval()
+        return self
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _check_session_id(session: str) -> None:
+    if not session or "." in session or not isinstance(session, str):
+        raise ValueError(f"session ids must be non-empty strings without '.', got {session!r}")
+
+
+def build_teacher(config: TeacherConfig | str, sessions: Mapping[str, int | Sequence[str]], seed: int = 0) -> Teacher:
+    """A fresh teacher; `sessions` maps a session id to its neuron ids (or just a neuron count)."""
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown preset {config!r}; choose from {sorted(PRESETS)}")
+        config = PRESETS[config]
+    named = {str(s): ([f"{s}_{i}" for i in range(v)] if isinstance(v, int) else list(v)) for s, v in sessions.items()}
+    return Teacher(config, named, seed=seed)
+
+
+# --------------------------------------------------------------- artifacts
+def save_teacher(teacher: Teacher, run_dir: str | Path) -> Path:
+    """Write run_dir/teacher/teacher.safetensors and architecture.json (no pickle anywhere)."""
+    out = Path(run_dir) / TEACHER_DIR
+    save_weights(out / WEIGHTS, teacher.state_dict(), metadata={"format": FORMAT})
+    atomic_write_json(out / ARCHITECTURE, {"format": FORMAT, "config": teacher.config.to_dict(),
+                                           "sessions": teacher.sessions, "seed": teacher.seed,
+                                           "n_parameters": teacher.n_parameters()})
+    return out
+
+
+def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher:
+    """Rebuild a saved teacher in eval mode; with `verify`, its files must match the run's manifest."""
+    run_dir = Path(run_dir)
+    rel = [f"{TEACHER_DIR}/{WEIGHTS}", f"{TEACHER_DIR}/{ARCHITECTURE}"]
+    if verify:
+        manifest = read_manifest(run_dir, verify=False)
+        missing = [r for r in rel if r not in manifest.get("files", {})]
+        if missing:
+            raise ArtifactError(f"the manifest does not record {missing}", run_dir / MANIFEST)
+        verify_files(run_dir, manifest, only=rel)
+    arch = read_json(run_dir / rel[1])
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise ArtifactError(f"not a teacher architecture file (format {arch.get('format') if isinstance(arch, dict) else '?'})",
+                            run_dir / rel[1])
+    try:
+        config = TeacherConfig.from_dict(arch["config"])
+        teacher = Teacher(config, arch["sessions"], seed=int(arch["seed"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"malformed teacher architecture ({e})", run_dir / rel[1]) from None
+    tensors, _ = load_weights(run_dir / rel[0])
+    try:
+        teacher.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"weights do not fit the architecture ({str(e).splitlines()[0]})", run_dir / rel[0]) from None
+    return teacher.eval()
+
+
+def with_overrides(config: TeacherConfig, **overrides: Any) -> TeacherConfig:
+    """A preset with some fields changed (e.g. fewer epochs for a quick run)."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,177 @@
+"""The teacher stage: a dataset in, a run directory with a trained, scored teacher out.
+
+Two protocols:
+  * "split" (default): every session is split into train / validation / test
+    images; the teacher trains on all sessions' training images, early-stops
+    on validation, and is scored on the held-out test images.
+  * "cowley": the paper's protocol for the public V4 release. The teacher's
+    trunk trains on every session except the test sessions (190923, 201025).
+    Then, for each test session, the trunk is frozen and only that session's
+    readout is fitted, on the first half of its images (a tenth of them kept
+    for early stopping); the score is on the second half.
+
+Scores are per neuron: Pearson r against the repeat-averaged responses, plus
+noise-corrected r^2_ER and FEVE where repeats exist, and, for the digital twin,
+r against its noise-free rates, the ceiling-free answer. Medians come with
+bootstrap CIs.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from compactvision.artifacts import atomic_write_json, write_manifest
+from compactvision.data.formats import NeuralDataset, Session, load_dataset, split_images
+from compactvision.errors import DataError
+from compactvision.metrics import feve, pearson_r, r2_er, summarise
+from compactvision.models.teacher import PRESETS, Teacher, TeacherConfig, build_teacher, save_teacher
+from compactvision.train import TrainResult, fit, predict
+
+COWLEY_TEST_SESSIONS = ("190923", "201025")
+Progress = Callable[[str, int, int], None]
+
+
+def _targets(session: Session, idx: np.ndarray) -> np.ndarray:
+    """Repeat-averaged responses, images x neurons (the loop's layout)."""
+    return session.mean_responses()[:, idx].T.astype(np.float32)
+
+
+def _split_half(n: int) -> dict[str, np.ndarray]:
+    """Paper protocol: first half to fit (its last tenth to validate), second half to score."""
+    half = n // 2
+    n_val = max(1, half // 10)
+    return {"train": np.arange(0, half - n_val), "val": np.arange(half - n_val, half), "test": np.arange(half, n)}
+
+
+def score_session(teacher: Teacher, session: Session, idx: np.ndarray, device: str | None = None,
+                  noise_free: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-neuron scores of `teacher` on images `idx` of `session` (noise_free: neurons x idx rates)."""
+    pred = predict(teacher, session.images[idx], key=session.session_id, device=device).T.astype(np.float64)
+    responses = session.responses[:, idx]
+    scores = {"r": pearson_r(pred, np.nanmean(responses, axis=2))}
+    if session.n_repeats > 1:
+        scores["r2_er"] = r2_er(pred, responses)
+        scores["feve"] = feve(pred, responses)
+    if noise_free is not None:
+        scores["r_noise_free"] = pearson_r(pred, noise_free)
+    return scores
+
+
+def _fit(teacher: Teacher, sessions: Sequence[Session], splits: Mapping[str, dict[str, np.ndarray]],
+         config: TeacherConfig, seed: int, device: str | None, checkpoint_dir: Path, resume: bool,
+         progress: bool | Progress, stage: str) -> TrainResult:
+    train = {s.session_id: (s.images[splits[s.session_id]["train"]], _targets(s, splits[s.session_id]["train"]))
+             for s in sessions}
+    val = {s.session_id: (s.images[splits[s.session_id]["val"]], _targets(s, splits[s.session_id]["val"]))
+           for s in sessions}
+    stats = {}
+    for sid, (_, y) in train.items():
+        mean = np.nanmean(y, axis=0)
+        std = np.nanstd(y, axis=0)
+        std = np.where(std > 1e-8, std, 1.0)
+        teacher.set_response_stats(sid, mean, std)
+        stats[sid] = (mean, std)
+    report: bool | Progress = progress
+    if callable(progress):
+        report = lambda _stage, done, total: progress(stage, done, total)  # noqa: E731
+    return fit(teacher, train, val, config.train_config(seed=seed, device=device), checkpoint_dir=checkpoint_dir,
+               resume=resume, progress=report, target_stats=stats)
+
+
+def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str = "cpu", seed: int = 0,
+                  protocol: str = "split", device: str | None = None, resume: bool = False,
+                  epochs: int | None = None, data_kwargs: Mapping[str, Any] | None = None,
+                  progress: bool | Progress = True, test_sessions: Sequence[str] = COWLEY_TEST_SESSIONS) -> dict[str, Any]:
+    """Train and score a teacher; write the run directory; return the manifest."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if protocol not in ("split", "cowley"):
+        raise ValueError(f"protocol must be 'split' or 'cowley', got {protocol!r}")
+    config = PRESETS[preset] if epochs is None else replace(PRESETS[preset], epochs=int(epochs))
+    dataset = data if isinstance(data, NeuralDataset) else load_dataset(data, **dict(data_kwargs or {}))
+    source = dataset.metadata.get("source", str(data))
+    for s in dataset.sessions:
+        s.validate(source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if protocol == "cowley":
+        held_out = [s for s in dataset.sessions if s.session_id in test_sessions]
+        trunk_sessions = [s for s in dataset.sessions if s.session_id not in test_sessions]
+        if not held_out or not trunk_sessions:
+            raise DataError(f"the cowley protocol needs the test sessions {list(test_sessions)} and at least one "
+                            f"other; found {[s.session_id for s in dataset.sessions]}", source)
+    else:
+        held_out, trunk_sessions = [], list(dataset.sessions)
+    splits = {s.session_id: split_images(s.n_images, seed=seed) for s in trunk_sessions}
+    splits.update({s.session_id: _split_half(s.n_images) for s in held_out})
+
+    teacher = build_teacher(config, {s.session_id: s.neuron_ids for s in trunk_sessions}, seed=seed)
+    result = _fit(teacher, trunk_sessions, splits, config, seed, device, out / "checkpoints" / "teacher", resume,
+                  progress, "teacher")
+    histories = {"teacher": result.history}
+    if held_out:
+        teacher.freeze_trunk()
+        for s in held_out:
+            teacher.add_session(s.session_id, s.neuron_ids)
+            r = _fit(teacher, [s], splits, config, seed, device, out / "checkpoints" / f"readout_{s.session_id}",
+                     resume, progress, f"readout_{s.session_id}")
+            histories[f"readout_{s.session_id}"] = r.history
+        teacher.freeze_trunk(False)
+    teacher.eval()
+
+    noise_free = _twin_rates(dataset, splits)
+    per_session: dict[str, dict[str, np.ndarray]] = {}
+    scored = held_out if held_out else trunk_sessions
+    for s in scored:
+        per_session[s.session_id] = score_session(teacher, s, splits[s.session_id]["test"], device,
+                                                  noise_free.get(s.session_id))
+    pooled = {k: np.concatenate([v[k] for v in per_session.values() if k in v])
+              for k in {k for v in per_session.values() for k in v}}
+    summary = summarise(pooled)
+    summary_by_session = {sid: summarise(v) for sid, v in per_session.items()}
+
+    save_teacher(teacher, out)
+    # Checkpoints exist to resume an interrupted run; a finished run does not ship them.
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    atomic_write_json(out / "data.json", {
+        "source": source, "protocol": protocol, "test_sessions": [s.session_id for s in held_out],
+        "sessions": {s.session_id: {"neuron_ids": s.neuron_ids, "n_images": s.n_images, "n_repeats": s.n_repeats,
+                                    "split": {k: v.tolist() for k, v in splits[s.session_id].items()}}
+                     for s in dataset.sessions},
+        "dataset_metadata": {k: v for k, v in dataset.metadata.items() if isinstance(v, (str, int, float, bool))},
+    })
+    atomic_write_json(out / "history" / "teacher_metrics.json", {
+        "scored_on": "held-out images" + (" of the test sessions (second half)" if held_out else " (test split)"),
+        "summary": summary, "by_session": summary_by_session,
+        "per_neuron": {sid: {"neuron_ids": teacher.sessions[sid], **{k: v.tolist() for k, v in m.items()}}
+                       for sid, m in per_session.items()},
+        "training": histories, "images_per_second": result.images_per_second,
+        "train_seconds": result.train_seconds,
+    })
+    return write_manifest(out, kind="teacher", seed=seed, metrics={"teacher": summary},
+                          config={"preset": preset, "teacher": config.to_dict(),
+                                  "train": config.train_config(seed=seed, device=device).to_dict(),
+                                  "protocol": protocol, "data": str(data) if not isinstance(data, NeuralDataset) else source,
+                                  "data_kwargs": dict(data_kwargs or {}), "n_parameters": teacher.n_parameters()})
+
+
+def _twin_rates(dataset: NeuralDataset, splits: Mapping[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The twin's noise-free rates on each session's test images (empty for recorded data)."""
+    if not dataset.ground_truth:
+        return {}
+    from compactvision.data.twin import twin_from_ground_truth
+
+    size = int(dataset.metadata.get("image_size", 112))
+    twin = twin_from_ground_truth(dataset.ground_truth, image_size=size)
+    out, start = {}, 0
+    for s in dataset.sessions:
+        rows = slice(start, start + s.n_neurons)
+        start += s.n_neurons
+        if s.session_id in splits:
+            out[s.session_id] = twin.rates(s.images[splits[s.session_id]["test"]])[rows]
+    return out

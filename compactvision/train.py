@@ -1,0 +1,394 @@
+"""The one training loop: teacher, readout refits and distilled students all go through `fit`.
+
+It is written out, nanoGPT-style, rather than hidden in a framework: AdamW
+with a cosine schedule, the loss on per-neuron z-scored responses, early
+stopping on the validation median Pearson r, bf16 autocast on CUDA, a tqdm bar,
+and an atomic checkpoint at the end of every epoch.
+
+The checkpoint holds everything the next epoch depends on (weights, optimiser
+moments, torch RNG states, the best weights so far, the early-stopping counter
+and the history), and the data order of epoch e is a pure function of
+(seed, e). So a run killed at any moment (Ctrl-C included) resumes from its
+last finished epoch to exactly the weights an uninterrupted run ends with.
+
+Data come in three shapes, so the same loop serves every stage:
+  * `(images, targets)` arrays: images uint8 N x H x W x C or float N x C x H x W
+    in [0, 1]; targets N x n_neurons (NaN = no response, ignored by the loss);
+  * `{session: (images, targets)}`: several sessions, each batch from one
+    session, the model called as `model(x, session)`;
+  * a callable `epoch -> iterable of (images, targets[, session])` batches,
+    for data that do not fit in memory (the distillation label cache); it must
+    give the same batches for the same epoch for resume to be exact.
+"""
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from compactvision.artifacts import atomic_write_bytes
+from compactvision.errors import ArtifactError
+from compactvision.runtime import autocast, seed_everything, select_device
+
+CHECKPOINT = "checkpoint.pt"
+Arrays = tuple[Any, Any]
+BatchStream = Callable[[int], Iterable[Sequence[Any]]]
+ValMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to fit; stored in checkpoints and manifests."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    loss: str = "mse"              # "mse" on z-scored responses, or "poisson" on raw counts
+    patience: int = 5              # epochs without a better validation median r before stopping
+    seed: int = 0
+    device: str | None = None      # None: CUDA when present, else CPU
+    amp: bool = True               # bf16 autocast, CUDA only
+    min_lr_ratio: float = 0.02     # the cosine schedule ends at lr * min_lr_ratio
+    regularizer_weight: float = 1.0  # scale on `model.regularizer(...)`, when the model has one
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("mse", "poisson"):
+            raise ValueError(f"loss must be 'mse' or 'poisson', got {self.loss!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What happened; the model itself is left holding its best weights, in eval mode."""
+
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]]
+    target_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)  # key -> (mean, std)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+# ------------------------------------------------------------------ inputs
+def as_model_input(images: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 N x H x W x C -> float N x C x H x W in [0, 1]; float input is taken as N x C x H x W already."""
+    t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if t.dtype == torch.uint8:
+        return t.to(device).permute(0, 3, 1, 2).float().div(255.0)
+    return t.to(device).float()
+
+
+def _key(k: Any) -> str:
+    return "" if k is None else str(k)
+
+
+class _Batches:
+    """One view over the three data shapes: `epoch(e)` yields (key, images, targets)."""
+
+    def __init__(self, data: Arrays | Mapping[str, Arrays] | BatchStream, what: str) -> None:
+        self.stream: BatchStream | None = None
+        self.arrays: dict[str | None, Arrays] = {}
+        if callable(data):
+            self.stream = data
+        elif isinstance(data, Mapping):
+            self.arrays = {str(k): self._pair(v, f"{what}[{k}]") for k, v in data.items()}
+        elif isinstance(data, (tuple, list)) and len(data) == 2:
+            self.arrays = {None: self._pair(data, what)}
+        else:
+            raise TypeError(f"{what}: expected (images, targets), {{session: (images, targets)}} or a batch callable")
+
+    @staticmethod
+    def _pair(pair: Arrays, what: str) -> Arrays:
+        x, y = pair
+        if len(x) != len(y):
+            raise ValueError(f"{what}: {len(x)} images but {len(y)} target rows")
+        return x, y
+
+    def n_batches(self, batch_size: int) -> int | None:
+        if self.stream is not None:
+            return None
+        return sum(math.ceil(len(x) / batch_size) for x, _ in self.arrays.values())
+
+    def epoch(self, epoch: int, batch_size: int, seed: int, shuffle: bool) -> Iterator[tuple[str | None, Any, Any]]:
+        if self.stream is not None:
+            for batch in self.stream(epoch):
+                yield (batch[2] if len(batch) > 2 else None), batch[0], batch[1]
+            return
+        rng = np.random.default_rng([seed, epoch])
+        plan: list[tuple[str | None, np.ndarray]] = []
+        for key, (x, _) in self.arrays.items():
+            order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            plan += [(key, order[s:s + batch_size]) for s in range(0, len(x), batch_size)]
+        if shuffle:
+            plan = [plan[i] for i in rng.permutation(len(plan))]
+        for key, idx in plan:
+            x, y = self.arrays[key]
+            idx = np.sort(idx)  # sorted reads are faster from memory-mapped arrays
+            yield key, x[idx], y[idx]
+
+    def target_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per-neuron mean and s.d. of the targets (NaN ignored), per key."""
+        sums: dict[str, list[np.ndarray]] = {}
+        for key, _, y in self.epoch(0, 4096, 0, shuffle=False):
+            y = np.asarray(y, dtype=np.float64)
+            ok = np.isfinite(y)
+            acc = sums.setdefault(_key(key), [np.zeros(y.shape[1]), np.zeros(y.shape[1]), np.zeros(y.shape[1])])
+            acc[0] += ok.sum(0)
+            acc[1] += np.where(ok, y, 0.0).sum(0)
+            acc[2] += np.where(ok, y, 0.0).__pow__(2).sum(0)
+        out = {}
+        for key, (n, s, s2) in sums.items():
+            n = np.maximum(n, 1)
+            mean = s / n
+            std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
+            out[key] = (mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+        return out
+
+
+# ---------------------------------------------------------------- the loss
+def response_loss(pred: torch.Tensor, target: torch.Tensor, inv_std: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean loss over the finite targets.
+
+    "mse" is the MSE between z-scored prediction and z-scored response, which
+    is the raw error divided by each neuron's s.d. (the means cancel), so the
+    model may predict in response units and every neuron still weighs the same.
+    "poisson" is the Poisson negative log-likelihood of the raw counts; it
+    needs non-negative predictions (rates).
+    """
+    valid = torch.isfinite(target)
+    y = torch.where(valid, target, torch.zeros_like(target))
+    if kind == "mse":
+        per = ((pred - y) * inv_std) ** 2
+    else:
+        rate = pred.clamp_min(1e-6)
+        per = rate - y * torch.log(rate)
+    return (per * valid).sum() / valid.sum().clamp_min(1)
+
+
+def pearson_per_neuron(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Default validation metric: Pearson r of each neuron (column) across images."""
+    from compactvision.metrics import pearson_r
+
+    return np.asarray(pearson_r(np.asarray(pred, np.float64).T, np.asarray(target, np.float64).T))
+
+
+# -------------------------------------------------------------- evaluation
+def _call(model: nn.Module, x: torch.Tensor, key: str | None) -> torch.Tensor:
+    return model(x) if key is None else model(x, key)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Any, batch_size: int = 256, device: str | torch.device | None = None,
+            key: str | None = None, amp: bool = True) -> np.ndarray:
+    """Model outputs for many images, N x n_out float32, in eval mode and in batches."""
+    dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for s in range(0, len(images), batch_size):
+            with autocast(dev, amp):
+                out.append(_call(model, as_model_input(images[s:s + batch_size], dev), key).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _evaluate(model: nn.Module, data: _Batches, config: TrainConfig, device: torch.device,
+              inv_std: Mapping[str, torch.Tensor], val_metric: ValMetric) -> tuple[float, float]:
+    """(median per-neuron score, mean loss) over the validation data."""
+    preds: dict[str, list[np.ndarray]] = {}
+    targets: dict[str, list[np.ndarray]] = {}
+    loss_sum, n = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for key, x, y in data.epoch(0, max(config.batch_size, 256), config.seed, shuffle=False):
+            with autocast(device, config.amp):
+                p = _call(model, as_model_input(x, device), key).float()
+            yt = torch.as_tensor(np.asarray(y), dtype=torch.float32, device=device)
+            loss_sum += float(response_loss(p, yt, inv_std[_key(key)], config.loss)) * len(yt)
+            n += len(yt)
+            preds.setdefault(_key(key), []).append(p.cpu().numpy())
+            targets.setdefault(_key(key), []).append(yt.cpu().numpy())
+    scores = [np.asarray(val_metric(np.concatenate(preds[k]), np.concatenate(targets[k])), float).ravel() for k in preds]
+    all_scores = np.concatenate(scores) if scores else np.array([np.nan])
+    score = float(np.nanmedian(all_scores)) if np.isfinite(all_scores).any() else float("nan")
+    return score, loss_sum / max(n, 1)
+
+
+# ------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """One file, written atomically: a kill mid-write leaves the previous checkpoint intact."""
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError("checkpoint not found", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file
+        raise ArtifactError(f"not a readable checkpoint ({e})", path) from None
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _lr_at(config: TrainConfig, progress: float) -> float:
+    """Cosine decay from lr to lr * min_lr_ratio over the run (progress in [0, 1])."""
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    # No weight decay on biases and norm scales: decaying them only shifts the operating point.
+    decay = [p for p in params if p.ndim >= 2]
+    keep = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+# ------------------------------------------------------------------- fit
+def fit(model: nn.Module, train_data: Arrays | Mapping[str, Arrays] | BatchStream,
+        val_data: Arrays | Mapping[str, Arrays] | BatchStream, config: TrainConfig = TrainConfig(),
+        checkpoint_dir: str | Path | None = None, resume: bool = False,
+        progress: bool | Callable[[str, int, int], None] = True, val_metric: ValMetric | None = None,
+        target_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> TrainResult:
+    """Train `model` in place on `train_data`, early-stopping on `val_data`'s median per-neuron score.
+
+    `val_metric(pred, target)` (images x neurons each) returns one score per
+    neuron; the default is Pearson r. `target_stats` ({key: (mean, std)},
+    key "" for unkeyed data) fixes the z-scoring; by default it comes from the
+    training targets and is returned in the result. With `checkpoint_dir`, a
+    checkpoint is written after every epoch; `resume=True` continues from it.
+    `progress` is True for a tqdm bar, False for silence, or a
+    `progress(stage, done, total)` callable (see `compactvision.progress`).
+    """
+    device = select_device(config.device)
+    model.to(device)
+    train, val = _Batches(train_data, "train_data"), _Batches(val_data, "val_data")
+    val_metric = val_metric or pearson_per_neuron
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    optimizer = _optimizer(model, config)
+
+    state = load_checkpoint(ckpt) if (resume and ckpt is not None and ckpt.exists()) else None
+    if state is not None:
+        if state["config"] != config.to_dict():
+            raise ArtifactError(f"checkpoint was written with a different training config {state['config']}; "
+                                "resume with the same settings or start a new run", ckpt)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and state.get("rng_cuda"):
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        stats = {k: (v[0].numpy(), v[1].numpy()) for k, v in state["target_stats"].items()}
+        start, history = int(state["epoch"]) + 1, list(state["history"])
+        best_score, best_epoch, bad_epochs = float(state["best_score"]), int(state["best_epoch"]), int(state["bad_epochs"])
+        best_state, finished = state["best_model"], bool(state["finished"])
+        train_seconds, images_seen = float(state["train_seconds"]), int(state["images_seen"])
+    else:
+        seed_everything(config.seed)
+        stats = train.target_stats() if target_stats is None else {
+            k: (np.asarray(m, np.float32), np.asarray(s, np.float32)) for k, (m, s) in target_stats.items()}
+        start, history = 0, []
+        best_score, best_epoch, bad_epochs = -math.inf, -1, 0
+        best_state, finished = None, False
+        train_seconds, images_seen = 0.0, 0
+    inv_std = {k: torch.as_tensor(1.0 / np.asarray(s, np.float32), device=device) for k, (_, s) in stats.items()}
+
+    n_batches = train.n_batches(config.batch_size)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs, initial=start, desc="train", unit="epoch", dynamic_ncols=True)
+    report = progress if callable(progress) else None
+
+    try:
+        epoch = start
+        while not finished and epoch < config.epochs:
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum, n_seen = 0.0, 0
+            for i, (key, x, y) in enumerate(train.epoch(epoch, config.batch_size, config.seed, shuffle=True)):
+                if len(x) < 2:
+                    continue  # BatchNorm cannot train on one image
+                frac = i / n_batches if n_batches else 0.0
+                for g in optimizer.param_groups:
+                    g["lr"] = _lr_at(config, (epoch + frac) / config.epochs)
+                xt = as_model_input(x, device)
+                yt = torch.as_tensor(np.asarray(y), dtype=torch.float32, device=device)
+                with autocast(device, config.amp):
+                    pred = _call(model, xt, key)
+                loss = response_loss(pred.float(), yt, inv_std[_key(key)], config.loss)
+                total = loss
+                if config.regularizer_weight and hasattr(model, "regularizer"):
+                    reg = model.regularizer() if key is None else model.regularizer(key)
+                    total = loss + config.regularizer_weight * reg
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(xt)
+                n_seen += len(xt)
+            train_seconds += time.perf_counter() - t0
+            images_seen += n_seen
+            score, val_loss = _evaluate(model, val, config, device, inv_std, val_metric)
+            improved = math.isfinite(score) and score > best_score
+            if improved:
+                best_score, best_epoch, bad_epochs, best_state = score, epoch, 0, _cpu_state(model)
+            else:
+                bad_epochs += 1
+            history.append({"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_loss": val_loss,
+                            "val_median_r": score, "lr": optimizer.param_groups[0]["lr"],
+                            "seconds": time.perf_counter() - t0})
+            finished = bad_epochs >= config.patience or epoch + 1 >= config.epochs
+            if ckpt is not None:
+                save_checkpoint(ckpt, {
+                    "config": config.to_dict(), "epoch": epoch, "model": _cpu_state(model),
+                    "optimizer": optimizer.state_dict(), "best_model": best_state,
+                    "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                    "finished": finished, "history": history, "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "target_stats": {k: [torch.as_tensor(m), torch.as_tensor(s)] for k, (m, s) in stats.items()},
+                    "train_seconds": train_seconds, "images_seen": images_seen,
+                })
+            if bar is not None:
+                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_r=f"{score:.3f}")
+                bar.update(1)
+            if report is not None:
+                report("train", epoch + 1, config.epochs)
+            epoch += 1
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(best_epoch=best_epoch, best_score=best_score, epochs_run=len(history),
+                       stopped_early=bool(history) and len(history) < config.epochs and bad_epochs >= config.patience,
+                       history=history, target_stats=stats, train_seconds=train_seconds,
+                       images_per_second=images_seen / train_seconds if train_seconds > 0 else 0.0)
+
