@@ -169,5 +169,81 @@ def _import_cowley(args: argparse.Namespace) -> None:
               f"{m['median_r_first_half']:.3f} on the first half")
 
 
+def _add_compress_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local processes (default) or Ray tasks, one per neuron")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--progress-format", choices=["bar", "lines", "none"], default="bar",
+                   help="tqdm bars, or 'PROGRESS <stage> <done>/<total>' lines for programs")
+
+
+@stage
+def add_compress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="distil the run's teacher and prune one compact model per neuron (resumable)")
+    p.add_argument("run", help="a run directory with a trained teacher")
+    p.add_argument("--preset", default="demo", help="take the compression sizes of this pipeline preset (tiny, demo)")
+    p.add_argument("--strategy", choices=["shared", "per_neuron"], help="starting student(s); default from the preset")
+    p.add_argument("--threshold", type=float, help="variance the kept filters must explain (default 0.9)")
+    p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
+    p.add_argument("--seed", type=int, default=0)
+    _add_compress_options(p)
+    p.set_defaults(func=_compress)
+
+
+def _compress(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from compactvision.compress import compress_run
+    from compactvision.pipeline import PRESETS
+    from compactvision.progress import reporter
+    from compactvision.prune import PruneConfig
+
+    config = replace(PRESETS[args.preset].compress, seed=args.seed)
+    if args.strategy:
+        config = replace(config, strategy=args.strategy)
+    if args.threshold is not None:
+        config = replace(config, prune=PruneConfig(threshold=args.threshold, min_filters=config.prune.min_filters))
+    summary = compress_run(args.run, config, backend=args.backend, workers=args.workers, address=args.address,
+                           neurons=args.neurons, progress=reporter(args.progress_format), device=args.device)
+    _print_compression(summary)
+
+
+def _print_compression(summary: dict) -> None:
+    print(f"{summary.get('n_students', 0)} compact models")
+    for key, label in (("n_parameters", "parameters"), ("r_heldout", "r held-out"), ("r_truth", "r vs noise-free truth"),
+                       ("r_teacher", "r vs teacher"), ("seconds", "seconds per neuron")):
+        if key in summary:
+            m = summary[key]
+            print(f"  median {label}: {m['median']:.4g} (95% CI {m['ci_low']:.4g} to {m['ci_high']:.4g})")
+
+
+@stage
+def add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="twin data -> teacher -> compact models, end to end (resumable)")
+    p.add_argument("--preset", choices=["tiny", "demo"], default="demo")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="delete an existing run directory first")
+    _add_compress_options(p)
+    p.set_defaults(func=_pipeline)
+
+
+def _pipeline(args: argparse.Namespace) -> None:
+    import shutil
+    from pathlib import Path
+
+    from compactvision.pipeline import run_pipeline
+    from compactvision.progress import reporter
+
+    if args.force and Path(args.out).exists():
+        shutil.rmtree(args.out)
+    manifest = run_pipeline(args.preset, args.out, seed=args.seed, progress=reporter(args.progress_format),
+                            backend=args.backend, workers=args.workers, address=args.address, device=args.device)
+    print(f"{args.out}: teacher median r {manifest['metrics']['teacher']['r']['median']:.3f}")
+    _print_compression(manifest["metrics"]["compression"])
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

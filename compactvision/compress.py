@@ -334,16 +334,10 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
 
 def summarise_run(run_dir: str | Path) -> dict[str, Any]:
     """Medians (with bootstrap CIs) over the neurons compressed so far."""
-    from compactvision.metrics import bootstrap_median_ci
+    from compactvision.metrics import summarise
 
     run_dir = Path(run_dir)
     records = [read_json(p) for p in sorted((run_dir / "history").glob("prune_*.json"))]
-    if not records:
-        return {"n_students": 0}
-    out: dict[str, Any] = {"n_students": len(records)}
-    for key in ("n_parameters", "macs", "r_teacher", "r_teacher_unpruned", "r_heldout", "r_truth", "seconds"):
-        vals = np.array([r["metrics"][key] for r in records if r["metrics"].get(key) is not None], float)
-        if len(vals):
-            med, lo, hi = bootstrap_median_ci(vals)
-            out[key] = {"median": float(med), "ci": [float(lo), float(hi)], "n": int(len(vals))}
-    return out
+    per_neuron = {key: np.array([r["metrics"][key] for r in records if r["metrics"].get(key) is not None], float)
+                  for key in ("n_parameters", "macs", "r_teacher", "r_teacher_unpruned", "r_heldout", "r_truth", "seconds")}
+    return {"n_students": len(records), **summarise({k: v for k, v in per_neuron.items() if len(v)})}

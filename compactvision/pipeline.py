@@ -1,0 +1,108 @@
+"""`pipeline`: digital-twin data -> teacher -> compressed per-neuron models, in one command.
+
+A preset fixes every size in the chain, so a run is reproducible from its
+name and seed. `tiny` exists for tests (about a minute on two CPU cores);
+`demo` makes the bundled default run the app opens on (64 x 64 px twin images,
+so it builds on a laptop CPU in tens of minutes; the paper's sizes are the
+teacher's `paper` preset and `CompressConfig`'s defaults, meant for a GPU).
+
+Every stage is resumable, so rerunning the same command after a kill
+continues where it stopped.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compactvision.artifacts import MANIFEST, atomic_write_bytes, read_json, read_manifest, write_manifest
+from compactvision.compress import CACHE_DIR, HELDOUT, CompressConfig, compress_run
+from compactvision.distill import StreamConfig
+from compactvision.progress import Progress, silent
+from compactvision.prune import PruneConfig
+
+
+@dataclass(frozen=True)
+class PipelinePreset:
+    """Sizes for every stage of one end-to-end run."""
+
+    neurons: int
+    images: int
+    repeats: int
+    image_size: int
+    teacher_preset: str
+    teacher_overrides: dict[str, Any] = field(default_factory=dict)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"neurons": self.neurons, "images": self.images, "repeats": self.repeats, "image_size": self.image_size,
+                "teacher_preset": self.teacher_preset, "teacher_overrides": dict(self.teacher_overrides),
+                "compress": self.compress.to_dict()}
+
+
+PRESETS: dict[str, PipelinePreset] = {
+    # One neuron of each of the twin's 8 cell types; small everything. For tests.
+    "tiny": PipelinePreset(
+        neurons=8, images=1200, repeats=4, image_size=48, teacher_preset="tiny",
+        compress=CompressConfig(
+            stream=StreamConfig(n_images=2048, image_size=48, chunk=256),
+            student_channels=(16, 16, 16, 16, 16), shared_epochs=4, neuron_epochs=2, neuron_images=1024,
+            finetune_epochs=1, finetune_images=512, batch_size=64, lr=3e-3, probe_images=256,
+            prune=PruneConfig(threshold=0.9, min_filters=3))),
+    # The bundled default: two neurons of each cell type, the CPU teacher.
+    "demo": PipelinePreset(
+        neurons=16, images=3000, repeats=4, image_size=64, teacher_preset="cpu", teacher_overrides={"epochs": 8},
+        compress=CompressConfig(
+            stream=StreamConfig(n_images=8192, image_size=64, chunk=256),
+            student_channels=(32, 32, 32, 32, 32), shared_epochs=5, neuron_epochs=2, neuron_images=4096,
+            finetune_epochs=1, finetune_images=2048, batch_size=64, lr=2e-3, probe_images=512,
+            prune=PruneConfig(threshold=0.9, min_filters=3))),
+}
+
+
+def _stage_done(out: Path, kinds: tuple[str, ...]) -> bool:
+    if not (out / MANIFEST).exists():
+        return False
+    return read_json(out / MANIFEST).get("kind") in kinds
+
+
+def run_pipeline(preset: str | PipelinePreset, out: str | Path, seed: int = 0, progress: Progress = silent,
+                 backend: str = "local", workers: int | None = None, address: str | None = None,
+                 device: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole chain into `out`; returns the final manifest."""
+    from compactvision.data.formats import NeuralDataset, Session, save_npz
+    from compactvision.data.twin import make_twin_dataset
+    from compactvision.teacher_stage import train_teacher
+
+    name = preset if isinstance(preset, str) else "custom"
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
+    if not _stage_done(out, ("teacher", "compressed", "pipeline")):
+        train_teacher(dataset, out, preset=p.teacher_preset, seed=seed, device=device, resume=True,
+                      config_overrides={"image_size": p.image_size, **p.teacher_overrides}, progress=progress)
+    # The held-out split travels with the run (the app and the benchmarks score on it);
+    # the training images feed the distillation stream from the hidden cache.
+    session = dataset.sessions[0]
+    split = read_json(out / "data.json")["sessions"][session.session_id]["split"]
+    test, train = np.asarray(split["test"]), np.asarray(split["train"])
+    if not (out / HELDOUT).exists():
+        held = Session(session.session_id, session.images[test], session.responses[:, test], session.neuron_ids,
+                       {"split": "test", "indices": test.tolist()})
+        save_npz(NeuralDataset([held], dict(dataset.metadata), dataset.ground_truth), out / HELDOUT)
+    cache = out / CACHE_DIR
+    cache.mkdir(exist_ok=True)
+    if not (cache / "train_images.npy").exists():
+        buf = io.BytesIO()
+        np.save(buf, session.images[train])
+        atomic_write_bytes(cache / "train_images.npy", buf.getvalue())
+    config = replace(p.compress, seed=seed)
+    compress_run(out, config, backend=backend, workers=workers, address=address, progress=progress, device=device)
+    manifest = read_manifest(out, verify=False)
+    cfg = dict(manifest["config"])
+    cfg["pipeline"] = {"preset": name, **p.to_dict()}
+    return write_manifest(out, kind="pipeline", config=cfg, metrics=manifest["metrics"], seed=seed)
