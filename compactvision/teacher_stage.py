@@ -85,13 +85,20 @@ def _fit(teacher: Teacher, sessions: Sequence[Session], splits: Mapping[str, dic
 def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str = "cpu", seed: int = 0,
                   protocol: str = "split", device: str | None = None, resume: bool = False,
                   epochs: int | None = None, data_kwargs: Mapping[str, Any] | None = None,
-                  progress: bool | Progress = True, test_sessions: Sequence[str] = COWLEY_TEST_SESSIONS) -> dict[str, Any]:
-    """Train and score a teacher; write the run directory; return the manifest."""
+                  progress: bool | Progress = True, test_sessions: Sequence[str] = COWLEY_TEST_SESSIONS,
+                  config_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train and score a teacher; write the run directory; return the manifest.
+
+    `config_overrides` changes fields of the preset (e.g. `image_size` for
+    data that are not 112 px); the run's manifest records the result.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if protocol not in ("split", "cowley"):
         raise ValueError(f"protocol must be 'split' or 'cowley', got {protocol!r}")
-    config = PRESETS[preset] if epochs is None else replace(PRESETS[preset], epochs=int(epochs))
+    config = replace(PRESETS[preset], **dict(config_overrides or {}))
+    if epochs is not None:
+        config = replace(config, epochs=int(epochs))
     dataset = data if isinstance(data, NeuralDataset) else load_dataset(data, **dict(data_kwargs or {}))
     source = dataset.metadata.get("source", str(data))
     for s in dataset.sessions:
