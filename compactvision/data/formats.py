@@ -130,9 +130,20 @@ def _as_responses(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(6)
+
+
 def _load_npy(path: Path) -> np.ndarray:
     """np.load without pickle; every failure is a DataError naming the file."""
     _require_file(path)
+    if not _magic(path).startswith(_NPY_MAGIC):
+        raise DataError("not an .npy array (no NumPy header); pickles and other formats are refused", path)
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -198,6 +209,8 @@ def load_npz(path: str | Path) -> NeuralDataset:
 
     path = Path(path)
     _require_file(path)
+    if not _magic(path).startswith(_ZIP_MAGIC):
+        raise DataError("not an .npz archive (no zip header)", path)
     try:
         archive = np.load(path, allow_pickle=False)
     except ValueError as e:
