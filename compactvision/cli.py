@@ -163,7 +163,8 @@ def _import_cowley(args: argparse.Namespace) -> None:
     run = import_cowley(args.weights_dir, args.out, sessions=args.sessions, evaluate=not args.no_evaluate,
                         progress=True, device=args.device)
     metrics = read_manifest(run, verify=False)["metrics"]
-    print(f"{run}: {metrics['n_students']} students, median {metrics['median_n_parameters']:.0f} parameters")
+    summary = metrics["compression"]
+    print(f"{run}: {summary['n_students']} students, median {summary['n_parameters']['median']:.0f} parameters")
     for session, m in metrics["sessions"].items():
         print(f"  session {session}: median r {m['median_r_heldout']:.3f} on the held-out half, "
               f"{m['median_r_first_half']:.3f} on the first half")

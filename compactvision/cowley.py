@@ -25,25 +25,32 @@ from __future__ import annotations
 import io
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from compactvision.artifacts import STUDENTS, atomic_write_json, save_student, sha256_file, write_manifest
+from compactvision.data.formats import Session, load_cowley
 from compactvision.errors import ArtifactError, DataError
+from compactvision.metrics import bootstrap_median_ci, pearson_r
 from compactvision.models.student import CompactStudent, StudentArch
 from compactvision.runtime import select_device
+from compactvision.train import predict
+
+try:  # NumPy >= 2 moved the array machinery to numpy._core; files written by NumPy 1 still name numpy.core
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core.multiarray import _reconstruct
 
 #: The only globals a published weights file may name: NumPy's array
 #: reconstruction (under its NumPy 1 and NumPy 2 module paths), the ndarray
 #: type it rebuilds, and dtype. None of them can run code or touch the system.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
@@ -84,8 +91,10 @@ def load_published_arrays(path: str | Path) -> list[np.ndarray]:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
+            elif version == (2, 0):
                 shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
         except ValueError as e:
             raise ArtifactError(f"not a .npy file ({e})", path) from None
         if dtype != np.dtype(object):
@@ -117,7 +126,8 @@ class PublishedModel:
 
     @property
     def neuron_id(self) -> str:
-        return f"{self.session}_{self.index}"
+        """The data layer's name for this neuron (`load_cowley`), so students and responses join on it."""
+        return f"{self.session}_neuron{self.index}"
 
 
 def published_to_student(arrays: Sequence[np.ndarray], neuron_id: str | None = None,
@@ -236,70 +246,28 @@ def release_root_of(weights_dir: str | Path) -> Path | None:
     return None
 
 
-def read_session_images(release_root: str | Path, session: str) -> np.ndarray:
-    """uint8 (n_images, 112, 112, 3) of one session, in member-name order (image i is response column i)."""
-    from PIL import Image
-
-    path = Path(release_root) / "images" / f"images_{session}.zip"
-    if not path.is_file():
-        raise DataError("image archive not found", path)
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = sorted(n for n in z.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png")))
-            images = [np.asarray(Image.open(io.BytesIO(z.read(n))).convert("RGB")) for n in names]
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"unreadable image archive ({e})", path) from None
-    if not images or len({im.shape for im in images}) != 1:
-        raise DataError("archive holds no images, or images of different sizes", path)
-    return np.stack(images)
-
-
-def read_session_responses(release_root: str | Path, session: str) -> np.ndarray:
-    """Repeat-averaged responses (neurons, images) of one session."""
-    path = Path(release_root) / "responses_repeat_averaged" / f"responses_{session}.npy"
-    try:
-        r = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError("responses file not found", path) from None
-    except ValueError as e:
-        raise DataError(f"not a plain numeric .npy array ({e})", path) from None
-    if r.ndim != 2 or r.dtype.kind != "f":
-        raise DataError(f"expected float (neurons, images), got {r.dtype} {r.shape}", path)
-    return r
-
-
-@torch.inference_mode()
-def predict(model: CompactStudent, images: np.ndarray, batch_size: int = 64, device: str | None = None) -> np.ndarray:
-    """Responses (n_images,) or (n_images, n_outputs) of a student to uint8 N x H x W x C images.
-
-    Runs the BN-folded, channels-last form: the same function, a few times faster.
-    """
-    dev = select_device(device)
-    fast = model.fused().to(dev, memory_format=torch.channels_last)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
-        out.append(fast(x.contiguous(memory_format=torch.channels_last)).cpu())
-    y = torch.cat(out).numpy()
-    return y[:, 0] if y.shape[1] == 1 else y
-
-
-def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
-
 def split_halves(n_images: int) -> tuple[slice, slice]:
-    """(first half, held-out second half) in image-name order, the paper's protocol."""
+    """(first half, held-out second half) in image-name order: the paper's protocol."""
     half = n_images // 2
     return slice(0, half), slice(half, n_images)
 
 
-def score_students(students: dict[int, CompactStudent], images: np.ndarray, responses: np.ndarray,
+def session_predictions(model: CompactStudent, images: np.ndarray, device: str | None = None) -> np.ndarray:
+    """One student's responses (n_images,) to uint8 N x H x W x C images, in float32 without autocast.
+
+    Runs the BN-folded, channels-last form: the same function, a few times
+    faster on CPU; no bf16, since the point is to reproduce the Keras numbers.
+    """
+    dev = select_device(device)
+    fast = model.fused().to(dev, memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return predict(fast, images, batch_size=64, device=dev, amp=False)[:, 0]
+
+
+def score_students(students: Mapping[int, CompactStudent], images: np.ndarray, responses: np.ndarray,
                    first_half: bool = True, device: str | None = None) -> dict[int, dict[str, float]]:
-    """Pearson r of each student (keyed by neuron row) on the held-out half, and optionally the first half."""
+    """Pearson r of each single-output student (keyed by its row in `responses`, neurons x images)
+    on the held-out half, and optionally on the first half."""
     first, held_out = split_halves(len(images))
     if responses.shape[1] != len(images):
         raise DataError(f"{len(images)} images but responses to {responses.shape[1]}")
@@ -307,12 +275,19 @@ def score_students(students: dict[int, CompactStudent], images: np.ndarray, resp
     for k, model in students.items():
         if not 0 <= k < responses.shape[0]:
             raise DataError(f"neuron {k} has no row in the {responses.shape[0]}-neuron responses")
-        y = predict(model, images if first_half else images[held_out], device=device)
+        if model.arch.n_outputs != 1:
+            raise ArtifactError(f"the student of neuron {k} has {model.arch.n_outputs} outputs, expected one")
+        y = session_predictions(model, images if first_half else images[held_out], device)
         y_held = y[held_out] if first_half else y
-        scores[k] = {"r_heldout": pearson_r(y_held, responses[k, held_out])}
+        scores[k] = {"r_heldout": float(pearson_r(y_held, responses[k, held_out])[0])}
         if first_half:
-            scores[k]["r_first_half"] = pearson_r(y[first], responses[k, first])
+            scores[k]["r_first_half"] = float(pearson_r(y[first], responses[k, first])[0])
     return scores
+
+
+def load_session(release_root: str | Path, session: str) -> Session:
+    """One session of the release through the data layer (repeat-averaged responses are what the paper scores)."""
+    return load_cowley(release_root, [session]).sessions[0]
 
 
 def evaluate_published(release_root: str | Path, session: str, first_half: bool = True,
@@ -322,15 +297,13 @@ def evaluate_published(release_root: str | Path, session: str, first_half: bool 
     Also on the first half (the one the teacher's readout was fit on) unless
     `first_half` is False, which halves the work.
     """
-    release_root = Path(release_root)
     models = {m.index: load_published_model(m) for m in find_published_models(release_root, [session])}
-    images = read_session_images(release_root, session)
-    responses = read_session_responses(release_root, session)
-    scores = score_students(models, images, responses, first_half=first_half, device=device)
+    s = load_session(release_root, session)
+    scores = score_students(models, s.images, s.mean_responses(), first_half=first_half, device=device)
     return session_summary(session, scores, {k: m.n_parameters() for k, m in models.items()})
 
 
-def session_summary(session: str, scores: dict[int, dict[str, float]], n_parameters: dict[int, int]) -> dict[str, Any]:
+def session_summary(session: str, scores: Mapping[int, Mapping[str, float]], n_parameters: Mapping[int, int]) -> dict[str, Any]:
     """Per-neuron lists and the medians the paper reports, for one session."""
     ks = sorted(scores)
     out: dict[str, Any] = {"session": session, "neurons": ks,
@@ -349,9 +322,11 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
                   evaluate: bool = True, progress: bool = False, device: str | None = None) -> Path:
     """Convert published models into a run directory (manifest kind "imported-cowley").
 
-    With `evaluate` and the release's images/responses beside the weights, each
-    neuron's held-out and first-half r go into its sidecar JSON and the
-    manifest's metrics.
+    Students are named as the data layer names the neurons ("<session>_neuron<k>").
+    With `evaluate` and the release's images and responses beside the weights,
+    each neuron's held-out and first-half r go into its sidecar JSON, and the
+    manifest's metrics get per-session medians plus the same "compression"
+    summary (medians with bootstrap CIs) a compressed run records.
     """
     from tqdm.auto import tqdm
 
@@ -364,42 +339,56 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
     for m in models:
         by_session.setdefault(m.session, []).append(m)
 
-    per_neuron: dict[str, dict[str, float]] = {}
-    n_parameters: list[int] = []
+    records: dict[str, dict[str, Any]] = {}
     session_metrics: dict[str, Any] = {}
     data: dict[str, Any] = {"source": "Cowley et al. (2026) V4 release, published compact models", "sessions": {}}
     bar = tqdm(total=len(models), desc="import-cowley", unit="model", disable=not progress)
     for session, group in by_session.items():
-        students = {m.index: load_published_model(m) for m in group}
-        n_parameters += [s.n_parameters() for s in students.values()]
-        scores: dict[int, dict[str, float]] = {}
+        data["sessions"][session] = {"neurons": [m.neuron_id for m in group]}
         has_data = root is not None and (root / "images" / f"images_{session}.zip").is_file()
         if has_data:
-            images = read_session_images(root, session)
-            responses = read_session_responses(root, session)
-            first, held_out = split_halves(len(images))
-            data["sessions"][session] = {"n_images": len(images), "first_half": [first.start, first.stop],
-                                         "held_out": [held_out.start, held_out.stop]}
+            recording = load_session(root, session)
+            responses = recording.mean_responses()
+            first, held_out = split_halves(recording.n_images)
+            data["sessions"][session].update(n_images=recording.n_images, first_half=[first.start, first.stop],
+                                             held_out=[held_out.start, held_out.stop])
+        scores: dict[int, dict[str, float]] = {}
+        n_parameters: dict[int, int] = {}
         for m in group:
+            student = load_published_model(m)
+            n_parameters[m.index] = student.n_parameters()
+            record: dict[str, Any] = {"n_parameters": n_parameters[m.index], "macs": student.macs()}
             extra: dict[str, Any] = {"session": session, "neuron_index": m.index,
                                      "source": {"file": m.weights.name, "sha256": sha256_file(m.weights)}}
             if has_data:
-                scores[m.index] = score_students({m.index: students[m.index]}, images, responses,
+                scores[m.index] = score_students({m.index: student}, recording.images, responses,
                                                  device=device)[m.index]
                 extra["metrics"] = scores[m.index]
-                per_neuron[m.neuron_id] = scores[m.index]
-            save_student(students[m.index], out_run, m.neuron_id, extra=extra)
+                record.update(scores[m.index])
+            save_student(student, out_run, m.neuron_id, extra=extra)
+            records[m.neuron_id] = record
             bar.update()
-        data["sessions"].setdefault(session, {})["neurons"] = [m.neuron_id for m in group]
         if scores:
-            summary = session_summary(session, scores, {k: s.n_parameters() for k, s in students.items()})
+            summary = session_summary(session, scores, n_parameters)
             session_metrics[session] = {k: summary[k] for k in ("median_r_heldout", "median_r2_heldout",
                                                                   "median_r_first_half", "median_n_parameters")}
     bar.close()
     atomic_write_json(out_run / "data.json", data)
     write_manifest(out_run, kind="imported-cowley",
                    config={"weights_dir": str(Path(weights_dir)), "sessions": sorted(by_session),
-                           "evaluated": bool(per_neuron)},
-                   metrics={"per_neuron": per_neuron, "sessions": session_metrics,
-                            "n_students": len(models), "median_n_parameters": float(np.median(n_parameters))})
+                           "evaluated": bool(session_metrics)},
+                   metrics={"per_neuron": {k: {m: v for m, v in r.items() if m.startswith("r_")} for k, r in records.items()
+                                           if "r_heldout" in r},
+                            "sessions": session_metrics, "compression": _summarise(records)})
     return out_run
+
+
+def _summarise(records: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Medians with bootstrap CIs over neurons, in the shape `compress.summarise_run` writes."""
+    out: dict[str, Any] = {"n_students": len(records)}
+    for key in ("n_parameters", "macs", "r_heldout", "r_first_half"):
+        vals = np.array([r[key] for r in records.values() if key in r], float)
+        if len(vals):
+            med, lo, hi = bootstrap_median_ci(vals)
+            out[key] = {"median": med, "ci": [lo, hi], "n": int(len(vals))}
+    return out

@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from compactvision.artifacts import export_compact, list_students, load_compact, load_student, read_manifest
+from compactvision.artifacts import (export_compact, list_students, load_compact, load_student, read_compact_metadata,
+                                     read_manifest)
 from compactvision.cli import main
 from compactvision.cowley import (N_ARRAYS, evaluate_published, find_published_models, import_cowley,
-                                  load_published_arrays, load_published_model, published_to_student,
-                                  read_session_images)
+                                  load_published_arrays, load_published_model, published_to_student)
+from compactvision.data.formats import read_jpeg_zip
 from compactvision.errors import ArtifactError
 
 MEAN_RGB = np.array([116.222, 109.270, 100.381])
@@ -97,7 +98,7 @@ def fake_release(root, session="100101", n_models=2, n_images=8, channels=(6, 5,
             buf = io.BytesIO()
             Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(buf, "JPEG")
             z.writestr(f"images_{session}/image{i + 1:04d}.jpg", buf.getvalue())
-    images = read_session_images(root, session)
+    images = read_jpeg_zip(root / "images" / f"images_{session}.zip")
     responses = []
     for k in range(n_models):
         arrays = keras_arrays(channels, seed=k)
@@ -196,11 +197,13 @@ def test_import_scores_and_exports_a_fake_release(tmp_path, capsys):
     assert "median r 1.000 on the held-out half" in capsys.readouterr().out
     manifest = read_manifest(run)
     assert manifest["kind"] == "imported-cowley"
-    assert list_students(run) == ["100101_0", "100101_1"]
-    for nid in ("100101_0", "100101_1"):
+    assert list_students(run) == ["100101_neuron0", "100101_neuron1"]
+    assert manifest["metrics"]["compression"]["r_heldout"]["median"] == pytest.approx(1.0, abs=1e-6)
+    for nid in ("100101_neuron0", "100101_neuron1"):
         assert manifest["metrics"]["per_neuron"][nid]["r_heldout"] == pytest.approx(1.0, abs=1e-6)
-    out = export_compact(run, "100101_1", tmp_path / "n1.safetensors")
-    assert torch.equal(load_compact(out).readout.weight, load_student(run, "100101_1").readout.weight)
+    out = export_compact(run, "100101_neuron1", tmp_path / "n1.safetensors")
+    assert read_compact_metadata(out)["metrics"]["r_heldout"] == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(load_compact(out).readout.weight, load_student(run, "100101_neuron1").readout.weight)
     with pytest.raises(ArtifactError, match="already has students"):
         import_cowley(root, run)
 
@@ -225,7 +228,7 @@ def test_every_published_model_loads_and_agrees_with_nums_filters(published):
 
 
 def test_published_models_match_the_numpy_keras_forward(cowley_dir, published):
-    images = read_session_images(cowley_dir, "190923")[[0, 700, 1199]]
+    images = read_jpeg_zip(cowley_dir / "images" / "images_190923.zip")[[0, 700, 1199]]
     by_size = sorted(published, key=lambda m: load_published_model(m).n_parameters())
     for m in (by_size[0], by_size[len(by_size) // 2], by_size[-1]):
         ref = keras_forward(load_published_arrays(m.weights), images)
