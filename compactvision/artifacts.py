@@ -14,6 +14,11 @@ Layout::
       teacher/        *.safetensors + architecture json
       students/       neuron_<id>.safetensors + architecture json
       history/        pruning curves, training curves (json)
+
+One neuron's student also travels alone: `export_compact` writes a single
+safetensors file whose metadata carries its architecture, provenance, metrics
+and a sha256 of its own contents, and `load_compact` refuses it if any of that
+has changed.
 """
 from __future__ import annotations
 
