@@ -1,0 +1,190 @@
+"""A neuron's computation graph as a layered diagram the app can click on.
+
+Columns are the image's colour channels, the student's layers and the
+response. Each surviving filter is a node with a thumbnail (its activation
+map when an image was given, else its kernel) framed in the colour of its
+contribution to the response. Edges are coloured by sign (red excitatory,
+blue inhibitory) and drawn wider for larger gains; faint edges below
+`edge_threshold` of the strongest in their layer are left out for
+legibility. Every filter is one point of the "filters" trace with
+customdata [layer, channel], so a plotly selection event names the filter.
+"""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from compactvision.interpret.graph import INPUT_CHANNELS, INPUT_LAYER, GraphNode, NeuronGraph
+from compactvision.viz.layout import (DIVERGING, NEGATIVE_COLOUR, POSITIVE_COLOUR, finish, png_data_uri,
+                                      signed_heatmap, signed_to_rgb, symmetric_limit)
+
+_WIDTHS = (0.6, 1.4, 2.6, 4.2)
+
+
+def _positions(graph: NeuronGraph) -> dict[tuple[int, int], tuple[float, float]]:
+    """x = column (image channels at 0), y spread evenly in [0, 1] within a column, top to bottom."""
+    columns: dict[int, list[int]] = {INPUT_LAYER: list(range(len(INPUT_CHANNELS))), graph.n_layers: [0]}
+    for layer in range(graph.n_layers):
+        columns[layer] = [n.channel for n in graph.layer_nodes(layer)]
+    pos = {}
+    for layer, chans in columns.items():
+        for k, c in enumerate(chans):
+            pos[(layer, c)] = (layer + 1.0, 1.0 - (k + 0.5) / len(chans))
+    return pos
+
+
+def _node_text(n: GraphNode) -> str:
+    parts = [f"<b>layer {n.layer}, filter {n.channel}</b>", f"bias {n.bias:.3g}"]
+    if n.pointwise is not None:
+        parts.append(f"inputs {int(np.count_nonzero(n.pointwise))}, |pointwise| sum {np.abs(n.pointwise).sum():.3g}")
+    if n.activation is not None:
+        parts.append(f"activation mean {n.activation.mean():.3g}, max {n.activation.max():.3g}")
+    if n.contribution is not None:
+        parts.append(f"contribution to response {n.contribution:+.3g}")
+    if n.ablation_delta is not None:
+        parts.append(f"response change if ablated {n.ablation_delta:+.3g}")
+    return "<br>".join(parts)
+
+
+def _thumbnail(n: GraphNode) -> np.ndarray:
+    if n.activation is not None:
+        return signed_to_rgb(n.activation)
+    if n.layer == 0:  # a colour kernel: show it in colour, grey = 0
+        k = n.kernel / max(np.abs(n.kernel).max(), 1e-12)
+        return np.clip(np.rint((0.5 + 0.5 * np.moveaxis(k, 0, -1)) * 255), 0, 255).astype(np.uint8)
+    return signed_to_rgb(n.kernel.sum(0))
+
+
+def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbnails: bool = True,
+                        width: int = 1000) -> go.Figure:
+    """The layered graph of `graph` (from `interpret.graph.neuron_graph`), ready for selection events."""
+    pos = _positions(graph)
+    biggest = max([len(graph.layer_nodes(i)) for i in range(graph.n_layers)] + [3])
+    height = int(min(max(480, 16 * biggest + 160), 1400))
+    plot_h = height - 160
+    node_px = float(np.clip(0.8 * plot_h / biggest, 8, 40))
+    traces: list[go.Scatter] = []
+
+    # Edges, bucketed by sign and width: one trace per bucket keeps thousands of edges fast.
+    strongest: dict[int, float] = {}
+    for e in graph.edges:
+        strongest[e.dst[0]] = max(strongest.get(e.dst[0], 0.0), e.strength)
+    kept = [e for e in graph.edges if e.strength >= edge_threshold * strongest[e.dst[0]] and e.strength > 0]
+    buckets: dict[tuple[int, int], list] = {}
+    for e in kept:
+        rel = e.strength / strongest[e.dst[0]]
+        w = min(int(rel * len(_WIDTHS)), len(_WIDTHS) - 1)
+        buckets.setdefault((e.sign >= 0, w), []).append(e)
+    for (positive, w), edges in sorted(buckets.items()):
+        xs, ys = [], []
+        for e in edges:
+            (x0, y0), (x1, y1) = pos[e.src], pos[e.dst]
+            xs += [x0, x1, None]
+            ys += [y0, y1, None]
+        traces.append(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                 line={"width": _WIDTHS[w], "color": POSITIVE_COLOUR if positive else NEGATIVE_COLOUR},
+                                 opacity=0.35 + 0.15 * w, name=f"{'excitatory' if positive else 'inhibitory'} edges"))
+    if kept:
+        mid = np.array([[(pos[e.src][0] + pos[e.dst][0]) / 2, (pos[e.src][1] + pos[e.dst][1]) / 2] for e in kept])
+        text = [f"{_label(e.src, graph)} -> {_label(e.dst, graph)}<br>gain {e.weight:+.3g}<br>strength {e.strength:.3g}"
+                + (f"<br>pointwise weight {e.pointwise:+.3g}" if e.pointwise is not None else "") for e in kept]
+        traces.append(go.Scatter(x=mid[:, 0], y=mid[:, 1], mode="markers", marker={"size": 5, "opacity": 0.0},
+                                 text=text, hovertemplate="%{text}<extra>edge</extra>", showlegend=False, name="edges"))
+
+    # Image channels and the response.
+    ends = [(INPUT_LAYER, c) for c in range(len(INPUT_CHANNELS))] + [graph.output_id]
+    end_text = [f"image channel {name}" for name in INPUT_CHANNELS]
+    end_text.append("<b>response</b>" + (f" {graph.response:.3g}" if graph.response is not None else "")
+                    + f"<br>readout bias {graph.readout_bias:.3g}")
+    traces.append(go.Scatter(x=[pos[i][0] for i in ends], y=[pos[i][1] for i in ends], mode="markers+text",
+                             text=list(INPUT_CHANNELS) + ["response"],
+                             textposition=["middle left"] * len(INPUT_CHANNELS) + ["bottom center"],
+                             marker={"size": 18, "color": ["#d62728", "#2ca02c", "#1f77b4", "#333333"], "symbol": "circle"},
+                             hovertext=end_text, hovertemplate="%{hovertext}<extra></extra>", showlegend=False,
+                             customdata=[list(i) for i in ends], name="inputs and response"))
+
+    # Filters: the selectable trace.
+    nodes = graph.nodes
+    contrib = np.array([np.nan if n.contribution is None else n.contribution for n in nodes], np.float64)
+    has_contrib = np.isfinite(contrib).any()
+    lim = symmetric_limit(contrib) if has_contrib else 1.0
+    # With thumbnails the marker is an open frame just outside the picture, coloured by contribution.
+    marker = {"size": node_px + 4, "symbol": "square-open" if thumbnails else "square", "line": {"width": 3}}
+    if has_contrib:
+        marker.update(color=np.nan_to_num(contrib), colorscale=DIVERGING, cmin=-lim, cmax=lim, showscale=True,
+                      colorbar={"title": {"text": "contribution", "side": "right"}, "thickness": 12})
+    else:
+        marker.update(color="#555555")
+    traces.append(go.Scatter(x=[pos[n.id][0] for n in nodes], y=[pos[n.id][1] for n in nodes], mode="markers",
+                             marker=marker, customdata=[[n.layer, n.channel] for n in nodes],
+                             hovertext=[_node_text(n) for n in nodes], hovertemplate="%{hovertext}<extra></extra>",
+                             showlegend=False, name="filters"))
+    fig = go.Figure(traces)
+
+    if thumbnails:
+        plot_w = width - 140
+        sx = node_px / plot_w * (graph.n_layers + 2.0) * 0.9
+        sy = node_px / plot_h * 1.1 * 0.9
+        fig.update_layout(images=[{"source": png_data_uri(_thumbnail(n)), "xref": "x", "yref": "y",
+                                   "x": pos[n.id][0], "y": pos[n.id][1], "sizex": sx, "sizey": sy,
+                                   "xanchor": "center", "yanchor": "middle", "sizing": "stretch", "layer": "above"}
+                                  for n in nodes])
+    ticks = ["image"] + [f"layer {i}<br>{len(graph.layer_nodes(i))} filters" for i in range(graph.n_layers)] + ["response"]
+    fig.update_xaxes(tickvals=list(range(graph.n_layers + 2)), ticktext=ticks, range=[-0.5, graph.n_layers + 1.5],
+                     showgrid=False, zeroline=False)
+    fig.update_yaxes(visible=False, range=[-0.05, 1.05])
+    fig.update_layout(hovermode="closest", dragmode="select", clickmode="event+select", width=width)
+    title = f"Computation graph of neuron {graph.neuron}: {len(nodes)} filters, {len(graph.edges)} connections"
+    if graph.response is not None:
+        title += f"; response {graph.response:.3g}"
+    if len(kept) < len(graph.edges):
+        title += (f"<br><sup>{len(graph.edges) - len(kept)} edges weaker than {edge_threshold:.0%} of their layer's "
+                  "strongest are hidden; red excitatory, blue inhibitory, width = gain</sup>")
+    return finish(fig, title, height=height)
+
+
+def _label(node: tuple[int, int], graph: NeuronGraph) -> str:
+    layer, channel = node
+    if layer == INPUT_LAYER:
+        return f"image {INPUT_CHANNELS[channel]}"
+    if layer == graph.n_layers:
+        return "response"
+    return f"L{layer}:{channel}"
+
+
+def node_detail_figure(graph: NeuronGraph, layer: int, channel: int) -> go.Figure:
+    """One filter up close: its incoming weights, its kernel, its activation map and (last layer) its readout map."""
+    n = graph.node(layer, channel)
+    panels = ["incoming weights", "effective kernel (summed over inputs)"]
+    if n.activation is not None:
+        panels.append("activation map")
+    if n.readout_map is not None:
+        panels.append("readout weights")
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
+    incoming = graph.edges_into(layer)
+    incoming = [e for e in incoming if e.dst == n.id]
+    fig.add_trace(go.Bar(x=[_label(e.src, graph) for e in incoming], y=[e.weight for e in incoming],
+                         marker_color=[POSITIVE_COLOUR if e.weight >= 0 else NEGATIVE_COLOUR for e in incoming],
+                         hovertemplate="%{x}: gain %{y:+.3g}<extra></extra>", name="incoming gains"), row=1, col=1)
+    fig.update_yaxes(title_text="gain", row=1, col=1)
+    col = 2
+    fig.add_trace(signed_heatmap(n.kernel.sum(0), "kernel", showscale=False,
+                                 hovertemplate="x %{x}, y %{y}<br>weight %{z:.3g}<extra></extra>"), row=1, col=col)
+    fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col}", row=1, col=col)
+    if n.activation is not None:
+        col += 1
+        fig.add_trace(go.Heatmap(z=n.activation, colorscale="Viridis", showscale=False, name="activation",
+                                 hovertemplate="x %{x}, y %{y}<br>activation %{z:.3g}<extra></extra>"), row=1, col=col)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col}", row=1, col=col)
+    if n.readout_map is not None:
+        col += 1
+        fig.add_trace(signed_heatmap(n.readout_map, "readout", showscale=False,
+                                     hovertemplate="x %{x}, y %{y}<br>readout weight %{z:.3g}<extra></extra>"), row=1, col=col)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col}", row=1, col=col)
+    title = f"Layer {layer}, filter {channel}"
+    if n.contribution is not None:
+        title += f": contribution {n.contribution:+.3g}"
+    if n.ablation_delta is not None:
+        title += f", response change if ablated {n.ablation_delta:+.3g}"
+    return finish(fig, title, height=360)

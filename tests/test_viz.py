@@ -1,0 +1,136 @@
+"""Every figure builder returns the traces it promises, with the numbers it was given."""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from compactvision.interpret.graph import neuron_graph
+from compactvision.interpret.stimuli import Tuning
+from compactvision.models.student import CompactStudent, StudentArch
+from compactvision.models.vone import VOneBlock
+from compactvision.prune import PruneStep
+from compactvision.viz.attribution import attribution_figure
+from compactvision.viz.filters import (gabor_bank_figure, gabor_parameter_histograms, kernel_grid_figure,
+                                       student_layer_figure)
+from compactvision.viz.graph import neuron_graph_figure, node_detail_figure
+from compactvision.viz.performance import accuracy_by_neuron_figure, predicted_vs_measured_figure, pruning_path_figure
+from compactvision.viz.robustness import robustness_figure
+from compactvision.viz.tuning import tuning_figure
+
+SIZE = 32
+
+
+def _student() -> CompactStudent:
+    torch.manual_seed(0)
+    return CompactStudent(StudentArch(channels=(6, 5, 3, 4, 3), input_size=(SIZE, SIZE))).eval()
+
+
+def _types(fig: go.Figure) -> list[str]:
+    return [type(t).__name__ for t in fig.data]
+
+
+def test_gabor_bank_grid_shows_each_filter_with_its_parameters():
+    block = VOneBlock(n_simple=6, n_complex=6, image_size=SIZE, kernel_size=9)
+    params = block.parameters_table()
+    fig = gabor_bank_figure(block.kernels(), params, n_cols=4)
+    assert _types(fig) == ["Heatmap", "Scatter"]
+    assert fig.data[0].z.shape == (3 * 10 - 1, 4 * 10 - 1)  # 12 tiles of 9 px, 4 per row, 1 px gaps
+    order = np.argsort(params["orientation_deg"], kind="stable")
+    assert list(fig.data[1].customdata) == list(order)
+    assert f"{params['orientation_deg'][order[0]]:.0f} deg" in fig.data[1].text[0]
+
+
+def test_parameter_histograms_compare_bank_and_reference_fractions():
+    reference = {"orientation_deg": {"bins": [-22.5, 22.5, 67.5, 112.5, 157.5], "counts": [1, 1, 1, 1]}}
+    params = {"orientation_deg": np.array([0.0, 170.0, 45.0, 90.0, 100.0, 10.0])}
+    fig = gabor_parameter_histograms(params, reference)
+    assert _types(fig) == ["Bar", "Bar"]
+    bank, v1 = fig.data
+    np.testing.assert_allclose(bank.y, [3 / 6, 1 / 6, 2 / 6, 0.0])  # 170 deg wraps to -10, into the first bin
+    np.testing.assert_allclose(v1.y, [0.25] * 4)
+    assert "TV distance 0.33" in fig.layout.annotations[0].text  # (0.25 + 1/12 + 1/12 + 0.25) / 2
+
+
+def test_layer_weights_show_colour_kernels_then_depthwise_and_pointwise():
+    student = _student()
+    first = student_layer_figure(student, 0)
+    assert _types(first) == ["Image", "Scatter"] and len(first.data[1].x) == 6
+    sep = student_layer_figure(student, 2)
+    assert _types(sep) == ["Heatmap", "Scatter", "Heatmap"]
+    fused = student.fused().layers[2]
+    np.testing.assert_allclose(sep.data[2].z, fused.pointwise.weight.detach()[:, :, 0, 0].numpy(), rtol=1e-6)
+    summed = kernel_grid_figure(np.random.default_rng(0).standard_normal((4, 5, 3, 3)))
+    assert _types(summed) == ["Heatmap", "Scatter"]
+
+
+def test_attribution_maps_sit_beside_the_image():
+    img = np.zeros((SIZE, SIZE, 3), np.uint8)
+    maps = {"teacher": np.ones((SIZE, SIZE)), "student": -np.ones((SIZE, SIZE))}
+    fig = attribution_figure(img, maps, similarity=0.42)
+    assert _types(fig) == ["Image", "Heatmap", "Heatmap"]
+    assert [t.name for t in fig.data[1:]] == ["teacher", "student"]
+    assert fig.data[2].zmin == -1.0 and fig.data[2].zmax == 1.0
+    assert "0.42" in fig.layout.title.text
+
+
+def test_graph_figure_has_one_selectable_point_per_filter():
+    student = _student()
+    image = (np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    graph = neuron_graph(student, image)
+    fig = neuron_graph_figure(graph, edge_threshold=0.0)
+    filters = next(t for t in fig.data if t.name == "filters")
+    assert sorted(tuple(c) for c in filters.customdata) == sorted(n.id for n in graph.nodes)
+    np.testing.assert_allclose(filters.marker.color, [n.contribution for n in graph.nodes])
+    edge_traces = [t for t in fig.data if t.name in ("excitatory edges", "inhibitory edges")]
+    assert sum(len(t.x) // 3 for t in edge_traces) == len(graph.edges)  # every edge drawn, as x0, x1, None
+    assert all(t.line.color == ("#c0392b" if t.name.startswith("excit") else "#2e6da4") for t in edge_traces)
+    assert len(fig.layout.images) == len(graph.nodes)
+    detail = node_detail_figure(graph, 4, 1)
+    assert _types(detail) == ["Bar", "Heatmap", "Heatmap", "Heatmap"]  # weights, kernel, activation, readout
+
+
+def test_tuning_figures():
+    grid = Tuning("orientation_sf", 0, (15.5, 15.5), {"orientation_deg": np.array([0.0, 45.0, 90.0, 135.0]),
+                                                      "sf_cpp": np.array([0.05, 0.1, 0.2])},
+                  np.arange(12.0).reshape(4, 3), 0.5,
+                  {"orientation_deg": 135.0, "sf_cpp": 0.2, "orientation_selectivity": 0.3})
+    fig = tuning_figure(grid)
+    assert _types(fig) == ["Heatmap", "Scatter", "Scatter"]
+    np.testing.assert_allclose(fig.data[1].y, [2, 5, 8, 11])   # orientation curve at the best SF
+    np.testing.assert_allclose(fig.data[2].y, [9, 10, 11])     # SF curve at the best orientation
+    dots = Tuning("dot_size", 0, (15.5, 15.5), {"polarity": np.array([1, -1]), "diameter_px": np.array([2.0, 4.0, 8.0])},
+                  np.array([[1.0, 3.0, 2.0], [0.5, 0.4, 0.3]]), 0.2, {"diameter_px": 4.0, "polarity": 1.0})
+    fig = tuning_figure(dots)
+    assert [t.name for t in fig.data] == ["white on grey", "black on grey"]
+    assert fig.layout.xaxis.type == "log" and "4 px white" in fig.layout.title.text
+
+
+def test_performance_figures():
+    rng = np.random.default_rng(0)
+    measured = rng.standard_normal((50, 2))
+    fig = predicted_vs_measured_figure(measured * 2 + 1, measured, names=["a", "b"])
+    assert _types(fig) == ["Scattergl", "Scattergl", "Scatter"]
+    assert "median r = 1.00" in fig.layout.title.text
+    fig = accuracy_by_neuron_figure({"teacher": np.array([0.2, 0.8, 0.5]), "student": np.array([0.1, 0.7, 0.6])})
+    assert list(fig.data[0].x) == ["neuron 1", "neuron 2", "neuron 0"]
+    path = [PruneStep(None, [10, 10], 5000, None, 0.8), PruneStep(1, [10, 3], 2000, 0.95, 0.78),
+            PruneStep(0, [4, 3], 900, 0.92, 0.75)]
+    fig = pruning_path_figure(path)
+    assert list(fig.data[0].x) == [5000, 2000, 900] and list(fig.data[0].text) == ["start", "layer 1", "layer 0"]
+    assert fig.layout.xaxis.type == "log"
+    both = pruning_path_figure({"n1": path, "n2": [s.to_dict() for s in path]})
+    assert [t.name for t in both.data] == ["n1", "n2"]
+
+
+def test_robustness_figure_draws_each_model_in_both_panels():
+    base = {"perturbation": "pgd", "label": "epsilon", "levels": np.array([0.0, 0.01]), "r": np.array([1.0, 0.5]),
+            "delta": np.array([0.0, 0.2]), "delta_rel": np.array([0.0, 0.4])}
+    fig = robustness_figure({"teacher (V1 noise on)": base, "student": base})
+    assert [(t.name, t.xaxis) for t in fig.data] == [("teacher (V1 noise on)", "x"), ("teacher (V1 noise on)", "x2"),
+                                                     ("student", "x"), ("student", "x2")]
+    np.testing.assert_allclose(fig.data[1].y, [0.0, 0.4])
+    assert fig.data[0].line.dash == "dash"
+    with pytest.raises(ValueError, match="mix perturbations"):
+        robustness_figure({"a": base, "b": {**base, "perturbation": "blur"}})
