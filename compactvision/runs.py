@@ -410,14 +410,24 @@ ACCURACY_KEYS = {
 
 def accuracy_table(run: Run) -> list[dict[str, Any]]:
     """Median r with its bootstrap CI for each accuracy the run recorded."""
-    comp = run.metrics.get("compression") or {}
     rows = []
+    teacher_r = (run.metrics.get("teacher") or {}).get("r")
+    if isinstance(teacher_r, dict) and "median" in teacher_r:
+        rows.append(_accuracy_row("teacher vs measured responses (held-out images)", teacher_r))
+    comp = run.metrics.get("compression") or {}
     for key, what in ACCURACY_KEYS.items():
         v = comp.get(key)
         if isinstance(v, dict) and "median" in v:
-            lo, hi = v.get("ci", [None, None])
-            rows.append({"metric": what, "median r": v["median"], "ci_low": lo, "ci_high": hi, "neurons": v.get("n")})
+            rows.append(_accuracy_row(what, v))
     return rows
+
+
+def _accuracy_row(what: str, v: dict[str, Any]) -> dict[str, Any]:
+    """`metrics.summarise` entries carry ci_low/ci_high; older ones a "ci" pair."""
+    lo, hi = v.get("ci_low"), v.get("ci_high")
+    if lo is None and isinstance(v.get("ci"), (list, tuple)):
+        lo, hi = v["ci"]
+    return {"metric": what, "median r": v["median"], "ci_low": lo, "ci_high": hi, "neurons": v.get("n")}
 
 
 # ------------------------------------------------------------ the teacher

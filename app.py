@@ -1,0 +1,33 @@
+"""compactvision's app: open a run, pick a neuron, see how its compact model computes.
+
+`streamlit run app.py` (or `make run`). This file only lays out the pages and
+the sidebar every page shares (which run, which neuron); each page in `app_pages/`
+is a short script over the library.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+st.set_page_config(page_title="compactvision", page_icon=":eye:", layout="wide")
+
+from app_pages._shared import neuron_sidebar, run_sidebar  # noqa: E402  (after set_page_config)
+
+PAGES = [
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/gabor_bank.py", title="Gabor bank", icon=":material/blur_on:"),
+    st.Page("app_pages/layer_weights.py", title="Layer weights", icon=":material/grid_on:"),
+    st.Page("app_pages/attributions.py", title="Attributions", icon=":material/highlight:"),
+    st.Page("app_pages/neuron_graph.py", title="Neuron graph", icon=":material/account_tree:"),
+    st.Page("app_pages/teacher_vs_student.py", title="Teacher vs student", icon=":material/compare:"),
+    st.Page("app_pages/preferred_stimuli.py", title="Preferred stimuli", icon=":material/star:"),
+    st.Page("app_pages/robustness.py", title="Robustness", icon=":material/shield:"),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+]
+#: Pages that show one neuron at a time get the neuron picker in the sidebar.
+NEURON_PAGES = {"Attributions", "Neuron graph", "Preferred stimuli", "Robustness", "Layer weights", "Teacher vs student"}
+
+page = st.navigation(PAGES)
+run_sidebar()
+if page.title in NEURON_PAGES:
+    neuron_sidebar()
+page.run()

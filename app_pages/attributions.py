@@ -1,0 +1,55 @@
+"""Attributions: which pixels drive the neuron, according to the teacher and to its compact model."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+
+from compactvision.interpret.attribution import METHODS, attribute, map_similarity
+from compactvision.viz.attribution import attribution_figure
+from app_pages._shared import current_neuron, image_picker, model_lock, neuron_data, require_run, student, teacher_for
+
+st.title("Attributions")
+run = require_run()
+neuron_id = current_neuron(run)
+compact = student(run, neuron_id)
+big, t_index = teacher_for(run, neuron_id)
+data = neuron_data(run, neuron_id)
+size = compact.arch.input_size[0]
+
+with st.sidebar:
+    image = image_picker(data.images if data is not None else np.full((1, size, size, 3), 128, np.uint8),
+                         key="attr_image", size=size)
+method = st.selectbox("Method", list(METHODS), index=list(METHODS).index("saliency"), key="attr_method",
+                      format_func=lambda m: METHODS[m].label)
+st.caption(METHODS[method].description)
+if image is None:
+    st.stop()
+
+inputs = (run.fingerprint, neuron_id, method, hashlib.sha256(image.tobytes()).hexdigest())
+# Saliency-type maps take milliseconds and are drawn at once; the rest wait for the button.
+cheap = method in ("saliency", "input_x_gradient", "layer_gradcam")
+result = st.session_state.get("attr_result")
+if st.button("Compute attributions", key="attr_compute", type="primary") or (cheap and (result or {}).get("inputs") != inputs):
+    maps = {}
+    with st.spinner(f"{METHODS[method].label}…"):
+        with model_lock(run, compact):
+            maps["compact model"] = attribute(compact, image[None], 0, method)[0]
+        if big is not None:
+            with model_lock(run, big):
+                maps["teacher"] = attribute(big, image[None], t_index, method)[0]
+    result = {"inputs": inputs, "maps": maps,
+              "similarity": map_similarity(maps["teacher"], maps["compact model"]) if "teacher" in maps else None}
+    st.session_state["attr_result"] = result
+
+if result is None or result["inputs"] != inputs:
+    st.info("Press **Compute attributions** to run this method on the image.")
+    st.stop()
+
+if result["similarity"] is not None:
+    st.metric("Teacher–student map similarity (Spearman rank correlation)", f"{result['similarity']:.2f}",
+              help="1: both models rank the pixels the same way; 0: unrelated maps")
+st.plotly_chart(attribution_figure(image, result["maps"], similarity=result["similarity"],
+                                   title=f"{METHODS[method].label}, neuron {neuron_id}"),
+                key="attr_chart", width="stretch")

@@ -1,0 +1,72 @@
+"""Home: what this run is, how small its per-neuron models are, and how well they predict."""
+from __future__ import annotations
+
+import streamlit as st
+
+from compactvision.runs import model_macs, run_summary
+from app_pages._shared import require_run, teacher
+
+st.title("compactvision")
+st.markdown(
+    """
+**What am I looking at?** A big *teacher* network was fitted to the responses of visual-cortex neurons
+(here, by default, a simulated population whose computations we know: the *digital twin*). Its knowledge was
+then *distilled* into small *student* networks and *pruned* per neuron, until each neuron has its own
+compact model of a few thousand parameters: small enough to read whole.
+
+- **Neuron graph** shows one neuron's model as a graph of filters; click a filter to see what it does.
+- **Attributions** and **Preferred stimuli** show which pixels and which images drive a neuron.
+- **Teacher vs student** shows what the compression cost; **Robustness** how each model holds up.
+- **Gabor bank** and **Layer weights** show the filters themselves; **Train** makes a new run.
+""")
+
+run = require_run()
+
+
+@st.cache_data(show_spinner="Counting the teacher's multiply-accumulates…", max_entries=8)
+def _summary(path: str, fingerprint: str) -> dict:
+    macs = None
+    if run.has_teacher:
+        t = teacher(run)
+        macs = model_macs(t, t.config.image_size)
+    return run_summary(run, teacher_macs=macs)
+
+
+summary = _summary(str(run.path), run.fingerprint)
+st.subheader(f"This run: {run.path.name}")
+st.caption(f"kind: {summary['kind']} · created {run.manifest.get('created', '?')}")
+
+stu, tea = summary.get("student"), summary.get("teacher")
+cols = st.columns(4)
+cols[0].metric("Neurons with a compact model", summary["n_students"])
+if tea:
+    cols[1].metric("Teacher parameters", f"{tea['n_parameters']:,}")
+if stu:
+    lo, hi = stu["n_parameters_range"]
+    cols[2].metric("Compact model parameters (median)", f"{stu['n_parameters']:,.0f}", help=f"range {lo:,.0f}–{hi:,.0f}")
+if "compression" in summary:
+    cols[3].metric("Compression", f"{summary['compression']:,.0f}×", help="teacher parameters / median compact-model parameters")
+
+if stu:
+    cols = st.columns(4)
+    cols[0].metric("Compact model file", f"{stu['file_bytes'] / 1024:.0f} KB",
+                   help="one neuron's safetensors file: small enough to e-mail")
+    cols[1].metric("Multiply-accumulates per prediction (compact)", f"{stu['macs'] / 1e6:.2f} M")
+    if tea:
+        cols[2].metric("Teacher file", f"{tea['file_bytes'] / 2**20:.1f} MB")
+        if "macs" in tea:
+            cols[3].metric("Multiply-accumulates per prediction (teacher)", f"{tea['macs'] / 1e6:.0f} M",
+                           help="the teacher predicts all its neurons in one pass")
+
+st.subheader("Accuracy")
+if summary["accuracy"]:
+    st.dataframe(summary["accuracy"], hide_index=True, column_config={
+        "median r": st.column_config.NumberColumn(format="%.3f"),
+        "ci_low": st.column_config.NumberColumn("95% CI low", format="%.3f"),
+        "ci_high": st.column_config.NumberColumn("95% CI high", format="%.3f")})
+    st.caption("Pearson r per neuron on held-out images; median over neurons with a bootstrap 95% confidence interval.")
+else:
+    st.info("This run records no accuracy yet.")
+
+with st.expander("Run details (manifest)"):
+    st.json({k: run.manifest.get(k) for k in ("kind", "created", "seed", "config", "versions")}, expanded=False)

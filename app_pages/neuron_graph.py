@@ -1,0 +1,70 @@
+"""Neuron graph: one neuron's compact model as filters (nodes) and weights (edges); click a filter."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+
+from compactvision.interpret.graph import ablate, neuron_graph
+from compactvision.viz.graph import neuron_graph_figure, node_detail_figure
+from app_pages._shared import current_neuron, image_picker, neuron_data, require_run, student
+
+st.title("Neuron graph")
+run = require_run()
+neuron_id = current_neuron(run)
+model = student(run, neuron_id)
+data = neuron_data(run, neuron_id)
+size = model.arch.input_size[0]
+
+with st.sidebar:
+    image = image_picker(data.images if data is not None else np.full((1, size, size, 3), 128, np.uint8),
+                         key="graph_image", size=size)
+if image is None:
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _graph(path: str, fingerprint: str, neuron_id: str, image_digest: str, _image: np.ndarray):
+    """Nodes, edges, activations and single-filter ablations for one image: milliseconds, cached per image.
+
+    `neuron_graph` and `ablate` work on copies of the model, so no lock is needed.
+    """
+    return neuron_graph(model, _image)
+
+
+digest = hashlib.sha256(image.tobytes()).hexdigest()
+graph = _graph(str(run.path), run.fingerprint, neuron_id, digest, image)
+node_ids = [n.id for n in graph.nodes]
+st.caption(f"Neuron **{neuron_id}** · filters per layer {list(model.arch.channels)} · "
+           f"{model.n_parameters():,} parameters · predicted response to this image **{graph.response:.3f}**")
+
+event = st.plotly_chart(neuron_graph_figure(graph), key="graph_chart", on_select="rerun", selection_mode="points",
+                        width="stretch")
+# A click on a node selects it; the selectbox below is the keyboard / fallback way and follows the click.
+points = (event or {}).get("selection", {}).get("points", []) if event else []
+clicked = next((tuple(int(v) for v in p["customdata"][:2]) for p in points if p.get("customdata") is not None), None)
+if clicked in node_ids and clicked != st.session_state.get("graph_last_click"):
+    st.session_state["graph_last_click"] = clicked
+    st.session_state["graph_node"] = clicked
+if st.session_state.get("graph_node") not in node_ids:
+    st.session_state["graph_node"] = node_ids[-1]
+
+left, right = st.columns([2, 1])
+with left:
+    picked = st.selectbox("Filter", node_ids, key="graph_node",
+                          format_func=lambda n: f"layer {n[0]}, filter {n[1]}")
+    node = graph.node(*picked)
+    st.plotly_chart(node_detail_figure(graph, *picked), key="node_detail", width="stretch")
+with right:
+    st.metric("Response change when this filter is off", f"{node.ablation_delta:+.3f}",
+              help="exact: the model rerun with this filter's output set to zero")
+    st.metric("Contribution (gradient × activation)", f"{node.contribution:+.3f}")
+    st.markdown("**Ablate several filters**")
+    off = st.multiselect("Filters switched off", node_ids, key="graph_ablate",
+                         format_func=lambda n: f"L{n[0]}·f{n[1]}")
+    if off:
+        r = ablate(model, image, off)
+        st.metric("Response with these filters off", f"{r:.3f}", delta=f"{r - graph.response:+.3f}")
+    else:
+        st.metric("Response", f"{graph.response:.3f}")

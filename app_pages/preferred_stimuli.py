@@ -1,0 +1,96 @@
+"""Preferred stimuli: the images that drive the neuron most, images made to drive it, tuning curves."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from compactvision.interpret.stimuli import (bar_length_tuning, curvature_tuning, dot_size_tuning,
+                                             orientation_sf_tuning, synthesise_preferred, top_images)
+from compactvision.viz.tuning import tuning_figure
+from app_pages._shared import current_neuron, model_lock, neuron_data, require_run, student, teacher_for, twin
+
+st.title("Preferred stimuli")
+run = require_run()
+neuron_id = current_neuron(run)
+compact = student(run, neuron_id)
+big, t_index = teacher_for(run, neuron_id)
+data = neuron_data(run, neuron_id)
+truth_model, truth_index = twin(run, neuron_id)
+size = compact.arch.input_size[0]
+
+# Every model this page compares, as (label, model, output index).
+models = [("compact model", compact, 0)]
+if big is not None:
+    models.append(("teacher", big, t_index))
+if truth_model is not None:
+    models.append(("ground truth (twin)", truth_model, truth_index))
+
+if data is not None and data.ground_truth is not None:
+    gt = data.ground_truth
+    facts = [f"cell type **{gt['cell_type']}**"]
+    if gt.get("preferred_orientation_deg") is not None:
+        facts.append(f"preferred orientation {gt['preferred_orientation_deg']:.0f}°")
+    if gt.get("preferred_size_px") is not None:
+        facts.append(f"preferred size {gt['preferred_size_px']:.1f} px")
+    st.info("This neuron is simulated, so its true computation is known: " + ", ".join(facts) + ".")
+
+# ------------------------------------------------------------ top images
+st.subheader("Held-out images that drive it most")
+if data is None:
+    st.caption("This run has no held-out images.")
+else:
+    k = st.slider("How many", 3, 12, 6, key="ps_k")
+
+    @st.cache_data(show_spinner=False, max_entries=64)
+    def _top(path: str, fingerprint: str, neuron_id: str, label: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        model, j = next((m, j) for name, m, j in models if name == label)
+        with model_lock(run, model):
+            return top_images(model, data.images, j, k)
+
+    for label, _, _ in models:
+        idx, r = _top(str(run.path), run.fingerprint, neuron_id, label, k)
+        st.markdown(f"**{label}**")
+        st.image([data.images[i] for i in idx], caption=[f"#{i}: {v:.2f}" for i, v in zip(idx, r)], width=96)
+
+# ------------------------------------------------------------ synthesis
+st.subheader("Synthesised preferred images")
+st.caption("Gradient ascent on the predicted response from faint noise, kept natural by jitter, blur and a "
+           "contrast bound. Seeded: the same settings give the same image.")
+c1, c2 = st.columns(2)
+steps = c1.slider("Steps", 32, 256, 96, step=32, key="ps_steps")
+seed = c2.number_input("Seed", 0, 10_000, 0, key="ps_seed")
+synth_inputs = (run.fingerprint, neuron_id, steps, seed)
+if st.button("Synthesise", key="ps_synthesise"):
+    images = {}
+    with st.spinner("Ascending the gradient…"):
+        for label, model, j in models:
+            with model_lock(run, model):
+                images[label] = synthesise_preferred(model, j, size=size, steps=steps, seed=int(seed))
+    st.session_state["ps_synth"] = {"inputs": synth_inputs, "images": images}
+synth = st.session_state.get("ps_synth")
+if synth and synth["inputs"] == synth_inputs:
+    st.image(list(synth["images"].values()), caption=list(synth["images"]), width=160)
+
+# ------------------------------------------------------------ tuning
+st.subheader("Tuning curves")
+TUNINGS = {"orientation_sf": ("Gratings: orientation × spatial frequency", orientation_sf_tuning),
+           "dot_size": ("Dots: size and polarity", dot_size_tuning),
+           "bar_length": ("Bars: length (end-stopping)", bar_length_tuning),
+           "curvature": ("Arcs: curvature × orientation", curvature_tuning)}
+kind = st.selectbox("Stimulus", list(TUNINGS), format_func=lambda t: TUNINGS[t][0], key="ps_tuning")
+# Stimuli go to the true receptive-field centre when the twin knows it, else each model estimates its own.
+center = tuple(data.ground_truth["rf_center"]) if data is not None and data.ground_truth else None
+tuning_inputs = (run.fingerprint, neuron_id, kind)
+if st.button("Measure tuning", key="ps_measure"):
+    curves = {}
+    with st.spinner("Showing the stimuli to each model…"):
+        for label, model, j in models:
+            with model_lock(run, model):
+                curves[label] = TUNINGS[kind][1](model, j, size=size, center=center)
+    st.session_state["ps_tuning_result"] = {"inputs": tuning_inputs, "curves": curves}
+result = st.session_state.get("ps_tuning_result")
+if result and result["inputs"] == tuning_inputs:
+    for (label, tuning), col in zip(result["curves"].items(), st.columns(len(result["curves"]))):
+        with col:
+            st.markdown(f"**{label}**")
+            st.plotly_chart(tuning_figure(tuning), key=f"ps_tuning_{label}", width="stretch")
