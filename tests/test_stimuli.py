@@ -16,8 +16,8 @@ SIZE = 48
 
 @pytest.fixture(scope="module")
 def twin() -> DigitalTwin:
-    # V1 cells only (cheap to run): 0 simple at 149 deg, 1 complex at 73 deg, 2 simple, 3 complex.
-    return DigitalTwin(4, seed=1, image_size=SIZE, cell_types=["v1_simple", "v1_complex"])
+    # V1 cells only (cheap to run): even indices simple cells, odd ones complex.
+    return DigitalTwin(6, seed=1, image_size=SIZE, cell_types=["v1_simple", "v1_complex"])
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,11 @@ def test_the_twin_compared_with_itself_is_recovered(twin):
 
 
 def test_a_wrong_model_is_not_recovered(twin):
-    # Twin neuron 1 (a complex cell with another orientation) posing as a model of neuron 0.
-    truth = twin.ground_truth()
-    assert orientation_difference(truth[0]["preferred_orientation_deg"], truth[1]["preferred_orientation_deg"]) > 30
-    res = compare_with_twin(twin, twin, 0, model_neuron=1, synthesis_steps=32)
+    # The twin neuron most differently oriented from neuron 0 posing as a model of it.
+    ori = [r["preferred_orientation_deg"] for r in twin.ground_truth()]
+    other = max(range(1, len(ori)), key=lambda k: orientation_difference(ori[0], ori[k]))
+    assert orientation_difference(ori[0], ori[other]) > 30
+    res = compare_with_twin(twin, twin, 0, model_neuron=other, synthesis_steps=32)
     assert res["orientation_error_deg"] > 20
     assert res["preferred_image_r"] < 0.5
 
@@ -85,3 +86,15 @@ def test_orientation_difference_wraps_at_180():
     assert orientation_difference(5, 175) == pytest.approx(10)
     assert orientation_difference(0, 90) == pytest.approx(90)
     assert orientation_difference(-30, 150) == pytest.approx(0)
+
+
+def test_recovery_table_applies_each_types_criteria():
+    from compactvision.interpret.stimuli import recovery_table
+
+    rows = [{"cell_type": "v1_simple", "orientation_error_deg": 5.0, "preferred_image_r": 0.1},
+            {"cell_type": "v1_simple", "orientation_error_deg": 40.0, "preferred_image_r": 0.9},
+            {"cell_type": "dot_detector", "size_error_px": 1.0, "true_size_px": 8.0, "preferred_image_r": 0.0},
+            {"cell_type": "colour_opponent", "preferred_image_r": 0.7}]
+    table = recovery_table(rows)
+    assert table["v1_simple"] == {"n": 2, "recovered": 1, "fraction": 0.5}
+    assert table["dot_detector"]["fraction"] == 1.0 and table["colour_opponent"]["fraction"] == 1.0

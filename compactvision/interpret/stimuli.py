@@ -272,3 +272,34 @@ def compare_with_twin(model: nn.Module, twin: nn.Module, neuron_index: int, mode
     theirs = synthesise_preferred(twin, neuron_index, size=size, steps=synthesis_steps, seed=seed).astype(np.float64)
     out["preferred_image_r"] = float(np.corrcoef(mine.ravel(), theirs.ravel())[0, 1]) if mine.std() and theirs.std() else float("nan")
     return out
+
+
+def recovered(comparison: dict[str, Any], max_orientation_error_deg: float = 15.0, max_size_error: float = 0.25,
+              min_image_r: float = 0.5) -> bool:
+    """Whether a `compare_with_twin` result counts as the computation recovered.
+
+    Every criterion the cell type defines must hold: orientation within
+    `max_orientation_error_deg`, preferred size within `max_size_error` of the
+    true size (relative), and, for types with neither (e.g. colour-opponent
+    cells), a preferred image correlating at least `min_image_r` with the twin's.
+    """
+    checks = []
+    if "orientation_error_deg" in comparison:
+        checks.append(comparison["orientation_error_deg"] <= max_orientation_error_deg)
+    if "size_error_px" in comparison:
+        checks.append(comparison["size_error_px"] <= max_size_error * comparison["true_size_px"])
+    if not checks:
+        checks.append(comparison["preferred_image_r"] >= min_image_r)
+    return all(checks)
+
+
+def recovery_table(comparisons: Sequence[dict[str, Any]], **criteria: float) -> dict[str, dict[str, float]]:
+    """Per cell type: how many neurons were compared, how many `recovered`, and the fraction."""
+    table: dict[str, dict[str, float]] = {}
+    for c in comparisons:
+        row = table.setdefault(c["cell_type"], {"n": 0, "recovered": 0})
+        row["n"] += 1
+        row["recovered"] += int(recovered(c, **criteria))
+    for row in table.values():
+        row["fraction"] = row["recovered"] / row["n"]
+    return table
