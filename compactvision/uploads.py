@@ -96,7 +96,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
         img = Image.alpha_composite(bg, rgba)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def crop_resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -107,7 +107,7 @@ def crop_resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ch, cw = max(1, round(th * scale)), max(1, round(tw * scale))
     top, left = (h - ch) // 2, (w - cw) // 2
     crop = Image.fromarray(rgb[top:top + ch, left:left + cw])
-    return np.asarray(crop.resize((tw, th), Image.Resampling.LANCZOS), dtype=np.uint8)
+    return np.array(crop.resize((tw, th), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
 def read_dataset_upload(data: bytes, name: str, max_bytes: int = MAX_DATASET_BYTES,
@@ -142,3 +142,16 @@ def read_dataset_upload(data: bytes, name: str, max_bytes: int = MAX_DATASET_BYT
             raise DataError(e.problem, name) from None
     dataset.metadata["source"] = name
     return dataset
+
+
+def fit_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 N x H x W x C (C 1 or 3) -> N x size x size x 3, centre-cropped and resized where needed.
+
+    Uploaded datasets may use another resolution than the model was built for;
+    a compact model's dense readout accepts only its own.
+    """
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack([crop_resize(im, (size, size)) for im in images])

@@ -1,0 +1,189 @@
+"""AppTest of every page on the bundled run: it renders, its main widgets change what is drawn, bad uploads are refused.
+
+The run is the bundled default (assets/default_run), or the one named by
+COMPACTVISION_RUN, the variable the app itself opens on.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+RUN = Path(os.environ.get("COMPACTVISION_RUN", ROOT / "assets" / "default_run"))
+
+pytestmark = pytest.mark.skipif(not (RUN / "manifest.json").is_file(), reason=f"no run at {RUN} (build it with `make bundle`)")
+
+
+@pytest.fixture
+def open_page(monkeypatch):
+    monkeypatch.setenv("COMPACTVISION_RUN", str(RUN))
+
+    def _open(name: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.switch_page(f"app_pages/{name}.py").run()
+        assert not at.exception, [e.message for e in at.exception]
+        return at
+
+    return _open
+
+
+def decode(value):
+    """Plotly 7 packs numeric arrays as {dtype, bdata (base64), shape}; lists pass through."""
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return arr.reshape(value["shape"]) if "shape" in value else arr
+    return np.asarray(value)
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def figure_data(at: AppTest, index: int) -> str:
+    """Everything drawn by one chart, canonicalised so two renders can be compared."""
+    return json.dumps(figures(at)[index]["data"], sort_keys=True)
+
+
+def _png(width: int = 40, height: int = 30) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_home_summarises_the_run(open_page):
+    at = open_page("home")
+    labels = {m.label: m.value for m in at.metric}
+    n_students = len(list((RUN / "students").glob("neuron_*.safetensors")))
+    assert labels["Neurons with a compact model"] == str(n_students)
+    assert "Compact model file" in labels and labels["Compact model file"].endswith("KB")
+    assert at.dataframe, "the accuracy table is drawn"
+    assert any("What am I looking at" in m.value for m in at.markdown)
+
+
+def test_gabor_bank_widgets_change_the_filter_grid(open_page):
+    at = open_page("gabor_bank")
+    assert len(figures(at)) == 3
+    before = figure_data(at, 0)
+    shown = at.slider(key="gb_shown")
+    shown.set_value(shown.min).run()
+    assert figure_data(at, 0) != before
+    before = figure_data(at, 0)
+    at.selectbox(key="gb_order").set_value("sf_cpd").run()
+    assert figure_data(at, 0) != before
+    maps = figure_data(at, 2)
+    at.radio(key="gb_cells").set_value("complex").run()
+    assert figure_data(at, 2) != maps
+
+
+def test_layer_weights_follow_layer_and_model(open_page):
+    at = open_page("layer_weights")
+    first = figure_data(at, 0)
+    at.selectbox(key="lw_student_layer").set_value(1).run()
+    second = figure_data(at, 0)
+    assert second != first
+    # A separable layer is drawn as depthwise + pointwise: two heatmaps.
+    assert sum(t["type"] == "heatmap" for t in figures(at)[0]["data"]) == 2
+    at.radio(key="lw_model").set_value("teacher").run()
+    assert not at.exception and figure_data(at, 0) not in (first, second)
+
+
+def test_attributions_method_and_image_change_the_maps(open_page):
+    at = open_page("attributions")
+    fig = figures(at)[0]
+    assert [t["type"] for t in fig["data"]][:1] == ["image"] and len(fig["data"]) == 3  # image, student, teacher
+    maps = figure_data(at, 0)
+    at.selectbox(key="attr_method").set_value("input_x_gradient").run()
+    assert figure_data(at, 0) != maps
+    at.selectbox(key="attr_method").set_value("integrated_gradients").run()
+    assert not at.get("plotly_chart"), "expensive methods wait for the button"
+    at.button(key="attr_compute").click().run()
+    ig = figure_data(at, 0)
+    assert any(m.label.startswith("Teacher–student map similarity") for m in at.metric)
+    at.sidebar.slider(key="attr_image_index").set_value(1).run()
+    at.button(key="attr_compute").click().run()
+    assert figure_data(at, 0) != ig
+
+
+def test_attributions_refuse_a_bad_upload_and_use_a_good_one(open_page):
+    at = open_page("attributions")
+    at.sidebar.radio(key="attr_image_source").set_value("upload").run()
+    at.sidebar.file_uploader(key="attr_image_upload").set_value(("evil.png", b"GIF89a not a png", "image/png")).run()
+    assert not at.exception
+    assert any("cannot be used" in e.value and "evil.png" in e.value for e in at.sidebar.error)
+    at.sidebar.file_uploader(key="attr_image_upload").set_value(("ok.png", _png(), "image/png")).run()
+    assert not at.sidebar.error and at.get("plotly_chart"), "a good upload is attributed"
+
+
+def test_neuron_graph_node_choice_and_ablation(open_page):
+    at = open_page("neuron_graph")
+    graph = figures(at)[0]
+    filters = next(t for t in graph["data"] if t.get("customdata") is not None and t.get("name") == "filters")
+    custom = decode(filters["customdata"]).reshape(-1, 2)
+    assert len(custom) == len(at.selectbox(key="graph_node").options)
+    detail = figure_data(at, 1)
+    nodes = at.selectbox(key="graph_node")
+    nodes.set_value(nodes.options[0] if isinstance(nodes.options[0], tuple) else tuple(int(v) for v in custom[0])).run()
+    assert figure_data(at, 1) != detail
+    base = next(m for m in at.metric if m.label == "Response")
+    at.multiselect(key="graph_ablate").set_value([tuple(int(v) for v in custom[0])]).run()
+    ablated = next(m for m in at.metric if m.label == "Response with these filters off")
+    assert ablated.value != base.value or ablated.delta is not None
+
+
+def test_neuron_graph_image_changes_activations(open_page):
+    at = open_page("neuron_graph")
+    before = figure_data(at, 0)
+    at.sidebar.slider(key="graph_image_index").set_value(2).run()
+    assert figure_data(at, 0) != before
+
+
+def test_teacher_vs_student_widgets(open_page):
+    at = open_page("teacher_vs_student")
+    assert len(figures(at)) >= 2
+    scatter = figures(at)[0]
+    names = [t["name"] for t in scatter["data"]]
+    assert any(n.startswith("compact model") for n in names) and any(n.startswith("teacher") for n in names)
+    target = at.radio(key="tvs_target")
+    if len(target.options) > 1:  # the twin's noise-free rate is a second target
+        x_before = decode(scatter["data"][0]["x"])
+        target.set_value(target.options[1]).run()
+        assert not np.array_equal(decode(figures(at)[0]["data"][0]["x"]), x_before)
+
+
+def test_teacher_vs_student_refuses_a_bad_dataset_upload(open_page):
+    at = open_page("teacher_vs_student")
+    at.file_uploader(key="tvs_upload").set_value(("data.npz", b"PK\x03\x04 truncated", "application/octet-stream")).run()
+    assert not at.exception
+    assert any("cannot be used" in e.value and "data.npz" in e.value for e in at.error)
+
+
+def test_preferred_stimuli_tuning_follows_the_stimulus(open_page):
+    at = open_page("preferred_stimuli")
+    assert len(at.image) > 0, "top images are shown on first render"
+    at.button(key="ps_measure").click().run()
+    gratings = figure_data(at, 0)
+    at.selectbox(key="ps_tuning").set_value("dot_size").run()
+    assert not at.get("plotly_chart"), "a new stimulus waits for the button"
+    at.button(key="ps_measure").click().run()
+    assert figure_data(at, 0) != gratings
+
+
+def test_robustness_runs_and_follows_the_perturbation(open_page):
+    at = open_page("robustness")
+    at.slider(key="rb_images").set_value(16).run()
+    at.button(key="rb_run").click().run()
+    noise = figures(at)[0]
+    assert any("compact model" in t["name"] for t in noise["data"])
+    at.selectbox(key="rb_perturbation").set_value("blur").run()
+    at.button(key="rb_run").click().run()
+    blur = figures(at)[0]
+    assert not np.array_equal(decode(blur["data"][0]["x"]), decode(noise["data"][0]["x"]))
