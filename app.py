@@ -11,6 +11,7 @@ import streamlit as st
 st.set_page_config(page_title="compactvision", page_icon=":eye:", layout="wide")
 
 from app_pages._shared import neuron_sidebar, run_sidebar  # noqa: E402  (after set_page_config)
+from compactvision.errors import CompactVisionError  # noqa: E402
 
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -30,4 +31,9 @@ page = st.navigation(PAGES)
 run_sidebar()
 if page.title in NEURON_PAGES:
     neuron_sidebar()
-page.run()
+try:
+    page.run()
+except CompactVisionError as e:
+    # A run whose files do not load (tampered, truncated, from an incompatible version) is
+    # explained, and the sidebar stays usable to pick another.
+    st.error(f"This run cannot be shown: {e}")

@@ -27,25 +27,30 @@ st.caption(METHODS[method].description)
 if image is None:
     st.stop()
 
-inputs = (run.fingerprint, neuron_id, method, hashlib.sha256(image.tobytes()).hexdigest())
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _maps(path: str, fingerprint: str, neuron_id: str, method: str, image_digest: str, _image: np.ndarray) -> dict:
+    """Both models' maps for one (neuron, method, image), shared by every session that asks again."""
+    maps = {}
+    with model_lock(run, compact):
+        maps["compact model"] = attribute(compact, _image[None], 0, method)[0]
+    if big is not None:
+        with model_lock(run, big):
+            maps["teacher"] = attribute(big, _image[None], t_index, method)[0]
+    return {"maps": maps, "similarity": map_similarity(maps["teacher"], maps["compact model"]) if "teacher" in maps else None}
+
+
+inputs = (str(run.path), run.fingerprint, neuron_id, method, hashlib.sha256(image.tobytes()).hexdigest())
 # Saliency-type maps take milliseconds and are drawn at once; the rest wait for the button.
 cheap = method in ("saliency", "input_x_gradient", "layer_gradcam")
-result = st.session_state.get("attr_result")
-if st.button("Compute attributions", key="attr_compute", type="primary") or (cheap and (result or {}).get("inputs") != inputs):
-    maps = {}
-    with st.spinner(f"{METHODS[method].label}…"):
-        with model_lock(run, compact):
-            maps["compact model"] = attribute(compact, image[None], 0, method)[0]
-        if big is not None:
-            with model_lock(run, big):
-                maps["teacher"] = attribute(big, image[None], t_index, method)[0]
-    result = {"inputs": inputs, "maps": maps,
-              "similarity": map_similarity(maps["teacher"], maps["compact model"]) if "teacher" in maps else None}
-    st.session_state["attr_result"] = result
-
-if result is None or result["inputs"] != inputs:
+done: set = st.session_state.setdefault("attr_done", set())
+if st.button("Compute attributions", key="attr_compute", type="primary") or cheap:
+    done.add(inputs)
+if inputs not in done:
     st.info("Press **Compute attributions** to run this method on the image.")
     st.stop()
+with st.spinner(f"{METHODS[method].label}…"):
+    result = _maps(*inputs, image)
 
 if result["similarity"] is not None:
     st.metric("Teacher–student map similarity (Spearman rank correlation)", f"{result['similarity']:.2f}",
