@@ -6,6 +6,7 @@ library errors into a one-line message and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -23,8 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ctrl-C and SIGTERM both stop between steps with checkpoints intact, even when a
+    # launcher started us with SIGINT ignored (as background shells do).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args) or 0)
     except CompactVisionError as e:

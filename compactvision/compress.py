@@ -53,6 +53,7 @@ class CompressConfig:
     neuron_images: int = 8192       # labels per neuron fit, drawn from the stream
     finetune_epochs: int = 1        # after each pruned layer
     finetune_images: int = 4096
+    final_epochs: int = 2           # retraining of the fully pruned network, on the neuron-fit images
     batch_size: int = 64
     lr: float = 2e-3
     probe_images: int = 512         # images on which filter contributions are measured
@@ -246,6 +247,11 @@ def compress_neuron(run_dir: str | Path, index: int, config_dict: Mapping[str, A
 
     probe = to_tensor(np.asarray(cache.images[probe_idx]))
     model, path = prune_neuron(model.eval(), probe, config.prune, finetune=finetune, evaluate=evaluate)
+    if config.final_epochs > 0:
+        # The paper retrains the rebuilt network; the last path point records the result.
+        fit(model, _stream(cache, fit_idx, config.batch_size, col, seed + 99), val,
+            _train_config(config, config.final_epochs, seed + 99), progress=False, target_stats=stats)
+        path[-1].accuracy = evaluate(model.eval())
     metrics = {"r_teacher": path[-1].accuracy, "r_teacher_unpruned": path[0].accuracy,
                "n_parameters": model.n_parameters(), "channels": list(model.arch.channels), "macs": model.macs()}
     metrics.update(_score_heldout(run_dir, model, neuron_id))

@@ -105,7 +105,7 @@ class LabelCache:
     def neuron_ids(self) -> list[str]:
         return list(self.meta["neuron_ids"])
 
-    def split(self, val_fraction: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    def split(self, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         """Fixed train/validation indices (the last `val_fraction` of the stream)."""
         n_val = max(1, int(round(len(self) * val_fraction)))
         idx = np.arange(len(self))

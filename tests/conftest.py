@@ -21,3 +21,24 @@ def cowley_dir() -> Path:
     if not (COWLEY_DIR / "responses_repeat_averaged").is_dir():
         pytest.skip("Cowley et al. V4 release not present")
     return COWLEY_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One end-to-end `tiny` pipeline run (twin -> teacher -> compact models), shared by tests.
+
+    Tests must not modify it; copy it first (`copy_run`).
+    """
+    from compactvision.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_pipeline("tiny", out, seed=0, workers=2)
+    return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A private copy of a run, cache included, for tests that change it."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,84 @@
+"""Distillation + pruning end to end on the `tiny` preset, resume, and backends."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compactvision.artifacts import list_students, load_student, read_manifest
+from compactvision.compress import CompressConfig, compress_run, history_path, neuron_ids_of
+from compactvision.pipeline import PRESETS
+
+from conftest import copy_run
+
+
+def _histories(run):
+    return [json.loads(p.read_text()) for p in sorted((run / "history").glob("prune_*.json"))]
+
+
+def test_every_neuron_has_a_compact_model(tiny_run):
+    ids = neuron_ids_of(tiny_run)
+    assert list_students(tiny_run) == ids
+    manifest = read_manifest(tiny_run)  # verifies every hash
+    assert manifest["kind"] == "pipeline"
+    comp = manifest["metrics"]["compression"]
+    assert comp["n_students"] == len(ids)
+    teacher_params = manifest["config"]["n_parameters"]
+    assert comp["n_parameters"]["median"] < teacher_params
+
+
+def test_pruning_path_shrinks_and_keeps_accuracy(tiny_run):
+    for h in _histories(tiny_run):
+        params = [s["n_parameters"] for s in h["path"]]
+        assert all(b <= a for a, b in zip(params, params[1:])), h["neuron_id"]
+        assert params[-1] < params[0]
+        assert min(h["metrics"]["channels"]) >= 3
+        unpruned, pruned = h["path"][0]["accuracy"], h["path"][-1]["accuracy"]
+        assert pruned >= 0.9 * unpruned, (h["neuron_id"], unpruned, pruned)
+
+
+def test_students_predict_held_out_twin_responses(tiny_run):
+    r = [h["metrics"]["r_truth"] for h in _histories(tiny_run)]
+    assert np.median(r) > 0.3  # well above chance for 8 neurons scored on held-out images
+
+
+def test_interrupted_job_resumes_without_redoing(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    ids = neuron_ids_of(run)
+    redo = ids[:2]
+    for nid in redo:  # as if the job had been killed before these two finished
+        history_path(run, nid).unlink()
+    kept = {nid: history_path(run, nid).stat().st_mtime_ns for nid in ids[2:]}
+    before = {nid: load_student(run, nid).state_dict() for nid in redo}
+    compress_run(run, PRESETS["tiny"].compress, workers=1)
+    assert {nid: history_path(run, nid).stat().st_mtime_ns for nid in ids[2:]} == kept
+    for nid in redo:
+        after = load_student(run, nid).state_dict()
+        assert all(torch.equal(before[nid][k], after[k]) for k in after), "same seed, same student"
+    read_manifest(run)
+
+
+def test_ray_backend_equals_local(tiny_run, tmp_path):
+    ray = pytest.importorskip("ray")
+    run = copy_run(tiny_run, tmp_path / "run")
+    ids = neuron_ids_of(run)
+    local = {nid: load_student(run, nid).state_dict() for nid in ids[:2]}
+    for nid in ids[:2]:
+        history_path(run, nid).unlink()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        compress_run(run, PRESETS["tiny"].compress, backend="ray", neurons=[0, 1])
+    finally:
+        ray.shutdown()
+    for nid in ids[:2]:
+        remote = load_student(run, nid).state_dict()
+        assert all(torch.equal(local[nid][k], remote[k]) for k in remote)
+
+
+def test_config_round_trips_and_rejects_unknown_strategy():
+    c = PRESETS["demo"].compress
+    assert CompressConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError):
+        CompressConfig(strategy="magic")
