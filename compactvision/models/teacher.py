@@ -84,7 +84,7 @@ class TeacherConfig:
 
 PRESETS: dict[str, TeacherConfig] = {
     "tiny": TeacherConfig(n_simple=16, n_complex=16, kernel_size=15, width=24, n_blocks=1, ensemble=1,
-                          epochs=25, batch_size=32, lr=3e-3, patience=6),
+                          epochs=8, batch_size=32, lr=3e-3, patience=3),
     "cpu": TeacherConfig(),
     "paper": TeacherConfig(n_simple=256, n_complex=256, kernel_size=25, noise="poisson", width=256, n_blocks=2,
                            ensemble=25, epochs=40, batch_size=64, lr=1e-3, patience=6),
@@ -142,14 +142,14 @@ class TeacherMember(nn.Module):
         super().__init__()
         self.config, self.map_hw = config, map_hw
         self.back_end = BackEnd(c_in, config.width, config.n_blocks, config.first_stride)
-        self.readouts = nn.ModuleDict({s: self._readout(n) for s, n in sessions.items()})
+        self.readouts = nn.ModuleDict({_slot(s): self._readout(n) for s, n in sessions.items()})
 
     def _readout(self, n_neurons: int) -> FactorisedReadout:
         return FactorisedReadout(self.config.width, *self.map_hw, n_neurons,
                                  mask_l1=self.config.mask_l1, feature_l1=self.config.feature_l1)
 
     def forward(self, v1: torch.Tensor, session: str) -> torch.Tensor:
-        return self.readouts[session](self.back_end(v1))
+        return self.readouts[_slot(session)](self.back_end(v1))
 
 
 class Teacher(nn.Module):
@@ -175,7 +175,7 @@ class Teacher(nn.Module):
             torch.manual_seed(seed)  # members differ by their place in this one seeded stream
             self.members = nn.ModuleList(TeacherMember(self.vone.out_channels, config, self.map_hw, sizes)
                                          for _ in range(config.ensemble))
-        self.scales = nn.ModuleDict({s: ResponseScale(n) for s, n in sizes.items()})
+        self.scales = nn.ModuleDict({_slot(s): ResponseScale(n) for s, n in sizes.items()})
         self.sessions = {s: [str(i) for i in ids] for s, ids in sessions.items()}
         self._trunk_frozen = False
 
@@ -195,7 +195,7 @@ class Teacher(nn.Module):
             raise KeyError(f"no session {session!r}; the teacher has {list(self.sessions)}")
         v1 = self.vone(x)
         z = torch.stack([m(v1, session) for m in self.members]).mean(0)
-        return self.scales[session](z)
+        return self.scales[_slot(session)](z)
 
     def predict_all_sessions(self, x: torch.Tensor) -> torch.Tensor:
         """All sessions' neurons at once (N x total neurons), sharing the front end and back ends."""
@@ -203,19 +203,19 @@ class Teacher(nn.Module):
         feats = [m.back_end(v1) for m in self.members]
         cols = []
         for s in self.sessions:
-            z = torch.stack([m.readouts[s](f) for m, f in zip(self.members, feats)]).mean(0)
-            cols.append(self.scales[s](z))
+            z = torch.stack([m.readouts[_slot(s)](f) for m, f in zip(self.members, feats)]).mean(0)
+            cols.append(self.scales[_slot(s)](z))
         return torch.cat(cols, dim=1)
 
     def regularizer(self, session: str | None = None) -> torch.Tensor:
         """Readout penalty of `session` (default: the first), averaged over neurons and members."""
         session = self.default_session if session is None else session
-        return torch.stack([m.readouts[session].regularizer("mean") for m in self.members]).mean()
+        return torch.stack([m.readouts[_slot(session)].regularizer("mean") for m in self.members]).mean()
 
     # ------------------------------------------------------------ sessions
     def set_response_stats(self, session: str, mean: np.ndarray, std: np.ndarray) -> None:
         """Fix the z-score <-> response mapping of `session` (from its training split)."""
-        scale = self.scales[session]
+        scale = self.scales[_slot(session)]
         with torch.no_grad():
             scale.mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32))
             scale.std.copy_(torch.as_tensor(np.asarray(std), dtype=torch.float32))
@@ -227,8 +227,8 @@ class Teacher(nn.Module):
             raise ValueError(f"session {session!r} already has a readout")
         device = next(self.parameters()).device
         for m in self.members:
-            m.readouts[session] = m._readout(len(neuron_ids)).to(device)
-        self.scales[session] = ResponseScale(len(neuron_ids)).to(device)
+            m.readouts[_slot(session)] = m._readout(len(neuron_ids)).to(device)
+        self.scales[_slot(session)] = ResponseScale(len(neuron_ids)).to(device)
         self.sessions[session] = [str(i) for i in neuron_ids]
 
     def trunk_parameters(self) -> Iterator[nn.Parameter]:
@@ -252,6 +252,11 @@ class Teacher(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _slot(session: str) -> str:
+    """Module key of a session: prefixed, so an id like "train" cannot shadow a Module attribute."""
+    return f"session_{session}"
 
 
 def _check_session_id(session: str) -> None:

@@ -1,0 +1,107 @@
+"""The teacher: structure, ensembles, artifacts, frozen-trunk readout fits, and learning the twin."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compactvision.artifacts import read_manifest, write_manifest
+from compactvision.cli import main
+from compactvision.errors import ArtifactError
+from compactvision.models.teacher import PRESETS, TeacherConfig, build_teacher, load_teacher, save_teacher
+from compactvision.train import TrainConfig, fit
+
+SMALL = TeacherConfig(n_simple=8, n_complex=8, kernel_size=9, image_size=48, width=8, n_blocks=1, ensemble=3)
+
+
+def test_sessions_shapes_and_ensemble_average() -> None:
+    t = build_teacher(SMALL, {"a": 5, "b": ["n1", "n2"]}, seed=0).eval()
+    x = torch.rand(4, 3, 48, 48)
+    assert t(x).shape == (4, 5) and t(x, "b").shape == (4, 2)
+    assert t.sessions["b"] == ["n1", "n2"] and t.neuron_ids[:2] == ["a_0", "a_1"]
+    t.set_response_stats("b", np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+    v1 = t.vone(x)
+    z = torch.stack([m(v1, "b") for m in t.members]).mean(0)
+    torch.testing.assert_close(t(x, "b"), z * torch.tensor([3.0, 4.0]) + torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(t.predict_all_sessions(x), torch.cat([t(x, "a"), t(x, "b")], 1))
+    with pytest.raises(KeyError):
+        t(x, "c")
+
+
+def test_members_differ_and_the_build_is_seeded() -> None:
+    a, b = build_teacher(SMALL, {"s": 3}, seed=1), build_teacher(SMALL, {"s": 3}, seed=1)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    w = [m.back_end.bottleneck[0].weight for m in a.members]
+    assert not torch.equal(w[0], w[1])
+
+
+def test_input_gradients_are_finite_on_black_and_grey_images() -> None:
+    t = build_teacher(SMALL, {"s": 3}, seed=0).eval()
+    for x in (torch.zeros(2, 3, 48, 48), torch.full((2, 1, 48, 48), 0.5)):
+        x.requires_grad_(True)
+        t(x).sum().backward()
+        assert torch.isfinite(x.grad).all()
+
+
+def test_save_load_round_trip_and_tamper_detection(tmp_path: Path) -> None:
+    t = build_teacher(SMALL, {"s": 4}, seed=2)
+    t.set_response_stats("s", np.arange(4.0), np.ones(4) * 2)
+    save_teacher(t, tmp_path)
+    write_manifest(tmp_path, kind="teacher", config={})
+    loaded = load_teacher(tmp_path)
+    x = torch.rand(3, 3, 48, 48)
+    assert not loaded.training
+    torch.testing.assert_close(loaded(x), t.eval()(x), rtol=0, atol=0)
+    weights = tmp_path / "teacher" / "teacher.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_teacher(tmp_path)
+
+
+def test_frozen_trunk_fits_only_the_new_readout() -> None:
+    rng = np.random.default_rng(0)
+    t = build_teacher(SMALL, {"train": 3}, seed=0)
+    trunk_before = {k: v.clone() for k, v in t.state_dict().items() if ".back_end." in k}
+    t.freeze_trunk()
+    t.add_session("new", ["x", "y"])
+    images = rng.integers(0, 256, (64, 48, 48, 3), dtype=np.uint8)
+    targets = rng.normal(size=(64, 2)).astype(np.float32)
+    fit(t, {"new": (images[:48], targets[:48])}, {"new": (images[48:], targets[48:])},
+        TrainConfig(epochs=2, batch_size=16, device="cpu"), progress=False)
+    after = t.state_dict()
+    for k, v in trunk_before.items():
+        assert torch.equal(v, after[k]), f"{k} changed although the trunk was frozen"
+    assert all(not p.requires_grad for p in t.trunk_parameters())
+
+
+def test_paper_preset_has_about_60m_parameters() -> None:
+    # The eight Cowley training sessions hold about 370 neurons.
+    t = build_teacher("paper", {"s": 370}, seed=0)
+    assert 50e6 <= t.n_parameters() <= 70e6
+    assert len(t.members) == PRESETS["paper"].ensemble == 25
+
+
+@pytest.mark.slow
+def test_tiny_preset_learns_the_twin_via_the_cli(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = main(["teacher", "--data", "twin", "--preset", "tiny", "--out", str(out), "--neurons", "16",
+                 "--images", "1000", "--repeats", "4", "--progress", "none"])
+    assert code == 0
+    manifest = read_manifest(out)  # verifies every recorded hash
+    metrics = manifest["metrics"]["teacher"]
+    assert metrics["r"]["median"] >= 0.5, metrics
+    assert metrics["r_noise_free"]["median"] >= metrics["r"]["median"]  # trial noise only hides accuracy
+    assert {"r2_er", "feve"} <= set(metrics)
+    data = json.loads((out / "data.json").read_text())
+    split = data["sessions"]["twin"]["split"]
+    assert not set(split["train"]) & set(split["test"])
+    assert (out / "history" / "teacher_metrics.json").is_file()
+    assert not (out / "checkpoints").exists()
+    teacher = load_teacher(out)
+    assert teacher.sessions["twin"] == data["sessions"]["twin"]["neuron_ids"]
