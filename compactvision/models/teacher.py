@@ -43,28 +43,28 @@ class TeacherConfig:
     """Architecture plus the training schedule that suits it."""
 
     # VOneBlock front end
-    n_simple: int = 64
-    n_complex: int = 64
-    kernel_size: int = 21
+    n_simple: int = 48
+    n_complex: int = 48
+    kernel_size: int = 17
     image_size: int = 112
     visual_degrees: float = DEFAULT_VISUAL_DEGREES
     k_exc: float = 25.0
     noise: str | None = None
     sampler: str = "v1"
     # back end, per ensemble member
-    width: int = 64
-    n_blocks: int = 2
+    width: int = 48
+    n_blocks: int = 1
     first_stride: int = 2
-    ensemble: int = 2
+    ensemble: int = 1
     # readout
     mask_l1: float = 1e-3
     feature_l1: float = 1e-3
     # training
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 2e-3
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 3e-3
     weight_decay: float = 1e-4
-    patience: int = 4
+    patience: int = 3
 
     def train_config(self, seed: int = 0, device: str | None = None, **overrides: Any) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
@@ -85,6 +85,7 @@ class TeacherConfig:
 PRESETS: dict[str, TeacherConfig] = {
     "tiny": TeacherConfig(n_simple=16, n_complex=16, kernel_size=15, width=24, n_blocks=1, ensemble=1,
                           epochs=8, batch_size=32, lr=3e-3, patience=3),
+    # Sized so that 8 epochs over a 20k-image twin fit in ~10 min on two cores (see benchmarks/teacher.py).
     "cpu": TeacherConfig(),
     "paper": TeacherConfig(n_simple=256, n_complex=256, kernel_size=25, noise="poisson", width=256, n_blocks=2,
                            ensemble=25, epochs=40, batch_size=64, lr=1e-3, patience=6),

@@ -1,0 +1,158 @@
+"""VOneBlock and teacher figures, side by side, in one run.
+
+    python benchmarks/teacher.py [--images 2000] [--preset cpu] [--cowley PATH] [--paper]
+
+1. VOneBlock forward: our single grouped convolution (both quadrature phases,
+   q1 only for complex cells) against VOneNet's formulation (two dense
+   convolutions, one per phase, every filter over all three colour channels),
+   same parameters and inputs; images/s and the ratio.
+2. Teacher training throughput (images/s, one optimiser step per batch) for
+   each preset that fits the machine (`paper` only on CUDA or with --paper).
+3. Teacher accuracy on a digital twin: held-out median r against the noisy
+   trial-averaged responses and against the twin's noise-free rates, with the
+   wall time of the whole run.
+4. With --cowley PATH: the paper's protocol on the real V4 release (median r
+   on the second half of each test session).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from compactvision.models.teacher import PRESETS, build_teacher
+from compactvision.models.vone import VOneBlock
+from compactvision.runtime import select_device
+
+
+def _rate(fn, n_images: int, device: torch.device, min_seconds: float = 3.0) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        if dt >= min_seconds and reps >= 3:
+            return reps * n_images / dt
+
+
+def vone_forward(device: torch.device, batch: int) -> None:
+    block = VOneBlock(256, 256, kernel_size=25).to(device).eval()
+    bank = block.bank
+    x = torch.rand(batch, 3, 112, 112, device=device)
+    n = bank.n_filters
+    ch = bank.channel.cpu().numpy()
+    dense0 = torch.zeros(n, 3, bank.kernel_size, bank.kernel_size)
+    dense1 = torch.zeros_like(dense0)
+    dense0[np.arange(n), ch] = torch.as_tensor(bank.kernels())
+    dense1[np.arange(n), ch] = torch.as_tensor(bank.kernels(quadrature_phase=True))
+    dense0, dense1 = dense0.to(device), dense1.to(device)
+    ns = block.n_simple
+
+    def two_convolutions() -> torch.Tensor:  # VOneNet: one pass per phase, all filters, all colours
+        z = x * 2 - 1
+        q0 = F.conv2d(z, dense0, stride=bank.stride, padding=bank.padding)
+        q1 = F.conv2d(z, dense1, stride=bank.stride, padding=bank.padding)
+        simple = F.relu(q0[:, :ns])
+        cx = torch.sqrt(q0[:, ns:] ** 2 + q1[:, ns:] ** 2 + block.eps) / np.sqrt(2)
+        return block.k_exc * torch.cat([simple, cx], 1)
+
+    with torch.no_grad():
+        err = (block(x) - two_convolutions()).abs().max().item()
+        ours = _rate(lambda: block(x), batch, device)
+        theirs = _rate(two_convolutions, batch, device)
+    print(f"VOneBlock forward (256+256 filters, 25 px kernels, 112 px, batch {batch}, {device.type}):")
+    print(f"  one grouped conv : {ours:8.1f} images/s")
+    print(f"  two dense convs  : {theirs:8.1f} images/s")
+    print(f"  ratio            : {ours / theirs:8.2f}x   (max |difference| {err:.2e})")
+
+
+def training_throughput(presets: list[str], device: torch.device, n_neurons: int = 64) -> None:
+    print(f"Teacher training throughput ({device.type}, {n_neurons} neurons, full step: forward, backward, AdamW):")
+    for name in presets:
+        cfg = PRESETS[name]
+        t = build_teacher(cfg, {"s": n_neurons}, seed=0).to(device).train()
+        opt = torch.optim.AdamW([p for p in t.parameters() if p.requires_grad], lr=1e-4)
+        x = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+        y = torch.randn(cfg.batch_size, n_neurons, device=device)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = (t(x).float() - y).square().mean()
+            loss.backward()
+            opt.step()
+
+        rate = _rate(step, cfg.batch_size, device)
+        print(f"  {name:6s}: {rate:8.1f} images/s   ({t.n_parameters() / 1e6:.2f}M parameters, batch {cfg.batch_size})")
+
+
+def twin_accuracy(preset: str, n_images: int, n_neurons: int, device: str | None) -> None:
+    from compactvision.teacher_stage import train_teacher
+
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        manifest = train_teacher("twin", out, preset=preset, device=device, progress=True,
+                                 data_kwargs={"n_neurons": n_neurons, "n_images": n_images, "n_repeats": 4})
+        wall = time.perf_counter() - t0
+        hist = json.loads((Path(out) / "history" / "teacher_metrics.json").read_text())
+    m = manifest["metrics"]["teacher"]
+    epochs = hist["training"]["teacher"]
+    per_epoch = np.mean([e["seconds"] for e in epochs])
+    print(f"Teacher on the twin ({preset}, {n_neurons} neurons, {n_images} images x 4 repeats, 80/10/10 split):")
+    print(f"  held-out median r vs responses  : {m['r']['median']:.3f} [{m['r']['ci_low']:.3f}, {m['r']['ci_high']:.3f}]")
+    print(f"  held-out median r vs noise-free : {m['r_noise_free']['median']:.3f} "
+          f"[{m['r_noise_free']['ci_low']:.3f}, {m['r_noise_free']['ci_high']:.3f}]")
+    print(f"  median r2_er / FEVE             : {m['r2_er']['median']:.3f} / {m['feve']['median']:.3f}")
+    print(f"  epochs {len(epochs)}, {per_epoch:.1f} s/epoch (train + validation), training {hist['images_per_second']:.1f} images/s, "
+          f"whole run {wall:.0f} s (twin simulation and scoring included)")
+
+
+def cowley_accuracy(path: str, preset: str, device: str | None) -> None:
+    from compactvision.teacher_stage import train_teacher
+
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        train_teacher(path, out, preset=preset, protocol="cowley", device=device, progress=True)
+        hist = json.loads((Path(out) / "history" / "teacher_metrics.json").read_text())
+    print(f"Teacher on the V4 release ({preset}, cowley protocol, {time.perf_counter() - t0:.0f} s):")
+    for sid, s in hist["by_session"].items():
+        r = s["r"]
+        print(f"  session {sid}: held-out half median r {r['median']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+              f"over {r['n']} neurons")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="cpu", help="preset for the accuracy runs")
+    p.add_argument("--images", type=int, default=2000, help="twin images for the accuracy run (0 skips it)")
+    p.add_argument("--neurons", type=int, default=32)
+    p.add_argument("--batch", type=int, default=64, help="batch for the VOneBlock forward benchmark")
+    p.add_argument("--device", default=None)
+    p.add_argument("--paper", action="store_true", help="also time the paper preset on CPU")
+    p.add_argument("--cowley", help="path to the Cowley et al. V4 release, for the real-data protocol")
+    args = p.parse_args()
+    device = select_device(args.device)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    vone_forward(device, args.batch)
+    presets = ["tiny", "cpu"] + (["paper"] if device.type == "cuda" or args.paper else [])
+    training_throughput(presets, device)
+    if args.images:
+        twin_accuracy(args.preset, args.images, args.neurons, args.device)
+    if args.cowley:
+        cowley_accuracy(args.cowley, args.preset, args.device)
+
+
+if __name__ == "__main__":
+    main()
