@@ -53,7 +53,7 @@ METHODS: dict[str, Method] = {
     "guided_backprop": Method("Guided Backprop", "gradient passing only positive signals through each ReLU"),
     "deeplift": Method("DeepLIFT", "contribution relative to a grey baseline, propagated with the rescale rule"),
     "gradient_shap": Method("GradientSHAP", "expected gradients over noisy samples and grey-level baselines"),
-    "occlusion": Method("Occlusion", "response drop when an 8 x 8 patch is set to grey"),
+    "occlusion": Method("Occlusion", "response change when a patch (1/8 of the image side) is set to grey"),
     "smoothgrad": Method("SmoothGrad", "saliency averaged over noisy copies of the image"),
     "vargrad": Method("VarGrad", "variance of the saliency over noisy copies of the image"),
     "layer_gradcam": Method("Grad-CAM", "layer activation weighted by its mean gradient, upsampled to the image", needs_layer=True),
@@ -186,12 +186,13 @@ def _run_method(model: nn.Module, x: torch.Tensor, neuron: int, method: str, opt
         dist = torch.stack([torch.full_like(x[0], float(v)) for v in levels])
         return ca.GradientShap(model).attribute(x, baselines=dist, n_samples=samples, stdevs=stdev, target=neuron)
     if method == "occlusion":
-        window = int(opts.get("window", 8))
-        stride = int(opts.get("stride", window // 2))
+        # Patch of 1/8 of the image side, half-overlapping: 225 forward passes at any size.
+        window = int(opts.get("window", max(2, x.shape[-1] // 8)))
+        stride = int(opts.get("stride", max(1, window // 2)))
         c = x.shape[1]
         return ca.Occlusion(model).attribute(x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
                                              baselines=baseline, target=neuron,
-                                             perturbations_per_eval=int(opts.get("perturbations_per_eval", 16)))
+                                             perturbations_per_eval=int(opts.get("perturbations_per_eval", 32)))
     if method in ("smoothgrad", "vargrad"):
         base = opts.get("base", "saliency")
         inner = {"saliency": ca.Saliency, "integrated_gradients": ca.IntegratedGradients,
@@ -252,7 +253,7 @@ def attribute_raw(model: nn.Module, images: np.ndarray | torch.Tensor, neuron: i
     (all optional): baseline (float or tensor; default grey 0.5), n_steps (32),
     internal_batch_size (8), stdev (0.15 of the input range), nt_samples (16),
     base (inner method for smoothgrad/vargrad: "saliency"), window / stride
-    (occlusion patch, px), layer (module, dotted name or student layer index),
+    (occlusion patch, px; default 1/8 of the image side), layer (module, dotted name or student layer index),
     channel (neuron_conductance's filter), relu (Grad-CAM's positive part).
     """
     if method not in METHODS:

@@ -1,0 +1,129 @@
+"""Interpretation speed, and how often compression recovered the twin's known computation.
+
+    python benchmarks/interpret.py [--teacher-preset cpu] [--repeats 3] [--run RUN] [--max-neurons 24]
+
+Latency of every attribution method on one 112 x 112 image, for a student of
+the paper's median size (filters [47, 57, 3, 7, 3]) and for a teacher of the
+given preset (untrained weights: latency does not depend on training);
+synthesis of a preferred image (128 steps); graph extraction with
+activations, with and without the per-filter ablations. Targets: IG (32
+steps) on the student <= 50 ms; a graph with activations <= 100 ms.
+
+With `--run RUN` (a run directory on the digital twin with compressed
+students), it also prints the ground-truth recovery table: for each cell
+type, the fraction of neurons whose compact model recovered the twin's
+computation (see `interpret.stimuli.recovered`).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from compactvision.data.images import natural_crops
+from compactvision.interpret.attribution import METHODS, attribute
+from compactvision.interpret.graph import neuron_graph
+from compactvision.interpret.stimuli import compare_with_twin, recovery_table, synthesise_preferred
+from compactvision.models.student import CompactStudent, StudentArch
+
+MEDIAN_CHANNELS = (47, 57, 3, 7, 3)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time in ms over `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000.0)
+    return statistics.median(times)
+
+
+def median_student(seed: int = 0) -> CompactStudent:
+    torch.manual_seed(seed)
+    m = CompactStudent(StudentArch(channels=MEDIAN_CHANNELS))
+    for layer in m.layers:  # trained-looking BN statistics, so ReLUs are neither all on nor all off
+        layer.bn.running_mean.normal_(0, 0.2)
+        layer.bn.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def method_options(method: str) -> dict:
+    return {"channel": 0} if method == "neuron_conductance" else {}
+
+
+def attribution_rows(name: str, model: torch.nn.Module, image: np.ndarray, repeats: int) -> None:
+    for method in METHODS:
+        opts = method_options(method)
+        # Occlusion runs hundreds of forward passes: one timed call is enough.
+        ms = timed(lambda: attribute(model, image, 0, method, **opts), 1 if method == "occlusion" else repeats)
+        print(f"{name:8s} {method:22s} {ms:9.1f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher-preset", default="cpu", help="teacher size to time (tiny, cpu, paper)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--run", default=None, help="a twin run directory with students, for the recovery table")
+    ap.add_argument("--max-neurons", type=int, default=24, help="students compared with the twin (recovery table)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    image = natural_crops(1, 112, seed=0)
+
+    student = median_student()
+    print(f"\n== attribution latency, one 112x112 image (student {list(MEDIAN_CHANNELS)}, "
+          f"{student.n_parameters():,} parameters) ==")
+    attribution_rows("student", student, image, args.repeats)
+
+    try:
+        from compactvision.models.teacher import build_teacher
+        teacher = build_teacher(args.teacher_preset, {"bench": 8}).eval()
+    except ImportError as err:  # the teacher module is optional for this benchmark
+        teacher = None
+        print(f"\n(teacher not available: {err}; student only)")
+    if teacher is not None:
+        print(f"\n== attribution latency (teacher preset {args.teacher_preset!r}, "
+              f"{sum(p.numel() for p in teacher.parameters()):,} parameters) ==")
+        attribution_rows("teacher", teacher, image, args.repeats)
+
+    print("\n== preferred-image synthesis, 128 steps, 112x112 ==")
+    print(f"student  {timed(lambda: synthesise_preferred(student, 0, steps=128), 1):9.1f} ms")
+    if teacher is not None:
+        print(f"teacher  {timed(lambda: synthesise_preferred(teacher, 0, steps=128), 1):9.1f} ms")
+
+    print("\n== computation graph of the median student ==")
+    print(f"weights only                   {timed(lambda: neuron_graph(student), args.repeats):9.1f} ms")
+    print(f"with activations               {timed(lambda: neuron_graph(student, image[0], ablations=False), args.repeats):9.1f} ms")
+    print(f"with activations + ablations   {timed(lambda: neuron_graph(student, image[0]), args.repeats):9.1f} ms")
+
+    if args.run is None:
+        print("\n(recovery table skipped: pass --run RUN, a twin run with compressed students)")
+        return
+    from compactvision.data.twin import twin_from_ground_truth
+    from compactvision.runs import Run
+
+    run = Run.open(args.run)
+    truth = run.ground_truth()
+    if not truth:
+        print(f"\n(recovery table skipped: {args.run} has no twin ground truth)")
+        return
+    twin = twin_from_ground_truth(truth)
+    index = {str(r["neuron_id"]): i for i, r in enumerate(truth)}
+    ids = [i for i in run.student_ids() if i in index][: args.max_neurons]
+    results = [compare_with_twin(run.load_student(i), twin, index[i]) for i in ids]
+    print(f"\n== twin ground-truth recovery ({len(results)} students of {args.run}) ==")
+    print(f"{'cell type':18s} {'n':>4s} {'recovered':>10s} {'fraction':>9s}")
+    for cell_type, row in sorted(recovery_table(results).items()):
+        print(f"{cell_type:18s} {row['n']:4d} {row['recovered']:10d} {row['fraction']:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
