@@ -39,11 +39,15 @@ node_ids = [n.id for n in graph.nodes]
 st.caption(f"Neuron **{neuron_id}** · filters per layer {list(model.arch.channels)} · "
            f"{model.n_parameters():,} parameters · predicted response to this image **{graph.response:.3f}**")
 
-event = st.plotly_chart(neuron_graph_figure(graph), key="graph_chart", on_select="rerun", selection_mode="points",
-                        width="stretch")
+figure = neuron_graph_figure(graph)
+# With a drag-to-select mode Streamlit turns click-selection off; pan keeps a click = select this node.
+figure.update_layout(dragmode="pan", clickmode="event+select")
+filters_trace = next(i for i, t in enumerate(figure.data) if t.name == "filters")
+event = st.plotly_chart(figure, key="graph_chart", on_select="rerun", selection_mode="points", width="stretch")
 # A click on a node selects it; the selectbox below is the keyboard / fallback way and follows the click.
-points = (event or {}).get("selection", {}).get("points", []) if event else []
-clicked = next((tuple(int(v) for v in p["customdata"][:2]) for p in points if p.get("customdata") is not None), None)
+points = event.get("selection", {}).get("points", []) if event else []
+clicked = next((tuple(int(v) for v in p["customdata"][:2]) for p in points
+                if p.get("curve_number") == filters_trace and p.get("customdata") is not None), None)
 if clicked in node_ids and clicked != st.session_state.get("graph_last_click"):
     st.session_state["graph_last_click"] = clicked
     st.session_state["graph_node"] = clicked

@@ -1,0 +1,225 @@
+"""End to end in a real browser: Debian's Chromium, driven by Playwright, against `streamlit run app.py`.
+
+Visits every page, picks a neuron, clicks a node of the computation graph,
+runs an attribution, checks what is drawn and saves screenshots. Run as a
+script to refresh the README's screenshot:
+
+    python tests/test_browser.py --screenshot docs/screenshot-neuron-graph.png
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = Path(os.environ.get("COMPACTVISION_RUN", ROOT / "assets" / "default_run"))
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+PAGES = ["Home", "Gabor bank", "Layer weights", "Attributions", "Neuron graph", "Teacher vs student",
+         "Preferred stimuli", "Robustness", "Train"]
+TIMEOUT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (apt-get install chromium)"),
+    pytest.mark.skipif(not (RUN / "manifest.json").is_file(), reason=f"no run at {RUN} (build it with `make bundle`)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(run: Path) -> Iterator[str]:
+    """`streamlit run app.py` on a free local port, usage statistics off; yields its URL."""
+    port = free_port()
+    env = {**os.environ, "COMPACTVISION_RUN": str(run), "MPLCONFIGDIR": tempfile.mkdtemp(prefix="mpl-")}
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"streamlit did not start:\n{log.read().decode(errors='replace')[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def wait_idle(page) -> None:
+    """Connected, and no script running: what is on screen is the finished rerun."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=TIMEOUT_MS)
+    page.wait_for_timeout(200)  # a rerun triggered by the last action may take a moment to start
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=TIMEOUT_MS)
+
+
+def go_to(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    wait_idle(page)
+    expect_title(page, title if title != "Home" else "compactvision")
+
+
+def expect_title(page, text: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("h1", has_text=text).first).to_be_visible(timeout=TIMEOUT_MS)
+
+
+def pick(page, label: str, option: str, scope: str = "") -> None:
+    """Choose `option` in the selectbox labelled `label`."""
+    box = page.locator(f'{scope} [data-testid="stSelectbox"]', has_text=label).first
+    box.click()
+    page.locator('[role="option"]', has_text=option).first.click()
+    wait_idle(page)
+
+
+def selected(page, label: str) -> str:
+    """The value shown in the selectbox labelled `label` (it lives in the combobox input)."""
+    return page.locator(f'input[role="combobox"][aria-label="{label}"]').first.input_value()
+
+
+def charts(page):
+    return page.locator('[data-testid="stPlotlyChart"]')
+
+
+def explore(page, shots: Path) -> dict[str, str]:
+    """The whole tour; returns what was observed for the assertions."""
+    from playwright.sync_api import expect
+
+    seen: dict[str, str] = {}
+    wait_idle(page)
+    expect_title(page, "compactvision")
+    for title in PAGES:
+        go_to(page, title)
+        assert page.locator('[data-testid="stException"]').count() == 0, f"{title} raised"
+        page.screenshot(path=str(shots / f"{title.lower().replace(' ', '_')}.png"), full_page=True)
+
+    # A neuron, then the graph of its compact model.
+    go_to(page, "Neuron graph")
+    neuron_box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]', has_text="Neuron").first
+    neuron_box.click()
+    options = page.locator('[role="option"]')
+    second = options.nth(1 if options.count() > 1 else 0)
+    seen["neuron"] = second.inner_text().strip()
+    second.click()
+    wait_idle(page)
+    expect(page.get_by_text(f"Neuron {seen['neuron']}", exact=False).first).to_be_visible(timeout=TIMEOUT_MS)
+    graph = charts(page).first
+    graph.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+    before = selected(page, "Filter")
+    # Click the first filter of layer 0: a point of the graph's selectable "filters" trace
+    # (the figure's last scatter trace; the SVG keeps the traces in figure order).
+    points = graph.locator(".scatterlayer .trace").last.locator(".points path")
+    boxes = [b for b in (points.nth(i).bounding_box() for i in range(points.count())) if b and b["width"] > 0]
+    assert boxes, "no clickable node in the graph"
+    target = min(boxes, key=lambda b: (round(b["x"]), b["y"]))
+    page.mouse.click(target["x"] + target["width"] / 2, target["y"] + target["height"] / 2)
+    wait_idle(page)
+    after = selected(page, "Filter")
+    seen["node_before"], seen["node_after"] = before, after
+    detail_title = charts(page).nth(1).locator(".gtitle").first.text_content()
+    seen["detail_title"] = detail_title
+    page.screenshot(path=str(shots / "neuron_graph_selected.png"), full_page=True)
+
+    # An attribution with a method that waits for the button.
+    go_to(page, "Attributions")
+    pick(page, "Method", "Integrated Gradients")
+    page.get_by_role("button", name="Compute attributions").click()
+    wait_idle(page)
+    chart = charts(page).first
+    chart.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+    seen["attribution_title"] = chart.locator(".gtitle").first.text_content()
+    seen["attribution_heatmaps"] = str(chart.locator(".hm, .heatmaplayer image, image").count())
+    page.screenshot(path=str(shots / "attributions_integrated_gradients.png"), full_page=True)
+    return seen
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+def test_browser_tour(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with streamlit_server(RUN) as url, sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, timeout=TIMEOUT_MS)
+            seen = explore(page, tmp_path)
+            # A second session at the same time keeps its own choices.
+            other = browser.new_page()
+            other.goto(url, timeout=TIMEOUT_MS)
+            wait_idle(other)
+            go_to(other, "Neuron graph")
+            other_neuron = selected(other, "Neuron")
+            first_neuron = selected(page, "Neuron")
+        finally:
+            browser.close()
+    assert seen["node_after"] != seen["node_before"], "clicking a node selects it"
+    layer, channel = re.search(r"layer (\d+), filter (\d+)", seen["node_after"]).groups()
+    assert f"Layer {layer}, filter {channel}" in seen["detail_title"]
+    assert "rank correlation" in seen["attribution_title"] and "Integrated Gradients" in seen["attribution_title"]
+    assert first_neuron == seen["neuron"] != other_neuron, "each session keeps its own neuron"
+    assert len(list(tmp_path.glob("*.png"))) == len(PAGES) + 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the README's screenshot of the neuron-graph page."""
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--screenshot", default=str(ROOT / "docs" / "screenshot-neuron-graph.png"))
+    parser.add_argument("--run", default=str(RUN))
+    args = parser.parse_args(argv)
+    out = Path(args.screenshot)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(Path(args.run)) as url, sync_playwright() as pw:
+        browser = launch(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url, timeout=TIMEOUT_MS)
+        wait_idle(page)
+        go_to(page, "Neuron graph")
+        charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out))
+        browser.close()
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
