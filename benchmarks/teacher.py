@@ -46,6 +46,20 @@ def _rate(fn, n_images: int, device: torch.device, min_seconds: float = 3.0) -> 
             return reps * n_images / dt
 
 
+def _interleaved_rates(a, b, n_images: int, device: torch.device, reps: int = 8) -> tuple[float, float]:
+    """Images/s of `a` and of `b`, timed in alternation so a shared machine's load drift hits both alike."""
+    a(), b()  # warm-up
+    spent = [0.0, 0.0]
+    for _ in range(reps):
+        for i, fn in enumerate((a, b)):
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            spent[i] += time.perf_counter() - t0
+    return reps * n_images / spent[0], reps * n_images / spent[1]
+
+
 def vone_forward(device: torch.device, batch: int) -> None:
     block = VOneBlock(256, 256, kernel_size=25).to(device).eval()
     bank = block.bank
@@ -69,8 +83,7 @@ def vone_forward(device: torch.device, batch: int) -> None:
 
     with torch.no_grad():
         err = (block(x) - two_convolutions()).abs().max().item()
-        ours = _rate(lambda: block(x), batch, device)
-        theirs = _rate(two_convolutions, batch, device)
+        ours, theirs = _interleaved_rates(lambda: block(x), two_convolutions, batch, device)
     print(f"VOneBlock forward (256+256 filters, 25 px kernels, 112 px, batch {batch}, {device.type}):")
     print(f"  one grouped conv : {ours:8.1f} images/s")
     print(f"  two dense convs  : {theirs:8.1f} images/s")

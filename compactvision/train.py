@@ -148,8 +148,9 @@ class _Batches:
             ok = np.isfinite(y)
             acc = sums.setdefault(_key(key), [np.zeros(y.shape[1]), np.zeros(y.shape[1]), np.zeros(y.shape[1])])
             acc[0] += ok.sum(0)
-            acc[1] += np.where(ok, y, 0.0).sum(0)
-            acc[2] += np.where(ok, y, 0.0).__pow__(2).sum(0)
+            y0 = np.where(ok, y, 0.0)
+            acc[1] += y0.sum(0)
+            acc[2] += (y0 * y0).sum(0)
         out = {}
         for key, (n, s, s2) in sums.items():
             n = np.maximum(n, 1)
