@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from compactvision.runs import model_macs, run_summary
+from compactvision.compute import model_macs
+from compactvision.artifacts import read_json
+from compactvision.runs import run_summary
 from app_pages._shared import require_run, teacher
 
 st.title("compactvision")
@@ -26,7 +28,7 @@ run = require_run()
 @st.cache_data(show_spinner="Counting the teacher's multiply-accumulates…", max_entries=8)
 def _summary(path: str, fingerprint: str) -> dict:
     macs = None
-    if run.has_teacher:
+    if run.has_teacher and "macs" not in read_json(run.path / "teacher" / "architecture.json"):
         t = teacher(run)
         macs = model_macs(t, t.config.image_size)
     return run_summary(run, teacher_macs=macs)

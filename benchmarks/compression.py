@@ -24,7 +24,7 @@ import torch
 
 from compactvision.artifacts import export_compact, list_students, load_student, read_manifest
 from compactvision.models.teacher import load_teacher
-from compactvision.runs import model_macs
+from compactvision.compute import model_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 

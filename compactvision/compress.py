@@ -29,12 +29,12 @@ import torch
 
 from compactvision.artifacts import (MANIFEST, atomic_write_json, load_weights, read_json, read_manifest, save_student,
                                      save_weights, write_manifest)
-from compactvision.distill import LabelCache, StreamConfig, to_tensor
+from compactvision.distill import LabelCache, StreamConfig
 from compactvision.errors import ArtifactError
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
 from compactvision.progress import Progress, silent
 from compactvision.prune import PruneConfig, prune_neuron
-from compactvision.train import TrainConfig, fit, predict
+from compactvision.train import TrainConfig, as_model_input, fit, predict
 
 CACHE_DIR = ".cache"          # large, regenerable intermediates; never hashed, never bundled
 SHARED_STUDENT = "distill/shared_student.safetensors"
@@ -245,7 +245,7 @@ def compress_neuron(run_dir: str | Path, index: int, config_dict: Mapping[str, A
                 _train_config(config, config.finetune_epochs, seed + layer + 1), progress=False, target_stats=stats)
         return m.eval()
 
-    probe = to_tensor(np.asarray(cache.images[probe_idx]))
+    probe = as_model_input(np.asarray(cache.images[probe_idx]))
     model, path = prune_neuron(model.eval(), probe, config.prune, finetune=finetune, evaluate=evaluate)
     if config.final_epochs > 0:
         # The paper retrains the rebuilt network; the last path point records the result.

@@ -25,6 +25,7 @@ from torch import nn
 from compactvision.artifacts import atomic_write_json, read_json
 from compactvision.errors import ArtifactError
 from compactvision.runtime import autocast, select_device
+from compactvision.train import as_model_input
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,6 @@ def _to_rgb_size(images: np.ndarray, size: int) -> np.ndarray:
         t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         images = t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     return np.ascontiguousarray(images)
-
-
-def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 N x H x W x C -> float N x C x H x W in [0, 1] (the models' input convention)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 class LabelCache:
@@ -151,7 +147,7 @@ class LabelCache:
             out = []
             with torch.no_grad(), autocast(dev):
                 for s in range(0, len(chunk), batch_size):
-                    out.append(teacher(to_tensor(chunk[s:s + batch_size], dev)).float().cpu().numpy())
+                    out.append(teacher(as_model_input(chunk[s:s + batch_size], dev)).float().cpu().numpy())
             rows = slice(c * config.chunk, (c + 1) * config.chunk)
             images[rows] = chunk
             labels[rows] = np.concatenate(out)

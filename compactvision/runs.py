@@ -350,27 +350,13 @@ def prune_history(run: Run, neuron_id: str) -> dict[str, Any] | None:
     return run.history(f"prune_{neuron_id}.json")
 
 
-def model_macs(model, image_size: int | tuple[int, int] = 112) -> int:
-    """Multiply-accumulates for one prediction, counted by running it once (FLOPs / 2).
-
-    Counting the real forward pass covers any architecture (the teacher's
-    ensemble, readouts, the VOneBlock's grouped conv) with no per-layer formulae.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    x = torch.zeros(1, 3, h, w)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return int(counter.get_total_flops() // 2)
-
-
 def run_summary(run: Run, teacher_macs: int | None = None) -> dict[str, Any]:
     """The Home page's numbers: neurons, sizes, compression, compute and accuracy.
 
     Read from files only (sidecars, the teacher's architecture, the manifest's
-    metrics), so the summary costs milliseconds. `teacher_macs` comes from
-    `model_macs` on the loaded teacher, which the caller caches.
+    metrics), so the summary costs milliseconds. The teacher's MACs are
+    recorded in its architecture file when it is saved; `teacher_macs` (from
+    `compute.model_macs` on the loaded teacher) fills in for older runs.
     """
     import numpy as np
 
@@ -392,8 +378,9 @@ def run_summary(run: Run, teacher_macs: int | None = None) -> dict[str, Any]:
         files = sum(p.stat().st_size for p in (run.path / "teacher").iterdir() if p.is_file())
         out["teacher"] = {"n_parameters": n_teacher, "file_bytes": files,
                           "n_neurons": sum(len(v) for v in arch.get("sessions", {}).values())}
-        if teacher_macs is not None:
-            out["teacher"]["macs"] = teacher_macs
+        macs_t = arch.get("macs", teacher_macs)
+        if macs_t is not None:
+            out["teacher"]["macs"] = int(macs_t)
         if len(ids) and n_teacher:
             out["compression"] = n_teacher / out["student"]["n_parameters"]
     out["accuracy"] = accuracy_table(run)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from compactvision.artifacts import MANIFEST, atomic_write_json, load_weights, read_json, read_manifest, save_weights, verify_files
+from compactvision.compute import model_macs
 from compactvision.errors import ArtifactError
 from compactvision.models.readouts import FactorisedReadout
 from compactvision.models.vone import DEFAULT_VISUAL_DEGREES, VOneBlock
@@ -282,7 +283,8 @@ def save_teacher(teacher: Teacher, run_dir: str | Path) -> Path:
     save_weights(out / WEIGHTS, teacher.state_dict(), metadata={"format": FORMAT})
     atomic_write_json(out / ARCHITECTURE, {"format": FORMAT, "config": teacher.config.to_dict(),
                                            "sessions": teacher.sessions, "seed": teacher.seed,
-                                           "n_parameters": teacher.n_parameters()})
+                                           "n_parameters": teacher.n_parameters(),
+                                           "macs": model_macs(teacher, teacher.config.image_size)})
     return out
 
 
