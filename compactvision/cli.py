@@ -112,6 +112,7 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (worth it on a GPU)")
     p.add_argument("--protocol", default="split", choices=["split", "cowley"],
                    help="split: held-out test images per session; cowley: the paper's held-out sessions")
     p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"])
@@ -131,7 +132,7 @@ def _teacher(args: argparse.Namespace) -> None:
     progress = True if args.progress == "bar" else reporter(args.progress)
     manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
-                             progress=progress)
+                             progress=progress, config_overrides={"compile": True} if args.compile else None)
     r = manifest["metrics"]["teacher"]["r"]
     print(f"{args.out}: teacher held-out median r {r['median']:.3f} "
           f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {r['n']} neurons")

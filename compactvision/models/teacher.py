@@ -66,10 +66,14 @@ class TeacherConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     patience: int = 3
+    # GPU throughput only (the weights mean the same)
+    channels_last: bool = False
+    compile: bool = False
 
     def train_config(self, seed: int = 0, device: str | None = None, **overrides: Any) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           patience=self.patience, seed=seed, device=device, **overrides)
+                           patience=self.patience, seed=seed, device=device, channels_last=self.channels_last,
+                           compile=self.compile, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +93,7 @@ PRESETS: dict[str, TeacherConfig] = {
     # Sized so that 8 epochs over a 20k-image twin fit in ~10 min on two cores (see benchmarks/teacher.py).
     "cpu": TeacherConfig(),
     "paper": TeacherConfig(n_simple=256, n_complex=256, kernel_size=25, noise="poisson", width=256, n_blocks=2,
-                           ensemble=25, epochs=40, batch_size=64, lr=1e-3, patience=6),
+                           ensemble=25, epochs=40, batch_size=64, lr=1e-3, patience=6, channels_last=True),
 }
 
 
