@@ -46,7 +46,7 @@ class PipelinePreset:
 PRESETS: dict[str, PipelinePreset] = {
     # One neuron of each of the twin's 8 cell types; small everything. For tests.
     "tiny": PipelinePreset(
-        neurons=8, images=1200, repeats=4, image_size=48, teacher_preset="tiny",
+        neurons=8, images=2400, repeats=4, image_size=48, teacher_preset="tiny",
         compress=CompressConfig(
             stream=StreamConfig(n_images=2048, image_size=48, chunk=256),
             student_channels=(16, 16, 16, 16, 16), shared_epochs=4, neuron_epochs=2, neuron_images=1024,

@@ -82,3 +82,18 @@ def test_config_round_trips_and_rejects_unknown_strategy():
     assert CompressConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     with pytest.raises(ValueError):
         CompressConfig(strategy="magic")
+
+
+def test_compressed_simple_cell_recovers_its_preferred_orientation(tiny_run):
+    """The compact model of a twin simple cell prefers the orientation the cell really has."""
+    from compactvision.data.formats import load_npz
+    from compactvision.data.twin import twin_from_ground_truth
+    from compactvision.interpret.stimuli import compare_with_twin
+
+    ds = load_npz(tiny_run / "data" / "heldout.npz")
+    twin = twin_from_ground_truth(ds.ground_truth, image_size=ds.sessions[0].images.shape[1])
+    simple = [i for i, r in enumerate(ds.ground_truth) if r["cell_type"] == "v1_simple"]
+    assert simple
+    for i in simple:
+        out = compare_with_twin(load_student(tiny_run, ds.ground_truth[i]["neuron_id"]), twin, i, synthesis_steps=16)
+        assert out["orientation_error_deg"] <= 15.0, out
