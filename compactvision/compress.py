@@ -325,17 +325,31 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
                 yield compress_neuron(run_dir, i, config_dict)
             return
         # spawn: fresh interpreters, no forked torch thread pools; tasks read the run from disk.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(compress_neuron, str(run_dir), i, dict(config_dict)) for i in indices]
-            try:
-                for f in as_completed(futures):
-                    yield f.result()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        futures = [pool.submit(compress_neuron, str(run_dir), i, dict(config_dict)) for i in indices]
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM, a failed task): stop the workers now rather than
+            # letting them finish their neurons after we are gone. Their files are written
+            # atomically and a neuron counts as done only once its history exists, so a
+            # killed task leaves nothing half-made.
+            _terminate(pool)
+            raise
+        else:
+            pool.shutdown(wait=True)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    processes = list(getattr(pool, "_processes", {}).values())  # no public API before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(timeout=10)
 
 
 def summarise_run(run_dir: str | Path) -> dict[str, Any]:

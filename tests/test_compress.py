@@ -97,3 +97,34 @@ def test_compressed_simple_cell_recovers_its_preferred_orientation(tiny_run):
     for i in simple:
         out = compare_with_twin(load_student(tiny_run, ds.ground_truth[i]["neuron_id"]), twin, i, synthesis_steps=16)
         assert out["orientation_error_deg"] <= 15.0, out
+
+
+def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path):
+    """Killing `compress` mid-way stops its worker processes at once; rerunning completes the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    ids = neuron_ids_of(run)
+    for nid in ids:
+        history_path(run, nid).unlink()
+    cmd = [sys.executable, "-m", "compactvision.cli", "compress", str(run), "--preset", "tiny", "--workers", "2",
+           "--progress-format", "lines"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # wait until the per-neuron tasks are running
+        if line.startswith("PROGRESS compress"):
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest
+    done_at_exit = sorted(p.name for p in (run / "history").glob("prune_*.json"))
+    time.sleep(5)  # orphaned workers would keep writing neurons now
+    assert sorted(p.name for p in (run / "history").glob("prune_*.json")) == done_at_exit
+    assert len(done_at_exit) < len(ids)
+    compress_run(run, PRESETS["tiny"].compress, workers=1)
+    assert all(history_path(run, nid).exists() for nid in ids)
+    read_manifest(run)
+    assert not [p for p in run.rglob("*.tmp")]
