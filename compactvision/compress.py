@@ -288,6 +288,12 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
     if not (run_dir / MANIFEST).exists():
         raise ArtifactError("not a run directory (no manifest.json)", run_dir)
     manifest = read_manifest(run_dir, verify=False)
+    from compactvision.models.teacher import ARCHITECTURE, TEACHER_DIR
+
+    # Students see images at the size the teacher was fitted on, whatever the preset says.
+    size = int(read_json(run_dir / TEACHER_DIR / ARCHITECTURE)["config"]["image_size"])
+    if config.stream.image_size != size:
+        config = replace(config, stream=replace(config.stream, image_size=size))
     cache = build_label_cache(run_dir, config, progress, device)
     if config.strategy == "shared":
         fit_shared_student(run_dir, config, cache, progress, device)
