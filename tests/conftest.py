@@ -29,10 +29,16 @@ def tiny_run(tmp_path_factory) -> Path:
 
     Tests must not modify it; copy it first (`copy_run`).
     """
-    from compactvision.pipeline import run_pipeline
+    import subprocess
+    import sys
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    run_pipeline("tiny", out, seed=0, workers=2)
+    # Through the command line, as a user runs it: its worker processes then start from
+    # the CLI, not from whatever `__main__` earlier tests (e.g. Streamlit's AppTest) left.
+    cmd = [sys.executable, "-m", "compactvision.cli", "pipeline", "--preset", "tiny", "--out", str(out),
+           "--workers", "2", "--progress-format", "none"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
     return out
 
 
