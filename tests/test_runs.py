@@ -88,7 +88,8 @@ def test_pipeline_command_asks_for_progress_lines(tmp_path):
 # A stand-in workload with the pipeline's two behaviours the job runner relies on:
 # progress lines on stdout, and a clean exit on SIGINT.
 _WORKER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the CLI does, even if launched with SIGINT ignored
     try:
         for i in range(1, 400):
             print(f"PROGRESS work {i}/400", flush=True)
