@@ -27,6 +27,7 @@ import torch
 from compactvision.data.images import natural_crops
 from compactvision.interpret.attribution import METHODS, attribute
 from compactvision.interpret.graph import neuron_graph
+from compactvision.models.teacher import build_teacher
 from compactvision.interpret.stimuli import compare_with_twin, recovery_table, synthesise_preferred
 from compactvision.models.student import CompactStudent, StudentArch
 
@@ -65,17 +66,8 @@ def attribution_rows(name: str, model: torch.nn.Module, image: np.ndarray, repea
         print(f"{name:8s} {method:22s} {ms:9.1f} ms")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher-preset", default="cpu", help="teacher size to time (tiny, cpu, paper)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    ap.add_argument("--run", default=None, help="a twin run directory with students, for the recovery table")
-    ap.add_argument("--max-neurons", type=int, default=24, help="students compared with the twin (recovery table)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+def latency_tables(args: argparse.Namespace) -> None:
+    """Attribution, synthesis and graph-extraction latency."""
     image = natural_crops(1, 112, seed=0)
 
     student = median_student()
@@ -83,26 +75,35 @@ def main() -> None:
           f"{student.n_parameters():,} parameters) ==")
     attribution_rows("student", student, image, args.repeats)
 
-    try:
-        from compactvision.models.teacher import build_teacher
-        teacher = build_teacher(args.teacher_preset, {"bench": 8}).eval()
-    except ImportError as err:  # the teacher module is optional for this benchmark
-        teacher = None
-        print(f"\n(teacher not available: {err}; student only)")
-    if teacher is not None:
-        print(f"\n== attribution latency (teacher preset {args.teacher_preset!r}, "
-              f"{sum(p.numel() for p in teacher.parameters()):,} parameters) ==")
-        attribution_rows("teacher", teacher, image, args.repeats)
+    teacher = build_teacher(args.teacher_preset, {"bench": 8}).eval()
+    print(f"\n== attribution latency (teacher preset {args.teacher_preset!r}, "
+          f"{sum(p.numel() for p in teacher.parameters()):,} parameters) ==")
+    attribution_rows("teacher", teacher, image, args.repeats)
 
     print("\n== preferred-image synthesis, 128 steps, 112x112 ==")
     print(f"student  {timed(lambda: synthesise_preferred(student, 0, steps=128), 1):9.1f} ms")
-    if teacher is not None:
-        print(f"teacher  {timed(lambda: synthesise_preferred(teacher, 0, steps=128), 1):9.1f} ms")
+    print(f"teacher  {timed(lambda: synthesise_preferred(teacher, 0, steps=128), 1):9.1f} ms")
 
     print("\n== computation graph of the median student ==")
     print(f"weights only                   {timed(lambda: neuron_graph(student), args.repeats):9.1f} ms")
     print(f"with activations               {timed(lambda: neuron_graph(student, image[0], ablations=False), args.repeats):9.1f} ms")
     print(f"with activations + ablations   {timed(lambda: neuron_graph(student, image[0]), args.repeats):9.1f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher-preset", default="cpu", help="teacher size to time (tiny, cpu, paper)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--run", default=None, help="a twin run directory with students, for the recovery table")
+    ap.add_argument("--max-neurons", type=int, default=24, help="students compared with the twin (recovery table)")
+    ap.add_argument("--recovery-only", action="store_true", help="skip the latency figures")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    if not args.recovery_only:
+        latency_tables(args)
 
     if args.run is None:
         print("\n(recovery table skipped: pass --run RUN, a twin run with compressed students)")
@@ -115,7 +116,8 @@ def main() -> None:
     if not truth:
         print(f"\n(recovery table skipped: {args.run} has no twin ground truth)")
         return
-    twin = twin_from_ground_truth(truth)
+    size = run.heldout()["sessions"][next(iter(run.heldout()["sessions"]))]["images"].shape[1]
+    twin = twin_from_ground_truth(truth, image_size=size)  # the run's own image size
     index = {str(r["neuron_id"]): i for i, r in enumerate(truth)}
     ids = [i for i in run.student_ids() if i in index][: args.max_neurons]
     results = [compare_with_twin(run.load_student(i), twin, index[i]) for i in ids]
