@@ -33,6 +33,7 @@ from compactvision.distill import LabelCache, StreamConfig
 from compactvision.errors import ArtifactError
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
 from compactvision.progress import Progress, silent
+from compactvision.runtime import cpu_count, torch_threads
 from compactvision.prune import PruneConfig, prune_neuron
 from compactvision.train import TrainConfig, as_model_input, fit, predict
 
@@ -212,7 +213,12 @@ def compress_neuron(run_dir: str | Path, index: int, config_dict: Mapping[str, A
     done = history_path(run_dir, neuron_id)
     if done.exists():
         return read_json(done)
-    torch.set_num_threads(config.threads_per_task)
+    # One thread per task: tasks run side by side, and the result must not depend on the pool.
+    with torch_threads(config.threads_per_task):
+        return _compress_neuron(run_dir, index, neuron_id, config, done)
+
+
+def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: CompressConfig, done: Path) -> dict[str, Any]:
     seed = _task_seed(config.seed, index)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -282,7 +288,6 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
                  workers: int | None = None, address: str | None = None, neurons: Sequence[int] | None = None,
                  progress: Progress = silent, device: str | None = None) -> dict[str, Any]:
     """Compress every neuron (or `neurons`) of a teacher run in place; returns the summary metrics."""
-    from compactvision.runtime import cpu_count
 
     run_dir = Path(run_dir)
     if not (run_dir / MANIFEST).exists():
