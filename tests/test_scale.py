@@ -45,3 +45,22 @@ def test_channels_last_training_matches_default_layout():
     # Same function up to float summation order (Adam amplifies the rounding of pre-BN biases a little).
     assert torch.allclose(preds[0], preds[1], rtol=1e-2, atol=1e-2)
     assert torch.corrcoef(torch.stack(preds))[0, 1] > 0.999
+
+
+def test_prefetch_keeps_order_and_raises_producer_errors():
+    import pytest
+
+    from compactvision.train import prefetch
+
+    assert list(prefetch(iter(range(100)), 3)) == list(range(100))
+    assert list(prefetch(iter(range(5)), 0)) == list(range(5))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetch(failing(), 2))
+    it = prefetch(iter(range(1000)), 2)  # abandoned early: the producer thread must not hang
+    assert next(it) == 0
+    it.close()
