@@ -22,6 +22,7 @@ run: install
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
 test: install
+	scripts/install-chromium.sh
 	MPLCONFIGDIR=$$(mktemp -d) $(BIN)/python -m pytest -q
 
 # Rebuild the bundled default run shipped in assets/.
