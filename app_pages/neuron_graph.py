@@ -40,8 +40,6 @@ st.caption(f"Neuron **{neuron_id}** · filters per layer {list(model.arch.channe
            f"{model.n_parameters():,} parameters · predicted response to this image **{graph.response:.3f}**")
 
 figure = neuron_graph_figure(graph)
-# With a drag-to-select mode Streamlit turns click-selection off; pan keeps a click = select this node.
-figure.update_layout(dragmode="pan", clickmode="event+select")
 filters_trace = next(i for i, t in enumerate(figure.data) if t.name == "filters")
 event = st.plotly_chart(figure, key="graph_chart", on_select="rerun", selection_mode="points", width="stretch")
 # A click on a node selects it; the selectbox below is the keyboard / fallback way and follows the click.

@@ -134,7 +134,9 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
     fig.update_xaxes(tickvals=list(range(graph.n_layers + 2)), ticktext=ticks, range=[-0.5, graph.n_layers + 1.5],
                      showgrid=False, zeroline=False)
     fig.update_yaxes(visible=False, range=[-0.05, 1.05])
-    fig.update_layout(hovermode="closest", dragmode="select", clickmode="event+select", width=width)
+    # Pan, not box-select, as the drag mode: Streamlit disables click-to-select under a
+    # selection drag mode, and a click on a filter is how the app picks it.
+    fig.update_layout(hovermode="closest", dragmode="pan", clickmode="event+select", width=width)
     title = f"Computation graph of neuron {graph.neuron}: {len(nodes)} filters, {len(graph.edges)} connections"
     if graph.response is not None:
         title += f"; response {graph.response:.3g}"
