@@ -11,15 +11,12 @@ continues where it stopped.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from compactvision.artifacts import MANIFEST, atomic_write_bytes, read_json, read_manifest, write_manifest
-from compactvision.compress import CACHE_DIR, HELDOUT, CompressConfig, compress_run
+from compactvision.artifacts import MANIFEST, read_json, read_manifest, write_manifest
+from compactvision.compress import CompressConfig, compress_run
 from compactvision.distill import StreamConfig
 from compactvision.progress import Progress, silent
 from compactvision.prune import PruneConfig
@@ -73,7 +70,6 @@ def run_pipeline(preset: str | PipelinePreset, out: str | Path, seed: int = 0, p
                  backend: str = "local", workers: int | None = None, address: str | None = None,
                  device: str | None = None) -> dict[str, Any]:
     """Run (or resume) the whole chain into `out`; returns the final manifest."""
-    from compactvision.data.formats import NeuralDataset, Session, save_npz
     from compactvision.data.twin import make_twin_dataset
     from compactvision.teacher_stage import train_teacher
 
@@ -81,25 +77,10 @@ def run_pipeline(preset: str | PipelinePreset, out: str | Path, seed: int = 0, p
     p = PRESETS[preset] if isinstance(preset, str) else preset
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
     if not _stage_done(out, ("teacher", "compressed", "pipeline")):
+        dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
         train_teacher(dataset, out, preset=p.teacher_preset, seed=seed, device=device, resume=True,
                       config_overrides={"image_size": p.image_size, **p.teacher_overrides}, progress=progress)
-    # The held-out split travels with the run (the app and the benchmarks score on it);
-    # the training images feed the distillation stream from the hidden cache.
-    session = dataset.sessions[0]
-    split = read_json(out / "data.json")["sessions"][session.session_id]["split"]
-    test, train = np.asarray(split["test"]), np.asarray(split["train"])
-    if not (out / HELDOUT).exists():
-        held = Session(session.session_id, session.images[test], session.responses[:, test], session.neuron_ids,
-                       {"split": "test", "indices": test.tolist()})
-        save_npz(NeuralDataset([held], dict(dataset.metadata), dataset.ground_truth), out / HELDOUT)
-    cache = out / CACHE_DIR
-    cache.mkdir(exist_ok=True)
-    if not (cache / "train_images.npy").exists():
-        buf = io.BytesIO()
-        np.save(buf, session.images[train])
-        atomic_write_bytes(cache / "train_images.npy", buf.getvalue())
     config = replace(p.compress, seed=seed)
     compress_run(out, config, backend=backend, workers=workers, address=address, progress=progress, device=device)
     manifest = read_manifest(out, verify=False)

@@ -143,6 +143,7 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     summary_by_session = {sid: summarise(v) for sid, v in per_session.items()}
 
     save_teacher(teacher, out)
+    write_split_data(out, dataset, scored, trunk_sessions, splits)
     # Checkpoints exist to resume an interrupted run; a finished run does not ship them.
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     atomic_write_json(out / "data.json", {
@@ -165,6 +166,32 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
                                   "train": config.train_config(seed=seed, device=device).to_dict(),
                                   "protocol": protocol, "data": str(data) if not isinstance(data, NeuralDataset) else source,
                                   "data_kwargs": dict(data_kwargs or {}), "n_parameters": teacher.n_parameters()})
+
+
+def write_split_data(out: Path, dataset: NeuralDataset, scored: Sequence[Session], trained: Sequence[Session],
+                     splits: Mapping[str, dict[str, np.ndarray]]) -> None:
+    """Store what later stages score on and distil from.
+
+    The scored sessions' held-out images and responses travel with the run
+    (`data/heldout.npz`, with the twin's ground truth): compression, the app
+    and the benchmarks all score on exactly these. The training images go to
+    the hidden cache, where distillation mixes them into its image stream.
+    """
+    import io
+
+    from compactvision.artifacts import atomic_write_bytes
+    from compactvision.compress import CACHE_DIR, HELDOUT
+    from compactvision.data.formats import save_npz
+
+    held = [Session(s.session_id, s.images[splits[s.session_id]["test"]], s.responses[:, splits[s.session_id]["test"]],
+                    s.neuron_ids, {"split": "test", "indices": splits[s.session_id]["test"].tolist()}) for s in scored]
+    truth = dataset.ground_truth if len(dataset.sessions) == 1 else None
+    save_npz(NeuralDataset(held, dict(dataset.metadata), truth), out / HELDOUT)
+    shape = trained[0].images.shape[1:]
+    train = np.concatenate([s.images[splits[s.session_id]["train"]] for s in trained if s.images.shape[1:] == shape])
+    buf = io.BytesIO()
+    np.save(buf, train)
+    atomic_write_bytes(out / CACHE_DIR / "train_images.npy", buf.getvalue())
 
 
 def _twin_rates(dataset: NeuralDataset, splits: Mapping[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
