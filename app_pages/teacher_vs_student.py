@@ -7,9 +7,8 @@ import streamlit as st
 from compactvision.errors import CompactVisionError
 from compactvision.interpret.attribution import response
 from compactvision.runs import prune_history
-from compactvision.metrics import pearson_r
 from compactvision.viz.performance import accuracy_by_neuron_figure, predicted_vs_measured_figure, pruning_path_figure
-from app_pages._shared import current_neuron, heldout, neuron_data, require_run, student, student_ids, teacher_for
+from app_pages._shared import current_neuron, neuron_data, require_run, student, student_ids, teacher_for
 
 st.title("Teacher vs student")
 run = require_run()
@@ -49,29 +48,12 @@ ids = student_ids(run)
 records = {i: prune_history(run, i) for i in ids}
 
 
-@st.cache_data(show_spinner="Scoring the teacher on the held-out images…", max_entries=8)
-def _teacher_scores(path: str, fingerprint: str) -> dict[str, dict[str, float]]:
-    """Per-neuron r of the teacher against measured responses (and the twin's truth), on the held-out split."""
-    out: dict[str, dict[str, float]] = {"r_heldout": {}, "r_truth": {}}
-    for s in (heldout(run) or {"sessions": {}})["sessions"].values():
-        for key, target in (("r_heldout", s["responses"]), ("r_truth", s.get("truth"))):
-            if target is None:
-                continue
-            big, _ = teacher_for(run, s["neuron_ids"][0])
-            if big is None:
-                return out
-            pred = response(big, s["images"]).T  # neurons x images, this session's columns
-            for nid, r in zip(s["neuron_ids"], pearson_r(pred, target)):
-                out[key][nid] = float(r)
-    return out
-
-
 metric_names = {"r_heldout": "r vs measured (held-out)", "r_truth": "r vs the twin's noise-free rates"}
 available = [k for k in metric_names if any((r or {}).get("metrics", {}).get(k) is not None for r in records.values())]
 if available:
     metric = st.selectbox("Accuracy", available, format_func=metric_names.get, key="tvs_metric")
     scores = {"compact model": np.array([(records[i] or {}).get("metrics", {}).get(metric, np.nan) for i in ids], float)}
-    teacher_scores = _teacher_scores(str(run.path), run.fingerprint)[metric]
+    teacher_scores = run.teacher_scores()[metric]
     if teacher_scores:
         scores["teacher"] = np.array([teacher_scores.get(i, np.nan) for i in ids], float)
     st.plotly_chart(accuracy_by_neuron_figure(scores, names=ids, metric=metric_names[metric]),

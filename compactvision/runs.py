@@ -151,6 +151,21 @@ class Run:
         p = self.path / "history" / name
         return read_json(p) if p.is_file() else None
 
+    def teacher_scores(self) -> dict[str, dict[str, float]]:
+        """The teacher's per-neuron r on the held-out split, as the teacher stage recorded it.
+
+        Keys mirror the students' metrics: "r_heldout" (vs measured responses)
+        and, for the twin, "r_truth" (vs its noise-free rates). Empty when the
+        run has no trained teacher (e.g. imported published models).
+        """
+        record = self.history("teacher_metrics.json") or {}
+        out: dict[str, dict[str, float]] = {"r_heldout": {}, "r_truth": {}}
+        for per in record.get("per_neuron", {}).values():
+            for key, field_name in (("r_heldout", "r"), ("r_truth", "r_noise_free")):
+                for nid, r in zip(per["neuron_ids"], per.get(field_name, [])):
+                    out[key][str(nid)] = float(r)
+        return out
+
     def history_files(self) -> list[str]:
         h = self.path / "history"
         return sorted(p.relative_to(h).as_posix() for p in h.rglob("*.json")) if h.is_dir() else []

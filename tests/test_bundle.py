@@ -11,6 +11,7 @@ from compactvision.artifacts import file_hashes, list_students, load_student, re
 from compactvision.compress import heldout_data
 from compactvision.metrics import pearson_r, summarise
 from compactvision.models.teacher import load_teacher
+from compactvision.runs import Run
 from compactvision.train import predict
 
 BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "default_run"
@@ -49,3 +50,5 @@ def test_re_evaluating_the_bundle_gives_its_recorded_metrics():
     pred_t = predict(teacher, session["images"]).T.astype(np.float64)
     r_t = pearson_r(pred_t, session["responses"])
     assert float(np.median(r_t)) == pytest.approx(manifest["metrics"]["teacher"]["r"]["median"], abs=1e-4)
+    recorded_t = Run.open(BUNDLE).teacher_scores()["r_heldout"]  # what the app shows per neuron
+    assert [recorded_t[nid] for nid in ids] == pytest.approx(list(r_t), abs=1e-4)
