@@ -16,6 +16,10 @@ if not run.has_teacher:
     st.stop()
 big = teacher(run)
 vone = big.vone
+if vone is None:
+    st.info("This teacher sees pixels through the stem of a pretrained ResNet checkpoint, not through a VOneBlock, "
+            "so it has no Gabor bank to show.")
+    st.stop()
 params = vone.parameters_table()
 kernels = vone.kernels()
 st.markdown(f"The teacher sees the image through **{len(kernels)} fixed Gabor filters** "

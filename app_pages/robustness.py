@@ -5,14 +5,9 @@ import streamlit as st
 
 from compactvision.interpret.robustness import PERTURBATIONS, robustness_comparison
 from compactvision.viz.robustness import robustness_figure
-from app_pages._shared import current_neuron, model_lock, neuron_data, require_run, student, teacher_for
+from app_pages._shared import model_lock, neuron_page
 
-st.title("Robustness")
-run = require_run()
-neuron_id = current_neuron(run)
-compact = student(run, neuron_id)
-big, t_index = teacher_for(run, neuron_id)
-data = neuron_data(run, neuron_id)
+run, neuron_id, compact, big, t_index, data = neuron_page("Robustness")
 if data is None:
     st.info("This run has no held-out images to perturb.")
     st.stop()
@@ -25,7 +20,7 @@ perturbation = c1.selectbox("Perturbation", list(PERTURBATIONS), key="rb_perturb
                             format_func=lambda p: PERTURBATIONS[p]["label"])
 n_images = c2.slider("Images", 16, len(data.images), min(64, len(data.images)), key="rb_images")
 noise = c3.multiselect("Teacher V1 noise", ["off", "on"], default=["off", "on"], key="rb_noise",
-                       disabled=big is None)
+                       disabled=big is None or big.vone is None)
 inputs = (run.fingerprint, neuron_id, perturbation, n_images, tuple(noise))
 if st.button("Run", key="rb_run", type="primary"):
     images, targets = data.images[:n_images], data.responses[:n_images]

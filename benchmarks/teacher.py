@@ -1,13 +1,15 @@
 """VOneBlock and teacher figures, side by side, in one run.
 
-    python benchmarks/teacher.py [--images 2000] [--preset cpu] [--cowley PATH] [--paper]
+    python benchmarks/teacher.py [--images 2000] [--preset cpu] [--cowley PATH] [--paper] [--trunk resnet50 ...]
 
 1. VOneBlock forward: our single grouped convolution (both quadrature phases,
    q1 only for complex cells) against VOneNet's formulation (two dense
    convolutions, one per phase, every filter over all three colour channels),
    same parameters and inputs; images/s and the ratio.
 2. Teacher training throughput (images/s, one optimiser step per batch) for
-   each preset that fits the machine (`paper` only on CUDA or with --paper).
+   each preset that fits the machine (`paper` only on CUDA or with --paper),
+   and for the cpu preset on a frozen ImageNet-style ResNet trunk (what a
+   user's local checkpoint costs; timed with random weights).
 3. Teacher accuracy on a digital twin: held-out median r against the noisy
    trial-averaged responses and against the twin's noise-free rates, with the
    wall time of the whole run.
@@ -20,12 +22,14 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compactvision.models.backbone import DEFAULT_STAGE, ResNetSpec, backbone_entry
 from compactvision.models.teacher import PRESETS, build_teacher
 from compactvision.models.vone import VOneBlock
 from compactvision.runtime import select_device
@@ -90,10 +94,16 @@ def vone_forward(device: torch.device, batch: int) -> None:
     print(f"  ratio            : {ours / theirs:8.2f}x   (max |difference| {err:.2e})")
 
 
-def training_throughput(presets: list[str], device: torch.device, n_neurons: int = 64) -> None:
+def training_throughput(presets: list[str], device: torch.device, n_neurons: int = 64,
+                        trunks: tuple[str, ...] = ()) -> None:
+    """Images/s of a full training step per preset; `trunks` adds the cpu preset on a frozen ResNet trunk
+    of each named torchvision layout (random weights: the speed does not depend on them)."""
     print(f"Teacher training throughput ({device.type}, {n_neurons} neurons, full step: forward, backward, AdamW):")
-    for name in presets:
-        cfg = PRESETS[name]
+    configs = {name: PRESETS[name] for name in presets}
+    for layout in trunks:
+        entry = backbone_entry(ResNetSpec.standard(layout), DEFAULT_STAGE, "pixels")
+        configs[f"cpu + frozen {layout} to {DEFAULT_STAGE}"] = replace(PRESETS["cpu"], backbone=entry, first_stride=1)
+    for name, cfg in configs.items():
         t = build_teacher(cfg, {"s": n_neurons}, seed=0).to(device).train()
         opt = torch.optim.AdamW([p for p in t.parameters() if p.requires_grad], lr=1e-4)
         x = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
@@ -107,7 +117,7 @@ def training_throughput(presets: list[str], device: torch.device, n_neurons: int
             opt.step()
 
         rate = _rate(step, cfg.batch_size, device)
-        print(f"  {name:6s}: {rate:8.1f} images/s   ({t.n_parameters() / 1e6:.2f}M parameters, batch {cfg.batch_size})")
+        print(f"  {name:32s}: {rate:8.1f} images/s   ({t.n_parameters() / 1e6:.2f}M parameters, batch {cfg.batch_size})")
 
 
 def twin_accuracy(preset: str, n_images: int, n_neurons: int, device: str | None) -> None:
@@ -154,13 +164,15 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--paper", action="store_true", help="also time the paper preset on CPU")
     p.add_argument("--cowley", help="path to the Cowley et al. V4 release, for the real-data protocol")
+    p.add_argument("--trunk", nargs="*", default=["resnet50"], choices=["resnet18", "resnet34", "resnet50"],
+                   help="also time the cpu preset on a frozen ResNet trunk of these layouts (none: skip)")
     args = p.parse_args()
     device = select_device(args.device)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     vone_forward(device, args.batch)
     presets = ["tiny", "cpu"] + (["paper"] if device.type == "cuda" or args.paper else [])
-    training_throughput(presets, device)
+    training_throughput(presets, device, trunks=tuple(args.trunk))
     if args.images:
         twin_accuracy(args.preset, args.images, args.neurons, args.device)
     if args.cowley:

@@ -104,7 +104,8 @@ def _data_twin(args: argparse.Namespace) -> None:
 
 @stage
 def add_teacher(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("teacher", help="train the teacher (VOneBlock + residual back ends + readouts) and score it")
+    p = sub.add_parser("teacher", help="train the teacher (VOneBlock or a local ResNet trunk, residual back ends, "
+                                       "readouts) and score it")
     p.add_argument("--data", required=True, help="a .npz, an .nwb, a Cowley et al. V4 release folder, or 'twin'")
     p.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "paper"])
     p.add_argument("--out", required=True, help="run directory to write")
@@ -120,6 +121,14 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     twin.add_argument("--neurons", type=int, default=32)
     twin.add_argument("--images", type=int, default=1000)
     twin.add_argument("--repeats", type=int, default=4)
+    bb = p.add_argument_group("optional pretrained trunk (a local file; nothing is downloaded)")
+    bb.add_argument("--backbone", metavar="CHECKPOINT",
+                    help="a torchvision ResNet state dict (.pth/.pt, read with weights_only=True, or .safetensors)")
+    bb.add_argument("--backbone-stage", default="layer3", choices=["layer1", "layer2", "layer3", "layer4"],
+                    help="cut the trunk after this stage (default layer3, the paper's conv4)")
+    bb.add_argument("--backbone-stem", default="pixels", choices=["pixels", "vone"],
+                    help="pixels: the checkpoint's own stem (the paper); vone: the VOneBlock replaces it (VOneNet)")
+    bb.add_argument("--finetune-backbone", action="store_true", help="train the trunk too (default: frozen)")
     p.set_defaults(func=_teacher)
 
 
@@ -132,7 +141,9 @@ def _teacher(args: argparse.Namespace) -> None:
     progress = True if args.progress == "bar" else reporter(args.progress)
     manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
-                             progress=progress, config_overrides={"compile": True} if args.compile else None)
+                             progress=progress, config_overrides={"compile": True} if args.compile else None,
+                             backbone=args.backbone, backbone_stage=args.backbone_stage,
+                             backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone)
     r = manifest["metrics"]["teacher"]["r"]
     print(f"{args.out}: teacher held-out median r {r['median']:.3f} "
           f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {r['n']} neurons")

@@ -28,6 +28,7 @@ from compactvision.artifacts import atomic_write_json, write_manifest
 from compactvision.data.formats import NeuralDataset, Session, load_dataset, split_images
 from compactvision.errors import DataError
 from compactvision.metrics import feve, pearson_r, r2_er, summarise
+from compactvision.models.backbone import DEFAULT_STAGE, backbone_from_checkpoint, load_trunk_weights
 from compactvision.models.teacher import PRESETS, Teacher, TeacherConfig, build_teacher, save_teacher
 from compactvision.train import TrainResult, fit, predict
 
@@ -86,11 +87,17 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
                   protocol: str = "split", device: str | None = None, resume: bool = False,
                   epochs: int | None = None, data_kwargs: Mapping[str, Any] | None = None,
                   progress: bool | Progress = True, test_sessions: Sequence[str] = COWLEY_TEST_SESSIONS,
-                  config_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  config_overrides: Mapping[str, Any] | None = None, backbone: str | Path | None = None,
+                  backbone_stage: str = DEFAULT_STAGE, backbone_stem: str = "pixels",
+                  finetune_backbone: bool = False) -> dict[str, Any]:
     """Train and score a teacher; write the run directory; return the manifest.
 
     `config_overrides` changes fields of the preset (e.g. `image_size` for
     data that are not 112 px); the run's manifest records the result.
+    `backbone` is a local torchvision ResNet checkpoint whose trunk, cut after
+    `backbone_stage`, feeds the members (frozen unless `finetune_backbone`);
+    see `models/backbone.py` for the two stems. The members' back ends then
+    keep the trunk's resolution (first_stride 1) unless overridden.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -99,6 +106,11 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     config = replace(PRESETS[preset], **dict(config_overrides or {}))
     if epochs is not None:
         config = replace(config, epochs=int(epochs))
+    trunk_weights = None
+    if backbone is not None:
+        entry, trunk_weights = backbone_from_checkpoint(backbone, backbone_stage, backbone_stem, finetune_backbone)
+        stride = dict(config_overrides or {}).get("first_stride", 1)
+        config = replace(config, backbone=entry, first_stride=int(stride))
     dataset = data if isinstance(data, NeuralDataset) else load_dataset(data, **dict(data_kwargs or {}))
     source = dataset.metadata.get("source", str(data))
     for s in dataset.sessions:
@@ -118,6 +130,8 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     splits.update({s.session_id: _split_half(s.n_images) for s in held_out})
 
     teacher = build_teacher(config, {s.session_id: s.neuron_ids for s in trunk_sessions}, seed=seed)
+    if trunk_weights is not None and teacher.trunk is not None:
+        load_trunk_weights(teacher.trunk, trunk_weights, backbone)
     result = _fit(teacher, trunk_sessions, splits, config, seed, device, out / "checkpoints" / "teacher", resume,
                   progress, "teacher")
     histories = {"teacher": result.history}

@@ -15,6 +15,11 @@ s.d., so `forward` returns predicted responses.
 Sizes go from `tiny` (trains in seconds, for tests) through `cpu` (the
 default; trains on a 20k-image twin within minutes on two cores) to `paper`
 (about 60M parameters with the ensemble, as in the reference; meant for a GPU).
+
+A user with a local torchvision ResNet checkpoint can put its trunk under the
+members (`config.backbone`, see `models/backbone.py`): either on pixels, as in
+the paper, or behind the VOneBlock, as in VOneNet. The trunk is frozen unless
+asked otherwise, and its weights are saved with the teacher's.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from torch import nn
 from compactvision.artifacts import MANIFEST, atomic_write_json, load_weights, read_json, read_manifest, save_weights, verify_files
 from compactvision.compute import model_macs
 from compactvision.errors import ArtifactError
+from compactvision.models.backbone import ResNetSpec, ResNetTrunk
 from compactvision.models.readouts import FactorisedReadout
 from compactvision.models.vone import DEFAULT_VISUAL_DEGREES, VOneBlock
 from compactvision.train import TrainConfig
@@ -69,6 +75,8 @@ class TeacherConfig:
     # GPU throughput only (the weights mean the same)
     channels_last: bool = False
     compile: bool = False
+    # optional pretrained ResNet trunk (`backbone.backbone_from_checkpoint` makes this entry)
+    backbone: Mapping[str, Any] | None = None
 
     def train_config(self, seed: int = 0, device: str | None = None, **overrides: Any) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
@@ -167,19 +175,34 @@ class Teacher(nn.Module):
             raise ValueError("a teacher needs at least one session")
         self.config, self.seed = config, int(seed)
         self.sessions: dict[str, list[str]] = {}
-        self.vone = VOneBlock(config.n_simple, config.n_complex, image_size=config.image_size,
-                              visual_degrees=config.visual_degrees, kernel_size=config.kernel_size,
-                              k_exc=config.k_exc, noise=config.noise, noise_seed=seed if config.noise else None,
-                              sampler=config.sampler, seed=seed)
-        side = self.vone.output_size()
-        side = (side - 1) // config.first_stride + 1
-        self.map_hw = (side, side)
         sizes = {s: len(ids) for s, ids in sessions.items()}
         for s in sizes:
             _check_session_id(s)
+        backbone = dict(config.backbone) if config.backbone else None
+        self.vone: VOneBlock | None = None
+        self.adapter: nn.Module | None = None
+        self.trunk: ResNetTrunk | None = None
+        if backbone is None or backbone["stem"] == "vone":
+            self.vone = VOneBlock(config.n_simple, config.n_complex, image_size=config.image_size,
+                                  visual_degrees=config.visual_degrees, kernel_size=config.kernel_size,
+                                  k_exc=config.k_exc, noise=config.noise, noise_seed=seed if config.noise else None,
+                                  sampler=config.sampler, seed=seed)
+            channels, side = self.vone.out_channels, self.vone.output_size()
+        else:
+            channels, side = 3, config.image_size
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)  # members differ by their place in this one seeded stream
-            self.members = nn.ModuleList(TeacherMember(self.vone.out_channels, config, self.map_hw, sizes)
+            if backbone is not None:
+                self.trunk = ResNetTrunk(ResNetSpec.from_dict(backbone["spec"]), backbone["stop_at"],
+                                         stem=backbone["stem"] == "pixels")
+                if self.vone is not None:  # VOneNet: a trained 1x1 conv stands in for the stem's output
+                    stem = self.trunk.spec.stem_width
+                    self.adapter = nn.Sequential(nn.Conv2d(channels, stem, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU())
+                channels, side = self.trunk.out_channels, self.trunk.output_size(side)
+                self.trunk.requires_grad_(bool(backbone.get("trainable", False)))
+            side = (side - 1) // config.first_stride + 1
+            self.map_hw = (side, side)
+            self.members = nn.ModuleList(TeacherMember(channels, config, self.map_hw, sizes)
                                          for _ in range(config.ensemble))
         self.scales = nn.ModuleDict({_slot(s): ResponseScale(n) for s, n in sizes.items()})
         self.sessions = {s: [str(i) for i in ids] for s, ids in sessions.items()}
@@ -199,14 +222,29 @@ class Teacher(nn.Module):
         session = self.default_session if session is None else session
         if session not in self.sessions:
             raise KeyError(f"no session {session!r}; the teacher has {list(self.sessions)}")
-        v1 = self.vone(x)
-        z = torch.stack([m(v1, session) for m in self.members]).mean(0)
+        shared = self.features(x)
+        z = torch.stack([m(shared, session) for m in self.members]).mean(0)
         return self.scales[_slot(session)](z)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What every member sees: the VOneBlock's maps, or a pretrained trunk's (behind the VOneBlock or not)."""
+        if self.vone is not None:
+            x = self.vone(x)
+        if self.adapter is not None:
+            x = self.adapter(x)
+        if self.trunk is not None:
+            x = self.trunk(x)
+        return x
+
+    @property
+    def attribution_layer(self) -> nn.Module:
+        """The stage all members share, where Grad-CAM and conductance look by default."""
+        return self.vone if self.vone is not None and self.trunk is None else self.trunk  # type: ignore[return-value]
 
     def predict_all_sessions(self, x: torch.Tensor) -> torch.Tensor:
         """All sessions' neurons at once (N x total neurons), sharing the front end and back ends."""
-        v1 = self.vone(x)
-        feats = [m.back_end(v1) for m in self.members]
+        shared = self.features(x)
+        feats = [m.back_end(shared) for m in self.members]
         cols = []
         for s in self.sessions:
             z = torch.stack([m.readouts[_slot(s)](f) for m, f in zip(self.members, feats)]).mean(0)
@@ -237,13 +275,26 @@ class Teacher(nn.Module):
         self.scales[_slot(session)] = ResponseScale(len(neuron_ids)).to(device)
         self.sessions[session] = [str(i) for i in neuron_ids]
 
+    @property
+    def backbone_trainable(self) -> bool:
+        return self.trunk is not None and bool(self.config.backbone and self.config.backbone.get("trainable"))
+
+    def _shared_modules(self) -> list[nn.Module]:
+        """What all sessions share and may learn: back ends, the VOneNet adapter, a trainable backbone."""
+        shared: list[nn.Module] = [m.back_end for m in self.members]
+        if self.adapter is not None:
+            shared.append(self.adapter)
+        if self.backbone_trainable:
+            shared.append(self.trunk)  # type: ignore[arg-type]
+        return shared
+
     def trunk_parameters(self) -> Iterator[nn.Parameter]:
-        """Everything shared by all sessions: the back ends (the VOneBlock has no trainable parameters)."""
-        for m in self.members:
-            yield from m.back_end.parameters()
+        """Everything shared by all sessions that training may change (the VOneBlock has no parameters)."""
+        for module in self._shared_modules():
+            yield from module.parameters()
 
     def freeze_trunk(self, frozen: bool = True) -> None:
-        """Stop the back ends learning (weights and BatchNorm statistics), to fit readouts alone."""
+        """Stop the shared stages learning (weights and BatchNorm statistics), to fit readouts alone."""
         self._trunk_frozen = frozen
         for p in self.trunk_parameters():
             p.requires_grad_(not frozen)
@@ -251,9 +302,11 @@ class Teacher(nn.Module):
 
     def train(self, mode: bool = True) -> "Teacher":
         super().train(mode)
+        if self.trunk is not None and not self.backbone_trainable:
+            self.trunk.eval()  # a frozen pretrained trunk keeps its own BatchNorm statistics
         if self._trunk_frozen:
-            for m in self.members:
-                m.back_end.eval()
+            for module in self._shared_modules():
+                module.eval()
         return self
 
     def n_parameters(self) -> int:
