@@ -141,6 +141,19 @@ def teacher_for(run: Run, neuron_id: str):
     return teacher_view(teacher(run), neuron_id)
 
 
+def neuron_page(title: str):
+    """A per-neuron page's common start: title, run, neuron, its compact model, teacher (and index), data.
+
+    Returns (run, neuron_id, compact model, teacher or None, teacher output index or None, NeuronData or None).
+    """
+    st.title(title)
+    run = require_run()
+    neuron_id = current_neuron(run)
+    compact = student(run, neuron_id)
+    big, t_index = teacher_for(run, neuron_id)
+    return run, neuron_id, compact, big, t_index, neuron_data(run, neuron_id)
+
+
 # ------------------------------------------------------------------ sidebar
 def _open_typed_dir() -> None:
     """Callback of the "open a run directory" box: add the path to this session's picker."""

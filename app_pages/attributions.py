@@ -8,14 +8,9 @@ import streamlit as st
 
 from compactvision.interpret.attribution import METHODS, attribute, map_similarity
 from compactvision.viz.attribution import attribution_figure
-from app_pages._shared import current_neuron, image_picker, model_lock, neuron_data, require_run, student, teacher_for
+from app_pages._shared import image_picker, model_lock, neuron_page
 
-st.title("Attributions")
-run = require_run()
-neuron_id = current_neuron(run)
-compact = student(run, neuron_id)
-big, t_index = teacher_for(run, neuron_id)
-data = neuron_data(run, neuron_id)
+run, neuron_id, compact, big, t_index, data = neuron_page("Attributions")
 size = compact.arch.input_size[0]
 
 with st.sidebar:

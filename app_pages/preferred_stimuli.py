@@ -7,14 +7,9 @@ import streamlit as st
 from compactvision.interpret.stimuli import (bar_length_tuning, curvature_tuning, dot_size_tuning,
                                              orientation_sf_tuning, synthesise_preferred, top_images)
 from compactvision.viz.tuning import tuning_figure
-from app_pages._shared import current_neuron, model_lock, neuron_data, require_run, student, teacher_for, twin
+from app_pages._shared import model_lock, neuron_page, twin
 
-st.title("Preferred stimuli")
-run = require_run()
-neuron_id = current_neuron(run)
-compact = student(run, neuron_id)
-big, t_index = teacher_for(run, neuron_id)
-data = neuron_data(run, neuron_id)
+run, neuron_id, compact, big, t_index, data = neuron_page("Preferred stimuli")
 truth_model, truth_index = twin(run, neuron_id)
 size = compact.arch.input_size[0]
 

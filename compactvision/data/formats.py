@@ -139,19 +139,26 @@ def _magic(path: Path) -> bytes:
         return f.read(6)
 
 
+def _np_load(path: Path, what: str) -> Any:
+    """np.load without pickle (an array, or an open .npz); every failure is a DataError naming the file."""
+    import zipfile
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise DataError("holds Python objects that need pickle to load; refusing to unpickle a data file", path) from None
+        raise DataError(f"not {what} ({e})", path) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"not {what}, or truncated ({e})", path) from None
+
+
 def _load_npy(path: Path) -> np.ndarray:
     """np.load without pickle; every failure is a DataError naming the file."""
     _require_file(path)
     if not _magic(path).startswith(_NPY_MAGIC):
         raise DataError("not an .npy array (no NumPy header); pickles and other formats are refused", path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise DataError("holds Python objects that need pickle to load; refusing to unpickle a data file", path) from None
-        raise DataError(f"not a readable .npy array ({e})", path) from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"not a readable .npy array ({e})", path) from None
+    arr = _np_load(path, "a readable .npy array")
     if not isinstance(arr, np.ndarray):
         arr.close()
         raise DataError("is an .npz archive, expected a single .npy array", path)
@@ -211,14 +218,7 @@ def load_npz(path: str | Path) -> NeuralDataset:
     _require_file(path)
     if not _magic(path).startswith(_ZIP_MAGIC):
         raise DataError("not an .npz archive (no zip header)", path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise DataError("holds Python objects that need pickle to load; refusing to unpickle a data file", path) from None
-        raise DataError(f"not an .npz archive ({e})", path) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"not an .npz archive, or truncated ({e})", path) from None
+    archive = _np_load(path, "an .npz archive")
     if isinstance(archive, np.ndarray):
         raise DataError("is a single .npy array, not a compactvision .npz dataset", path)
 

@@ -67,21 +67,19 @@ def _polarity_figure(tuning: Tuning, title: str) -> go.Figure:
 
 def tuning_figure(tuning: Tuning) -> go.Figure:
     """The figure for any `Tuning` from `compactvision.interpret.stimuli`, preferred values in the title."""
-    pref = tuning.preferred
+    pref, n = tuning.preferred, tuning.neuron
     if tuning.stimulus == "orientation_sf":
-        title = (f"Gratings, neuron {tuning.neuron}: prefers {pref['orientation_deg']:.0f} deg, "
-                 f"{pref['sf_cpp']:.3g} cycles/px (orientation selectivity {pref['orientation_selectivity']:.2f})")
-        return _grid_figure(tuning, title)
+        return _grid_figure(tuning, f"Gratings, neuron {n}: prefers {pref['orientation_deg']:.0f} deg, "
+                                    f"{pref['sf_cpp']:.3g} cycles/px (orientation selectivity "
+                                    f"{pref['orientation_selectivity']:.2f})")
     if tuning.stimulus == "curvature":
-        title = (f"Curved arcs, neuron {tuning.neuron}: prefers curvature {pref['curvature_per_px']:.3g}/px "
-                 f"at {pref['orientation_deg']:.0f} deg")
-        return _grid_figure(tuning, title)
+        return _grid_figure(tuning, f"Curved arcs, neuron {n}: prefers curvature {pref['curvature_per_px']:.3g}/px "
+                                    f"at {pref['orientation_deg']:.0f} deg")
     if tuning.stimulus == "dot_size":
-        title = (f"Dots at the RF centre, neuron {tuning.neuron}: prefers {pref['diameter_px']:.3g} px "
-                 f"{_POLARITY.get(int(pref['polarity']), '')} dots")
-        return _polarity_figure(tuning, title)
+        return _polarity_figure(tuning, f"Dots at the RF centre, neuron {n}: prefers {pref['diameter_px']:.3g} px "
+                                        f"{_POLARITY.get(int(pref['polarity']), '')} dots")
     if tuning.stimulus == "bar_length":
-        title = (f"Bars at {pref['orientation_deg']:.0f} deg, neuron {tuning.neuron}: prefers {pref['length_px']:.3g} px "
-                 f"(end-stopping index {pref['end_stopping_index']:.2f})")
-        return _polarity_figure(tuning, title)
+        return _polarity_figure(tuning, f"Bars at {pref['orientation_deg']:.0f} deg, neuron {n}: prefers "
+                                        f"{pref['length_px']:.3g} px (end-stopping index "
+                                        f"{pref['end_stopping_index']:.2f})")
     raise ValueError(f"no figure for stimulus {tuning.stimulus!r}")
