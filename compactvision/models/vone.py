@@ -214,6 +214,8 @@ class VOneBlock(nn.Module):
         super().__init__()
         if noise not in (None, "poisson"):
             raise ValueError(f"noise must be 'poisson' or None, got {noise!r}")
+        if not k_exc > 0:  # the gain is folded into the kernels, which needs ReLU(k q) = k ReLU(q)
+            raise ValueError(f"k_exc must be positive, got {k_exc}")
         self.n_simple, self.n_complex = int(n_simple), int(n_complex)
         self.k_exc, self.noise, self.noise_seed, self.eps = float(k_exc), noise, noise_seed, float(eps)
         self.sampler, self.seed = sampler, int(seed)
@@ -222,6 +224,14 @@ class VOneBlock(nn.Module):
         self.bank = GaborFilterBank(params, quadrature, image_size=image_size, visual_degrees=visual_degrees,
                                     kernel_size=kernel_size, stride=stride, seed=seed)
         self.simple_relu = nn.ReLU()  # its own module so layer hooks can find simple-cell outputs
+        b = self.bank
+        gain = torch.zeros(b.weight.shape[0])
+        gain[b.q0_index[: self.n_simple]] = self.k_exc
+        gain[b.q0_index[self.n_simple:]] = self.k_exc / math.sqrt(2.0)
+        gain[b.q1_index] = self.k_exc / math.sqrt(2.0)
+        self.register_buffer("_slot_gain", gain.view(-1, 1, 1, 1), persistent=False)
+        self.register_buffer("_order", torch.cat([b.q0_index, b.q1_index]), persistent=False)
+        self.register_buffer("_complex_eps", torch.tensor(self.eps * self.k_exc ** 2 / 2.0), persistent=False)
 
     @property
     def out_channels(self) -> int:
@@ -234,11 +244,19 @@ class VOneBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        q0, q1 = self.bank(x * 2.0 - 1.0)
-        simple = self.simple_relu(q0[:, : self.n_simple])
-        qc = q0[:, self.n_simple:]
-        complex_ = torch.sqrt(qc * qc + q1 * q1 + self.eps) / math.sqrt(2.0)
-        out = self.k_exc * torch.cat([simple, complex_], dim=1)
+        # The gain and the complex cells' 1/sqrt(2) are folded into the kernels, so the one convolution
+        # already yields k_exc*q0 (simple) and k_exc*q/sqrt(2) (complex); one gather then puts the maps in
+        # [simple q0 | complex q0 | complex q1] order. Elementwise passes over the large maps cost as much
+        # as the convolution itself on a CPU, so every pass saved counts.
+        b = self.bank
+        slots = F.conv2d(x * 2.0 - 1.0, b.weight.to(x.dtype) * self._slot_gain.to(x.dtype), stride=b.stride,
+                         padding=b.padding, groups=b.in_channels)
+        maps = slots[:, self._order]  # advanced indexing copies at memory speed; index_select was 1.5x slower
+        ns, nc = self.n_simple, self.n_complex
+        simple = self.simple_relu(maps[:, :ns])
+        energy = torch.addcmul(self._complex_eps.to(x.dtype), maps[:, ns: ns + nc], maps[:, ns: ns + nc])
+        complex_ = torch.sqrt(torch.addcmul(energy, maps[:, ns + nc:], maps[:, ns + nc:]))
+        out = torch.cat([simple, complex_], dim=1)  # complex = k_exc * sqrt(q0^2 + q1^2 + eps) / sqrt(2)
         if self.noise == "poisson":
             out = out + torch.sqrt(F.relu(out) + 1.0) * self._noise_like(out)
         return out
