@@ -13,7 +13,8 @@ them back to response units with the training split's per-neuron mean and
 s.d., so `forward` returns predicted responses.
 
 Sizes go from `tiny` (trains in seconds, for tests) through `cpu` (the
-default; trains on a 20k-image twin within minutes on two cores) to `paper`
+default; 8 epochs over a 20k-image twin take about 4 minutes on two cores,
+`benchmarks/teacher.py --images 20000`) to `paper`
 (about 60M parameters with the ensemble, as in the reference; meant for a GPU).
 
 A user with a local torchvision ResNet checkpoint can put its trunk under the
@@ -98,7 +99,7 @@ class TeacherConfig:
 PRESETS: dict[str, TeacherConfig] = {
     "tiny": TeacherConfig(n_simple=16, n_complex=16, kernel_size=15, width=24, n_blocks=1, ensemble=1,
                           epochs=8, batch_size=32, lr=3e-3, patience=3),
-    # Sized so that 8 epochs over a 20k-image twin fit in ~10 min on two cores (see benchmarks/teacher.py).
+    # Sized so that 8 epochs over a 20k-image twin fit in 10 min on two cores (measured: ~4 min, benchmarks/teacher.py).
     "cpu": TeacherConfig(),
     "paper": TeacherConfig(n_simple=256, n_complex=256, kernel_size=25, noise="poisson", width=256, n_blocks=2,
                            ensemble=25, epochs=40, batch_size=64, lr=1e-3, patience=6, channels_last=True),
