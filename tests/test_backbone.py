@@ -180,7 +180,7 @@ def pixel_run(tmp_path_factory, twin_npz: Path, checkpoint: Path) -> Path:
 
 
 def test_pixel_stem_teacher_trains_on_a_frozen_trunk_and_reloads_without_the_checkpoint(
-        tmp_path: Path, pixel_run: Path, checkpoint: Path) -> None:
+        pixel_run: Path, checkpoint: Path) -> None:
     out = pixel_run
     manifest = read_manifest(out)
     entry = manifest["config"]["teacher"]["backbone"]
@@ -188,7 +188,7 @@ def test_pixel_stem_teacher_trains_on_a_frozen_trunk_and_reloads_without_the_che
     assert entry["source"] == {"name": checkpoint.name, "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
     assert np.isfinite(manifest["metrics"]["teacher"]["r"]["median"])
 
-    checkpoint_copy = tmp_path / "gone.pth"
+    checkpoint_copy = checkpoint.with_name("gone.pth")
     checkpoint.rename(checkpoint_copy)  # a trained run must not need the checkpoint any more
     try:
         teacher = load_teacher(out)

@@ -118,18 +118,17 @@ def default_layer(model: nn.Module) -> nn.Module:
     """The layer Grad-CAM and conductance use when none is named.
 
     A compact student's last layer (its consolidated map feeding the
-    readout); a model naming one in `attribution_layer`; a teacher's VOneBlock
-    (`model.vone`, the one stage every ensemble member shares, so the map
-    reflects the whole ensemble); else the last Conv2d.
+    readout); a model naming one in `attribution_layer` (a teacher names the
+    stage every ensemble member shares, so the map reflects the whole
+    ensemble); else the last Conv2d.
     """
     from compactvision.models.student import CompactStudent
 
     if isinstance(model, CompactStudent):
         return model.layers[-1]
-    for name in ("attribution_layer", "vone"):
-        named = getattr(model, name, None)
-        if isinstance(named, nn.Module):
-            return named
+    named = getattr(model, "attribution_layer", None)
+    if isinstance(named, nn.Module):
+        return named
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer; pass layer= explicitly")

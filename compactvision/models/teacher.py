@@ -240,7 +240,7 @@ class Teacher(nn.Module):
     @property
     def attribution_layer(self) -> nn.Module:
         """The stage all members share, where Grad-CAM and conductance look by default."""
-        return self.vone if self.vone is not None and self.trunk is None else self.trunk  # type: ignore[return-value]
+        return self.trunk if self.trunk is not None else self.vone  # type: ignore[return-value]
 
     def predict_all_sessions(self, x: torch.Tensor) -> torch.Tensor:
         """All sessions' neurons at once (N x total neurons), sharing the front end and back ends."""
