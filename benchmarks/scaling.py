@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from compactvision.artifacts import load_student
-from compactvision.compress import compress_run, history_path, neuron_ids_of
+from compactvision.compress import compress_run
+from compactvision.rundir import history_path, neuron_ids_of
 from compactvision.pipeline import PRESETS, run_pipeline
 
 

@@ -34,12 +34,10 @@ from compactvision.errors import ArtifactError
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
 from compactvision.progress import Progress, silent
 from compactvision.runtime import cpu_count, torch_threads
+from compactvision.rundir import (CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of,
+                                  teacher_image_size, training_images)
 from compactvision.prune import PruneConfig, prune_neuron
 from compactvision.train import TrainConfig, as_model_input, fit, predict
-
-CACHE_DIR = ".cache"          # large, regenerable intermediates; never hashed, never bundled
-SHARED_STUDENT = "distill/shared_student.safetensors"
-HELDOUT = "data/heldout.npz"  # the test split: images + measured responses (+ twin truth)
 
 
 @dataclass(frozen=True)
@@ -106,41 +104,6 @@ def _r(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.asarray(pearson_r(np.asarray(pred, np.float64).reshape(1, -1), np.asarray(target, np.float64).reshape(1, -1)))[0])
 
 
-def neuron_ids_of(run_dir: str | Path) -> list[str]:
-    from compactvision.models.teacher import ARCHITECTURE, TEACHER_DIR
-
-    arch = read_json(Path(run_dir) / TEACHER_DIR / ARCHITECTURE)
-    return [i for ids in arch["sessions"].values() for i in ids]
-
-
-def history_path(run_dir: str | Path, neuron_id: str) -> Path:
-    return Path(run_dir) / "history" / f"prune_{neuron_id}.json"
-
-
-def heldout_data(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's held-out images and repeat-averaged responses, from `data/heldout.npz`.
-
-    For the digital twin the file also carries the ground truth, from which the
-    noise-free rates on the same images are recomputed (`truth`), so a model
-    can be scored against what the neuron really computes.
-    """
-    from compactvision.data.formats import load_npz
-
-    path = Path(run_dir) / HELDOUT
-    if not path.exists():
-        return None
-    ds = load_npz(path)
-    sessions = {s.session_id: {"images": s.images, "responses": s.mean_responses(), "neuron_ids": list(s.neuron_ids)}
-                for s in ds.sessions}
-    if ds.ground_truth is not None and len(ds.sessions) == 1:
-        from compactvision.data.twin import twin_from_ground_truth
-
-        s = ds.sessions[0]
-        twin = twin_from_ground_truth(ds.ground_truth, image_size=s.images.shape[1])
-        sessions[s.session_id]["truth"] = twin.rates(s.images)
-    return {"sessions": sessions}
-
-
 # ---------------------------------------------------------- shared student
 class _AllSessions(torch.nn.Module):
     """The teacher seen as one model with every session's neurons as columns."""
@@ -159,16 +122,10 @@ def build_label_cache(run_dir: str | Path, config: CompressConfig, progress: Pro
 
     run_dir = Path(run_dir)
     teacher = load_teacher(run_dir)
-    own = _training_images(run_dir)
+    own = training_images(run_dir)
     return LabelCache.build(run_dir / CACHE_DIR / "labels", _AllSessions(teacher), teacher.neuron_ids, config.stream,
                             own_images=own, device=device,
                             progress=lambda d, t: progress("label", d, t))
-
-
-def _training_images(run_dir: Path) -> np.ndarray | None:
-    """The dataset's own training images, stored by the teacher stage when it has them."""
-    path = run_dir / CACHE_DIR / "train_images.npy"
-    return np.load(path, mmap_mode="r") if path.exists() else None
 
 
 def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: LabelCache, progress: Progress = silent,
@@ -293,10 +250,8 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
     if not (run_dir / MANIFEST).exists():
         raise ArtifactError("not a run directory (no manifest.json)", run_dir)
     manifest = read_manifest(run_dir, verify=False)
-    from compactvision.models.teacher import ARCHITECTURE, TEACHER_DIR
-
     # Students see images at the size the teacher was fitted on, whatever the preset says.
-    size = int(read_json(run_dir / TEACHER_DIR / ARCHITECTURE)["config"]["image_size"])
+    size = teacher_image_size(run_dir)
     if config.stream.image_size != size:
         config = replace(config, stream=replace(config.stream, image_size=size))
     cache = build_label_cache(run_dir, config, progress, device)

@@ -175,13 +175,13 @@ class Run:
 
     def heldout(self) -> dict[str, Any] | None:
         """The held-out test split the run was scored on (images, measured responses, twin truth), or None."""
-        from compactvision.compress import heldout_data
+        from compactvision.rundir import heldout_data
 
         return heldout_data(self.path)
 
     def ground_truth(self) -> list[dict[str, Any]] | None:
         """The twin's per-neuron ground-truth records (cell type, preferred orientation, ...), or None."""
-        from compactvision.compress import HELDOUT
+        from compactvision.rundir import HELDOUT
         from compactvision.data.formats import load_npz
 
         p = self.path / HELDOUT

@@ -194,7 +194,7 @@ def write_split_data(out: Path, dataset: NeuralDataset, scored: Sequence[Session
     import io
 
     from compactvision.artifacts import atomic_write_bytes
-    from compactvision.compress import CACHE_DIR, HELDOUT
+    from compactvision.rundir import HELDOUT, TRAIN_IMAGES
     from compactvision.data.formats import save_npz
 
     held = [Session(s.session_id, s.images[splits[s.session_id]["test"]], s.responses[:, splits[s.session_id]["test"]],
@@ -205,7 +205,7 @@ def write_split_data(out: Path, dataset: NeuralDataset, scored: Sequence[Session
     train = np.concatenate([s.images[splits[s.session_id]["train"]] for s in trained if s.images.shape[1:] == shape])
     buf = io.BytesIO()
     np.save(buf, train)
-    atomic_write_bytes(out / CACHE_DIR / "train_images.npy", buf.getvalue())
+    atomic_write_bytes(out / TRAIN_IMAGES, buf.getvalue())
 
 
 def _twin_rates(dataset: NeuralDataset, splits: Mapping[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from compactvision.artifacts import file_hashes, list_students, load_student, read_manifest
-from compactvision.compress import heldout_data
+from compactvision.rundir import heldout_data
 from compactvision.metrics import pearson_r, summarise
 from compactvision.models.teacher import load_teacher
 from compactvision.runs import Run

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from compactvision.artifacts import list_students, load_student, read_manifest
-from compactvision.compress import CompressConfig, compress_run, history_path, neuron_ids_of
+from compactvision.compress import CompressConfig, compress_run
+from compactvision.rundir import history_path, neuron_ids_of
 from compactvision.pipeline import PRESETS
 
 from conftest import copy_run
