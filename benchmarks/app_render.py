@@ -29,7 +29,7 @@ def render_seconds(page: str) -> float:
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     t0 = time.perf_counter()
-    at.switch_page(f"app_pages/{page}.py").run()
+    at.switch_page(f"pages/{page}.py").run()
     elapsed = time.perf_counter() - t0
     if at.exception:
         raise RuntimeError(f"{page}: {at.exception[0].message}")

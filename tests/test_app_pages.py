@@ -6,6 +6,7 @@ COMPACTVISION_RUN, the variable the app itself opens on.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -13,8 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+
+from compactvision.interpret.graph import neuron_graph
+from compactvision.runs import Run, neuron_data
+from compactvision.uploads import fit_images
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -29,7 +35,7 @@ def open_page(monkeypatch):
 
     def _open(name: str) -> AppTest:
         at = AppTest.from_file(APP, default_timeout=120)
-        at.switch_page(f"app_pages/{name}.py").run()
+        at.switch_page(f"pages/{name}.py").run()
         assert not at.exception, [e.message for e in at.exception]
         return at
 
@@ -51,6 +57,15 @@ def figures(at: AppTest) -> list[dict]:
 def figure_data(at: AppTest, index: int) -> str:
     """Everything drawn by one chart, canonicalised so two renders can be compared."""
     return json.dumps(figures(at)[index]["data"], sort_keys=True)
+
+
+def _page_student_and_image(at: AppTest):
+    """The compact model and held-out image the page shows at its defaults (first image), read through the library."""
+    run = Run.open(RUN)
+    neuron_id = at.sidebar.selectbox(key="neuron").value
+    model = run.load_student(neuron_id)
+    data = neuron_data(run.heldout(), neuron_id)
+    return model, fit_images(data.images[:1], model.arch.input_size[0])[0]
 
 
 def _png(width: int = 40, height: int = 30) -> bytes:
@@ -134,9 +149,16 @@ def test_neuron_graph_node_choice_and_ablation(open_page):
     nodes.set_value(nodes.options[0] if isinstance(nodes.options[0], tuple) else tuple(int(v) for v in custom[0])).run()
     assert figure_data(at, 1) != detail
     base = next(m for m in at.metric if m.label == "Response")
-    at.multiselect(key="graph_ablate").set_value([tuple(int(v) for v in custom[0])]).run()
+    # Switch off the filter whose loss moves the response most: the page must show exactly that move.
+    model, image = _page_student_and_image(at)
+    graph = neuron_graph(model, image)
+    strongest = max(graph.nodes, key=lambda n: abs(n.ablation_delta))
+    assert abs(strongest.ablation_delta) > 0.01, "the bundled model has a filter that matters"
+    at.multiselect(key="graph_ablate").set_value([strongest.id]).run()
     ablated = next(m for m in at.metric if m.label == "Response with these filters off")
-    assert ablated.value != base.value or ablated.delta is not None
+    assert float(base.value) == pytest.approx(graph.response, abs=1e-3)
+    assert float(ablated.value) == pytest.approx(graph.response + strongest.ablation_delta, abs=1e-3)
+    assert float(ablated.delta) == pytest.approx(strongest.ablation_delta, abs=2e-3)
 
 
 def test_neuron_graph_image_changes_activations(open_page):
@@ -153,10 +175,43 @@ def test_teacher_vs_student_widgets(open_page):
     names = [t["name"] for t in scatter["data"]]
     assert any(n.startswith("compact model") for n in names) and any(n.startswith("teacher") for n in names)
     target = at.radio(key="tvs_target")
-    if len(target.options) > 1:  # the twin's noise-free rate is a second target
-        x_before = decode(scatter["data"][0]["x"])
-        target.set_value(target.options[1]).run()
-        assert not np.array_equal(decode(figures(at)[0]["data"][0]["x"]), x_before)
+    twin_run = Run.open(RUN).data_info.get("source") == "twin"
+    assert len(target.options) == (2 if twin_run else 1), "a twin run also compares with the noise-free rates"
+    if not twin_run:
+        pytest.skip("the run is not the digital twin: no second target to switch to")
+    x_before = decode(scatter["data"][0]["x"])
+    target.set_value(target.options[1]).run()
+    assert not np.array_equal(decode(figures(at)[0]["data"][0]["x"]), x_before)
+
+
+def test_teacher_vs_student_predicts_under_the_models_locks(open_page, monkeypatch):
+    """The Robustness page switches the shared teacher's V1 noise under its lock; predictions must wait for it."""
+    import app_support.caches as caches
+    import compactvision.interpret.attribution as attribution
+
+    held: list = []
+    calls: list[tuple[str, bool]] = []
+    real_lock, real_response = caches.model_lock, attribution.response
+
+    @contextlib.contextmanager
+    def recording_lock(run, model):
+        with real_lock(run, model):
+            held.append(model)
+            try:
+                yield
+            finally:
+                held.remove(model)
+
+    def recording_response(model, images, *args, **kwargs):
+        calls.append((type(model).__name__, any(m is model for m in held)))
+        return real_response(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(caches, "model_lock", recording_lock)
+    monkeypatch.setattr(attribution, "response", recording_response)
+    st.cache_data.clear()  # the page caches its predictions across tests
+    open_page("teacher_vs_student")
+    assert len(calls) == 2, calls  # the compact model and the teacher
+    assert all(locked for _, locked in calls), calls
 
 
 def test_teacher_vs_student_refuses_a_bad_dataset_upload(open_page):

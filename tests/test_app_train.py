@@ -21,7 +21,7 @@ def _bare_run(path: Path) -> Path:
 def train_page(monkeypatch, tmp_path):
     monkeypatch.setenv("COMPACTVISION_RUN", str(_bare_run(tmp_path / "picked")))
     at = AppTest.from_file(APP, default_timeout=30)
-    at.switch_page("app_pages/train.py").run()
+    at.switch_page("pages/train.py").run()
     assert not at.exception, at.exception
     return at
 

@@ -246,9 +246,9 @@ def test_app_explains_a_teacher_without_a_gabor_bank(monkeypatch, pixel_run: Pat
     monkeypatch.setenv("COMPACTVISION_RUN", str(pixel_run))
     app = str(Path(__file__).resolve().parents[1] / "app.py")
     at = AppTest.from_file(app, default_timeout=120)
-    at.switch_page("app_pages/gabor_bank.py").run()
+    at.switch_page("pages/gabor_bank.py").run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("pretrained ResNet" in i.value for i in at.info)
     at = AppTest.from_file(app, default_timeout=120)
-    at.switch_page("app_pages/home.py").run()
+    at.switch_page("pages/home.py").run()
     assert not at.exception, [e.message for e in at.exception]

@@ -1,7 +1,9 @@
 """End to end in a real browser: Debian's Chromium, driven by Playwright, against `streamlit run app.py`.
 
 Visits every page, picks a neuron, clicks a node of the computation graph,
-runs an attribution, checks what is drawn and saves screenshots. Run as a
+runs an attribution, checks what is drawn and saves screenshots; and opens a
+fresh server on a deep link, which Streamlit would otherwise run without
+`app.py` (see `app_support.entry`). Run as a
 script to refresh the README's screenshot:
 
     python tests/test_browser.py --screenshot docs/screenshot-neuron-graph.png
@@ -195,6 +197,34 @@ def test_browser_tour(tmp_path):
     assert "rank correlation" in seen["attribution_title"] and "Integrated Gradients" in seen["attribution_title"]
     assert first_neuron == seen["neuron"] != other_neuron, "each session keeps its own neuron"
     assert len(list(tmp_path.glob("*.png"))) == len(PAGES) + 2
+
+
+def test_deep_link_on_a_fresh_server(tmp_path):
+    """A fresh server's very first request is a deep link: the page comes with the app's sidebar and navigation."""
+    from playwright.sync_api import sync_playwright
+
+    with streamlit_server(RUN) as url, sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/neuron_graph", timeout=TIMEOUT_MS)
+            wait_idle(page)
+            expect_title(page, "Neuron graph")
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            nav = [a.inner_text().strip().splitlines()[-1] for a in page.locator('[data-testid="stSidebarNav"] a').all()]  # after the icon's name
+            boxes = [b.inner_text() for b in sidebar.locator('[data-testid="stSelectbox"]').all()]
+            tab_title = page.title()
+            raised = page.locator('[data-testid="stException"]').count()
+            charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+            page.screenshot(path=str(tmp_path / "deep_link.png"), full_page=True)
+            go_to(page, "Robustness")  # and the app's own navigation works from there
+            after = page.url
+        finally:
+            browser.close()
+    assert nav == PAGES, "the app's page list, not one built from the pages/ folder"
+    assert any(b.startswith("Run") for b in boxes) and any(b.startswith("Neuron") for b in boxes), boxes
+    assert tab_title == "compactvision", "app.py's set_page_config ran"
+    assert raised == 0 and after.endswith("/robustness")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,11 @@ import streamlit as st
 
 from compactvision.interpret.graph import ablate, neuron_graph
 from compactvision.viz.graph import neuron_graph_figure, node_detail_figure
-from app_pages._shared import current_neuron, image_picker, neuron_data, require_run, student
+from app_support.caches import current_neuron, neuron_data, require_run, student
+from app_support.widgets import image_picker
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 st.title("Neuron graph")
 run = require_run()

@@ -8,7 +8,11 @@ from compactvision.errors import CompactVisionError
 from compactvision.interpret.attribution import response
 from compactvision.runs import prune_history
 from compactvision.viz.performance import accuracy_by_neuron_figure, predicted_vs_measured_figure, pruning_path_figure
-from app_pages._shared import current_neuron, neuron_data, require_run, student, student_ids, teacher_for
+from app_support.caches import (current_neuron, model_lock, neuron_data, require_run, student, student_ids,
+                                teacher_for)
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 st.title("Teacher vs student")
 run = require_run()
@@ -18,11 +22,19 @@ data = neuron_data(run, neuron_id)
 
 @st.cache_data(show_spinner="Predicting the held-out images…", max_entries=64)
 def _predictions(path: str, fingerprint: str, neuron_id: str) -> dict[str, np.ndarray]:
-    """Both models' predictions for one neuron on its held-out images (a few hundred forward passes)."""
-    out = {"compact model": response(student(run, neuron_id), data.images)[:, 0]}
+    """Both models' predictions for one neuron on its held-out images (a few hundred forward passes).
+
+    Each model predicts under its lock: the Robustness page switches the shared
+    teacher's V1 noise on under that lock, and a noisy prediction cached here
+    would stay for good.
+    """
+    compact = student(run, neuron_id)
+    with model_lock(run, compact):
+        out = {"compact model": response(compact, data.images)[:, 0]}
     big, j = teacher_for(run, neuron_id)
     if big is not None:
-        out["teacher"] = response(big, data.images)[:, j]
+        with model_lock(run, big):
+            out["teacher"] = response(big, data.images)[:, j]
     return out
 
 

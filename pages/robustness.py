@@ -5,7 +5,11 @@ import streamlit as st
 
 from compactvision.interpret.robustness import PERTURBATIONS, robustness_comparison
 from compactvision.viz.robustness import robustness_figure
-from app_pages._shared import model_lock, neuron_page
+from app_support.caches import model_lock
+from app_support.widgets import neuron_page
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 run, neuron_id, compact, big, t_index, data = neuron_page("Robustness")
 if data is None:

@@ -7,7 +7,11 @@ import torch
 
 from compactvision.models.vone import PARAMETER_NAMES
 from compactvision.viz.filters import gabor_bank_figure, gabor_parameter_histograms, kernel_grid_figure
-from app_pages._shared import heldout, image_picker, model_lock, require_run, teacher
+from app_support.caches import heldout, model_lock, require_run, teacher
+from app_support.widgets import image_picker
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 st.title("Gabor bank")
 run = require_run()

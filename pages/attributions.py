@@ -8,7 +8,11 @@ import streamlit as st
 
 from compactvision.interpret.attribution import METHODS, attribute, map_similarity
 from compactvision.viz.attribution import attribution_figure
-from app_pages._shared import image_picker, model_lock, neuron_page
+from app_support.caches import model_lock
+from app_support.widgets import image_picker, neuron_page
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 run, neuron_id, compact, big, t_index, data = neuron_page("Attributions")
 size = compact.arch.input_size[0]

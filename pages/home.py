@@ -5,8 +5,11 @@ import streamlit as st
 
 from compactvision.compute import model_macs
 from compactvision.artifacts import read_json
-from compactvision.runs import run_summary
-from app_pages._shared import require_run, teacher
+from app_support.summary import run_summary
+from app_support.caches import model_lock, require_run, teacher
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 st.title("compactvision")
 st.markdown(
@@ -30,7 +33,8 @@ def _summary(path: str, fingerprint: str) -> dict:
     macs = None
     if run.has_teacher and "macs" not in read_json(run.path / "teacher" / "architecture.json"):
         t = teacher(run)
-        macs = model_macs(t, t.config.image_size)
+        with model_lock(run, t):  # counting hooks the shared teacher
+            macs = model_macs(t, t.config.image_size)
     return run_summary(run, teacher_macs=macs)
 
 

@@ -7,7 +7,11 @@ import streamlit as st
 from compactvision.interpret.stimuli import (bar_length_tuning, curvature_tuning, dot_size_tuning,
                                              orientation_sf_tuning, synthesise_preferred, top_images)
 from compactvision.viz.tuning import tuning_figure
-from app_pages._shared import model_lock, neuron_page, twin
+from app_support.caches import model_lock, twin
+from app_support.widgets import neuron_page
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 run, neuron_id, compact, big, t_index, data = neuron_page("Preferred stimuli")
 truth_model, truth_index = twin(run, neuron_id)

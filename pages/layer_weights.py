@@ -4,7 +4,10 @@ from __future__ import annotations
 import streamlit as st
 
 from compactvision.viz.filters import kernel_grid_figure, student_layer_figure
-from app_pages._shared import current_neuron, require_run, student, teacher
+from app_support.caches import current_neuron, require_run, student, teacher
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 st.title("Layer weights")
 run = require_run()

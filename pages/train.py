@@ -6,7 +6,10 @@ import time
 import streamlit as st
 
 from compactvision.errors import CompactVisionError
-from compactvision.runs import PipelineJob, new_run_dir, pipeline_command
+from app_support.jobs import PipelineJob, new_run_dir, pipeline_command
+from app_support.entry import run_through_app
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 st.title("Train a run")
 st.markdown(

@@ -1,0 +1,150 @@
+"""The models and data every browser session shares, and the locks that guard them.
+
+Per-browser state lives only in `st.session_state` (which run, which neuron,
+which jobs this session started); the caches hold read-only models and data
+keyed by run path + manifest hash, so two sessions share memory but never
+each other's choices, and a rewritten run is a new cache entry.
+"""
+from __future__ import annotations
+
+import threading
+
+import streamlit as st
+import torch
+
+from compactvision.data.twin import DigitalTwin, twin_from_ground_truth
+from compactvision.errors import CompactVisionError
+from compactvision.models.student import CompactStudent
+from compactvision.models.teacher import Teacher
+from compactvision.runs import NeuronData, Run, is_run_dir, run_fingerprint, teacher_view
+from compactvision.runs import neuron_data as _neuron_data
+
+
+@st.cache_resource(show_spinner="Checking the run's files…", max_entries=8)
+def _open_run(path: str, fingerprint: str) -> Run:
+    """Verified once per manifest content: every file's sha256 against the manifest."""
+    return Run.open(path, verify=True)
+
+
+@st.cache_resource(show_spinner="Loading the teacher…", max_entries=2)
+def _teacher(path: str, fingerprint: str) -> Teacher:
+    return _open_run(path, fingerprint).load_teacher()
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _student(path: str, fingerprint: str, neuron_id: str) -> CompactStudent:
+    return _open_run(path, fingerprint).load_student(neuron_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _student_ids(path: str, fingerprint: str) -> list[str]:
+    return _open_run(path, fingerprint).student_ids()
+
+
+@st.cache_resource(show_spinner="Loading the held-out images…", max_entries=4)
+def _heldout(path: str, fingerprint: str) -> dict | None:
+    return _open_run(path, fingerprint).heldout()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _ground_truth(path: str, fingerprint: str) -> list[dict] | None:
+    return _open_run(path, fingerprint).ground_truth()
+
+
+@st.cache_resource(max_entries=16)
+def _lock(path: str, fingerprint: str, model: str) -> threading.Lock:
+    return threading.Lock()
+
+
+def current_run() -> Run | None:
+    """The run picked in the sidebar, opened (and verified) through the cache."""
+    path = st.session_state.get("run_path")
+    if not path or not is_run_dir(path):
+        return None
+    return _open_run(path, run_fingerprint(path))
+
+
+def require_run() -> Run:
+    """The current run, or an explanation and a stop when there is none or it is broken."""
+    try:
+        run = current_run()
+    except CompactVisionError as e:
+        st.error(f"This run cannot be opened: {e}")
+        st.stop()
+    if run is None:
+        st.info("No run is open. Pick one in the sidebar, or make one on the **Train** page.")
+        st.stop()
+    return run
+
+
+def teacher(run: Run) -> Teacher:
+    return _teacher(str(run.path), run.fingerprint)
+
+
+def student(run: Run, neuron_id: str) -> CompactStudent:
+    return _student(str(run.path), run.fingerprint, neuron_id)
+
+
+def student_ids(run: Run) -> list[str]:
+    return _student_ids(str(run.path), run.fingerprint)
+
+
+def heldout(run: Run) -> dict | None:
+    return _heldout(str(run.path), run.fingerprint)
+
+
+def neuron_data(run: Run, neuron_id: str) -> NeuronData | None:
+    """The neuron's held-out images and responses (and the twin's truth), or None."""
+    return _neuron_data(heldout(run), neuron_id, _ground_truth(str(run.path), run.fingerprint))
+
+
+def model_lock(run: Run, model: torch.nn.Module) -> threading.Lock:
+    """Held while a computation hooks or switches a cached model (Captum hooks, V1 noise on/off).
+
+    Cached models are shared by every browser session; without this, one
+    session's hooks could leak into another's forward pass. A teacher's
+    session view shares the teacher's lock.
+    """
+    base = getattr(model, "teacher", model)
+    return _lock(str(run.path), run.fingerprint, f"{type(base).__name__}:{id(base)}")
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _twin(path: str, fingerprint: str, image_size: int) -> DigitalTwin | None:
+    records = _ground_truth(path, fingerprint)
+    return None if records is None else twin_from_ground_truth(records, image_size=image_size)
+
+
+def twin(run: Run, neuron_id: str) -> tuple[DigitalTwin | None, int | None]:
+    """(the digital twin, neuron index) when the run's data is the twin and knows this neuron, else (None, None)."""
+    data = neuron_data(run, neuron_id)
+    if data is None or data.ground_truth is None:
+        return None, None
+    model = _twin(str(run.path), run.fingerprint, int(data.images.shape[1]))
+    ids = [str(r.get("neuron_id")) for r in model.ground_truth()]
+    return (model, ids.index(neuron_id)) if neuron_id in ids else (None, None)
+
+
+def teacher_for(run: Run, neuron_id: str) -> tuple[torch.nn.Module | None, int | None]:
+    """(teacher model, output index) for `neuron_id`, or (None, None) when the run has no teacher."""
+    if not run.has_teacher:
+        return None, None
+    return teacher_view(teacher(run), neuron_id)
+
+
+def current_run_or_none() -> Run | None:
+    """The current run, or None when there is none or it does not open (the sidebar still draws)."""
+    try:
+        return current_run()
+    except CompactVisionError:
+        return None
+
+
+def current_neuron(run: Run) -> str:
+    """The neuron picked in the sidebar, or the run's first; a stop with a note when the run has none."""
+    ids = student_ids(run)
+    if not ids:
+        st.info("This run has no compact models yet.")
+        st.stop()
+    n = st.session_state.get("neuron")
+    return n if n in ids else ids[0]

@@ -1,0 +1,97 @@
+"""The sidebar every page shares: which run (bundled, made here, imported, typed in) and which neuron."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from compactvision.runs import find_runs, is_run_dir
+
+from app_support.caches import current_run_or_none, student_ids
+from app_support.jobs import PipelineJob
+from app_support.locations import BUNDLED_RUN, COWLEY_DEFAULT, RUNS_DIR
+
+
+def _open_typed_dir() -> None:
+    """Callback of the "open a run directory" box: add the path to this session's picker."""
+    typed = st.session_state.get("run_dir_input", "").strip()
+    st.session_state.pop("run_dir_error", None)
+    if not typed:
+        return
+    p = Path(typed).expanduser()
+    if not is_run_dir(p):
+        st.session_state["run_dir_error"] = f"{p} is not a run directory (it has no manifest.json)."
+        return
+    extra = st.session_state.setdefault("extra_runs", [])
+    if str(p) not in extra:
+        extra.append(str(p))
+    st.session_state["run_path"] = str(p)
+
+
+def _start_import(release: str) -> None:
+    weights = Path(release).expanduser() / "compact_models"
+    if not weights.is_dir():
+        st.session_state["import_error"] = f"{weights} not found: point at the release folder that holds compact_models/."
+        return
+    out = RUNS_DIR / "cowley-v4"
+    argv = [sys.executable, "-m", "compactvision.cli", "import-cowley", str(weights), "--out", str(out)]
+    st.session_state.pop("import_error", None)
+    st.session_state["import_job"] = PipelineJob.start(argv, out)
+
+
+def run_sidebar() -> None:
+    """Run picker: the bundle, runs under runs/ (Train page, imports), and typed-in directories.
+
+    `COMPACTVISION_RUN=path streamlit run app.py` opens the app on that run.
+    """
+    sb = st.sidebar
+    preferred = os.environ.get("COMPACTVISION_RUN")
+    choices = find_runs(BUNDLED_RUN, RUNS_DIR, extra=[*([preferred] if preferred else []), *st.session_state.get("extra_runs", [])])
+    paths = [str(c.path) for c in choices]
+    labels = dict(zip(paths, (c.label for c in choices)))
+    if st.session_state.get("run_path") not in paths:
+        first = str(Path(preferred).expanduser()) if preferred and str(Path(preferred).expanduser()) in paths else None
+        st.session_state["run_path"] = first or (paths[0] if paths else None)
+    if paths:
+        sb.selectbox("Run", paths, key="run_path", format_func=labels.get,
+                     help="The bundled default, runs made on the Train page, imported published models, "
+                          "or any run directory opened below.")
+    else:
+        sb.info("No run found yet.")
+    with sb.expander("Open another run"):
+        st.text_input("Run directory", key="run_dir_input", on_change=_open_typed_dir,
+                      placeholder="path/to/run (holds manifest.json)")
+        if err := st.session_state.get("run_dir_error"):
+            st.error(err)
+        st.markdown("**Published V4 models** (Cowley et al. 2026)")
+        release = st.text_input("V4 release folder", value=str(COWLEY_DEFAULT) if COWLEY_DEFAULT.is_dir() else "",
+                                key="cowley_release")
+        job: PipelineJob | None = st.session_state.get("import_job")
+        if job is not None and job.status == "running":
+            st.caption("Importing… it appears in the Run list when done.")
+        elif st.button("Import", key="cowley_import", disabled=not release):
+            _start_import(release)
+            st.rerun()
+        if job is not None and job.status == "failed":
+            st.error("Import failed:\n\n" + "\n".join(job.progress().last_lines(5)))
+        if err := st.session_state.get("import_error"):
+            st.error(err)
+
+
+def neuron_sidebar() -> None:
+    """Neuron picker, remembered across pages that do not show it."""
+    run = current_run_or_none()
+    if run is None:
+        return
+    ids = student_ids(run)
+    if not ids:
+        return
+    # Streamlit forgets a widget's value on pages that do not draw it, so the
+    # choice is also kept under a key no widget owns.
+    if st.session_state.get("neuron") not in ids:
+        kept = st.session_state.get("neuron_kept")
+        st.session_state["neuron"] = kept if kept in ids else ids[0]
+    st.sidebar.selectbox("Neuron", ids, key="neuron", help="Each neuron has its own compact model.")
+    st.session_state["neuron_kept"] = st.session_state["neuron"]

@@ -1,0 +1,50 @@
+"""What several pages draw the same way: a per-neuron page's opening and the image picker."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+import torch
+
+from compactvision.errors import CompactVisionError
+from compactvision.models.student import CompactStudent
+from compactvision.runs import NeuronData, Run
+from compactvision.uploads import crop_resize, read_image_upload
+
+from app_support.caches import current_neuron, neuron_data, require_run, student, teacher_for
+
+
+def neuron_page(title: str) -> tuple[Run, str, CompactStudent, torch.nn.Module | None, int | None, NeuronData | None]:
+    """A per-neuron page's common start: title, run, neuron, its compact model, teacher (and index), data.
+
+    Returns (run, neuron_id, compact model, teacher or None, teacher output index or None, NeuronData or None).
+    """
+    st.title(title)
+    run = require_run()
+    neuron_id = current_neuron(run)
+    compact = student(run, neuron_id)
+    big, t_index = teacher_for(run, neuron_id)
+    return run, neuron_id, compact, big, t_index, neuron_data(run, neuron_id)
+
+
+def image_picker(images: np.ndarray, key: str, size: int) -> np.ndarray | None:
+    """One image from `images` (uint8 N x H x W x C) by index, or an uploaded PNG/JPEG.
+
+    Returns uint8 H x W x 3 at the model's size, or None after showing why an
+    upload was refused.
+    """
+    source = st.radio("Image", ["dataset", "upload"], horizontal=True, key=f"{key}_source")
+    if source == "upload":
+        up = st.file_uploader("PNG or JPEG", type=["png", "jpg", "jpeg"], key=f"{key}_upload")
+        if up is None:
+            st.caption("Upload an image, or switch back to the dataset.")
+            return None
+        try:
+            return read_image_upload(up.getvalue(), up.name, size=size)
+        except CompactVisionError as e:
+            st.error(f"This upload cannot be used: {e}")
+            return None
+    idx = st.slider("Held-out image", 0, len(images) - 1, 0, key=f"{key}_index")
+    img = images[idx]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    return img if img.shape[:2] == (size, size) else crop_resize(img, (size, size))
