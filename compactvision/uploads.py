@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from compactvision.data.formats import NeuralDataset
+from compactvision.data.dataset import NeuralDataset
+from compactvision.data.npz import load_npz
 from compactvision.errors import DataError
 
 #: Default cap on an uploaded image's size in bytes.
@@ -115,11 +116,11 @@ def read_dataset_upload(data: bytes, name: str, max_bytes: int = MAX_DATASET_BYT
     """Load an uploaded `.npz` dataset with the library's pickle-free loader.
 
     The archive's declared member sizes are summed before anything is
-    decompressed; zipfile never inflates a member past its declared size, so
-    this bounds the memory an upload can claim.
+    decompressed, and zipfile never inflates a member past its declared size;
+    `load_npz` then reads every member's .npy header and refuses an array
+    larger than the bytes that hold it before `np.load` allocates it. Together
+    these bound the memory an upload can claim.
     """
-    from compactvision.data.formats import load_npz
-
     _check_size(data, name, max_bytes)
     if not data.startswith(b"PK"):
         raise DataError("not a .npz archive (a .npz is a zip file of .npy arrays)", name)

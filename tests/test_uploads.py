@@ -125,3 +125,46 @@ def test_bad_dataset_uploads(tmp_path):
         zf.writestr("readme.txt", "not arrays")
     with pytest.raises(DataError, match="pickled|npz|missing|format"):
         read_dataset_upload(buf.getvalue(), "other.npz")
+
+
+def _bomb_npz(tmp_path, shape=(10**6, 10**3, 10**3, 3)) -> bytes:
+    """A valid dataset whose images member's header declares a ~3 TB array over a few bytes of data."""
+    import zipfile
+
+    good = _dataset_bytes(tmp_path)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "images/s1.npy":
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+                data = header.getvalue() + b"\0" * 16
+            dst.writestr(info.filename, data)
+    return out.getvalue()
+
+
+def test_npz_member_declaring_a_huge_array_is_refused_before_allocation(tmp_path):
+    from compactvision.data.formats import load_npz
+    from compactvision.uploads import read_dataset_upload
+
+    bomb = _bomb_npz(tmp_path)
+    assert len(bomb) < 2000, "a few hundred bytes that claim terabytes"
+    with pytest.raises(DataError, match="declares .* holds only") as e:
+        read_dataset_upload(bomb, "bomb.npz")
+    assert "bomb.npz" in str(e.value) and "images/s1" in str(e.value)
+    path = tmp_path / "bomb.npz"
+    path.write_bytes(bomb)
+    with pytest.raises(DataError, match="declares .* holds only"):
+        load_npz(path)  # the CLI's path to the same loader
+
+
+def test_npy_declaring_a_huge_array_is_refused_before_allocation(tmp_path):
+    from compactvision.data.formats import load_npy
+
+    path = tmp_path / "responses_x.npy"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**7, 10**6)})
+    path.write_bytes(header.getvalue() + b"\0" * 64)
+    with pytest.raises(DataError, match="declares .* holds only"):
+        load_npy(path)

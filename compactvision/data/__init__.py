@@ -1,4 +1,4 @@
 """Images, the digital twin and neural-data loaders. One dataset type out: `NeuralDataset`."""
-from compactvision.data.formats import NeuralDataset, Session
+from compactvision.data.dataset import NeuralDataset, Session
 
 __all__ = ["NeuralDataset", "Session"]

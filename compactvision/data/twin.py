@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compactvision.data.formats import NeuralDataset, Session
+from compactvision.data.dataset import NeuralDataset, Session
 from compactvision.data.images import arc_points, mixed_images, natural_crops
 
 CELL_TYPES: tuple[str, ...] = ("v1_simple", "v1_complex", "end_stopped", "curvature",
