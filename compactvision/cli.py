@@ -6,13 +6,39 @@ library errors into a one-line message and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from compactvision.errors import CompactVisionError
 
 Handler = Callable[[argparse.Namespace], int | None]
+
+
+class PresetNames:
+    """The names of a preset table, as argparse `choices`, read from the table when first needed.
+
+    The choices are the table's own keys, so a preset added there is offered
+    here; reading them lazily keeps building the parser (and `--help`) free of
+    the torch import the stage modules need.
+    """
+
+    def __init__(self, module: str, table: str = "PRESETS") -> None:
+        self.module, self.table = module, table
+
+    def _names(self) -> list[str]:
+        return list(getattr(importlib.import_module(self.module), self.table))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
+PIPELINE_PRESETS = PresetNames("compactvision.pipeline")
+TEACHER_PRESETS = PresetNames("compactvision.models.teacher")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; rerun with --resume to continue", file=sys.stderr)
+        # Only `teacher` has --resume; compress and pipeline skip finished work by themselves.
+        how = "rerun with --resume" if hasattr(args, "resume") else "run the same command again"
+        print(f"interrupted: the last checkpoint is intact; {how} to continue", file=sys.stderr)
         return 130
 
 
@@ -107,7 +135,8 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("teacher", help="train the teacher (VOneBlock or a local ResNet trunk, residual back ends, "
                                        "readouts) and score it")
     p.add_argument("--data", required=True, help="a .npz, an .nwb, a Cowley et al. V4 release folder, or 'twin'")
-    p.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "paper"])
+    p.add_argument("--preset", default="cpu", choices=TEACHER_PRESETS, metavar="NAME",
+                   help="teacher size: %(choices)s (default %(default)s)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
@@ -205,7 +234,8 @@ def _add_compress_options(p: argparse.ArgumentParser) -> None:
 def add_compress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="distil the run's teacher and prune one compact model per neuron (resumable)")
     p.add_argument("run", help="a run directory with a trained teacher")
-    p.add_argument("--preset", default="demo", help="take the compression sizes of this pipeline preset (tiny, demo)")
+    p.add_argument("--preset", default="demo", choices=PIPELINE_PRESETS, metavar="NAME",
+                   help="take the compression sizes of this pipeline preset: %(choices)s (default %(default)s)")
     p.add_argument("--strategy", choices=["shared", "per_neuron"], help="starting student(s); default from the preset")
     p.add_argument("--threshold", type=float, help="variance the kept filters must explain (default 0.9)")
     p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
@@ -244,7 +274,8 @@ def _print_compression(summary: dict) -> None:
 @stage
 def add_pipeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="twin data -> teacher -> compact models, end to end (resumable)")
-    p.add_argument("--preset", choices=["tiny", "demo"], default="demo")
+    p.add_argument("--preset", choices=PIPELINE_PRESETS, default="demo", metavar="NAME",
+                   help="sizes of every stage: %(choices)s (default %(default)s)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="delete an existing run directory first")

@@ -1,0 +1,52 @@
+"""The command line's own behaviour: choices from the preset tables, refusals without tracebacks, honest hints."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from compactvision import cli
+from compactvision.models.teacher import PRESETS as TEACHER_PRESETS
+from compactvision.pipeline import PRESETS as PIPELINE_PRESETS
+
+
+def _choices(command: str, option: str = "--preset") -> list[str]:
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices[command]
+    return list(next(a for a in sub._actions if option in a.option_strings).choices)
+
+
+def test_preset_choices_are_the_preset_tables():
+    assert _choices("teacher") == list(TEACHER_PRESETS)
+    assert _choices("compress") == list(PIPELINE_PRESETS) == _choices("pipeline")
+
+
+def test_unknown_compress_preset_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compress", str(run), "--preset", "paper"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'paper'" in err and all(repr(name) in err for name in PIPELINE_PRESETS)
+    assert not run.exists(), "nothing is written"
+
+
+def test_building_the_parser_does_not_import_torch():
+    code = "import sys; from compactvision.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", "`compactvision --help` stays fast"
+
+
+@pytest.mark.parametrize("argv,handler,hint", [
+    (["teacher", "--data", "twin", "--out", "x"], "_teacher", "rerun with --resume"),
+    (["compress", "x"], "_compress", "run the same command again"),
+    (["pipeline", "--out", "x"], "_pipeline", "run the same command again"),
+])
+def test_an_interrupt_suggests_only_flags_the_command_has(monkeypatch, capsys, argv, handler, hint):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, handler, interrupted)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert hint in err and ("--resume" in err) == (handler == "_teacher")
