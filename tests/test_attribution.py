@@ -120,3 +120,19 @@ def test_map_similarity_is_a_rank_correlation():
     assert map_similarity(a, np.exp(a)) == pytest.approx(1.0)  # monotone rescaling does not matter
     assert abs(map_similarity(a, rng.standard_normal((16, 16)))) < 0.3
     assert map_similarity(a, np.kron(a, np.ones((2, 2)))) > 0.8  # a finer map is resized first
+
+
+def test_captum_option_names_are_honoured_and_unknown_options_refused():
+    model, imgs = _student(), _images(2)
+    black = attribute(model, imgs, 0, "integrated_gradients", baseline=0.0, n_steps=16)
+    grey = attribute(model, imgs, 0, "integrated_gradients", n_steps=16)
+    assert not np.allclose(black, grey), "the baseline matters"
+    np.testing.assert_array_equal(attribute(model, imgs, 0, "integrated_gradients", baselines=0.0, n_steps=16), black)
+    # Completeness against the chosen (black) baseline, through Captum's name.
+    maps = attribute(model, imgs, 0, "integrated_gradients", baselines=0.0, n_steps=64)
+    gain = response(model, imgs)[:, 0] - response(model, np.zeros_like(imgs))[0, 0]
+    np.testing.assert_allclose(maps.reshape(2, -1).sum(1), gain, rtol=0.05, atol=0.05 * np.abs(gain).max())
+    with pytest.raises(ValueError, match="unknown attribution option 'baselne'"):
+        attribute(model, imgs, 0, "integrated_gradients", baselne=0.0)
+    with pytest.raises(ValueError, match="given twice"):
+        attribute(model, imgs, 0, "integrated_gradients", baseline=0.0, baselines=0.5)

@@ -62,6 +62,48 @@ METHODS: dict[str, Method] = {
 }
 
 
+#: Every option `attribute` / `attribute_raw` understands, with what it sets.
+OPTIONS: dict[str, str] = {
+    "baseline": "reference image for path methods and occlusion: a float grey level or a tensor (default 0.5)",
+    "n_steps": "interpolation steps of path methods (default 32)",
+    "internal_batch_size": "images per forward pass inside a path method (default 8)",
+    "stdev": "noise s.d. of SmoothGrad / VarGrad / GradientSHAP, in [0, 1] units (default 0.15)",
+    "nt_samples": "noisy copies per image (default 16)",
+    "nt_samples_batch_size": "noisy copies per forward pass (default nt_samples)",
+    "base": "inner method of SmoothGrad / VarGrad: saliency, integrated_gradients or input_x_gradient",
+    "abs": "saliency's absolute value (default True)",
+    "baseline_levels": "GradientSHAP's grey baseline levels (default 0.25, 0.5, 0.75)",
+    "window": "occlusion patch side in pixels (default 1/8 of the image side)",
+    "stride": "occlusion stride in pixels (default half the window)",
+    "perturbations_per_eval": "occlusion patches per forward pass (default 32)",
+    "layer": "layer methods' layer: a module, a dotted name or a student layer index",
+    "channel": "neuron_conductance's filter of the layer",
+    "relu": "Grad-CAM's positive part only (default False)",
+}
+#: Captum's own names for the same options, accepted so its documentation's calls work here too.
+CAPTUM_NAMES = {"baselines": "baseline", "stdevs": "stdev", "relu_attributions": "relu"}
+
+
+def attribution_options(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` in this module's names; Captum's names are translated, anything unknown is refused.
+
+    A misspelt or foreign option that was silently ignored would give a map
+    computed with the default (a grey baseline, say) while the caller believes
+    otherwise; refusing it is the only safe answer.
+    """
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        own = CAPTUM_NAMES.get(name, name)
+        if own not in OPTIONS:
+            raise ValueError(f"unknown attribution option {name!r}; known: {sorted(OPTIONS)} "
+                             f"(Captum's {sorted(CAPTUM_NAMES)} are accepted too)")
+        if own in out:
+            raise ValueError(f"option {own!r} given twice (as {own!r} and as Captum's {name!r})"
+                             if name != own else f"option {own!r} given twice")
+        out[own] = value
+    return out
+
+
 # ------------------------------------------------------------------ inputs
 def as_model_input(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """Images in any of the package's layouts -> float N x C x H x W in [0, 1] on `device`.
@@ -249,14 +291,12 @@ def attribute_raw(model: nn.Module, images: np.ndarray | torch.Tensor, neuron: i
 
     `layer_conductance` returns the layer's own N x C_layer x h x w, which is
     what a per-filter breakdown needs (see `filter_contributions`). Options
-    (all optional): baseline (float or tensor; default grey 0.5), n_steps (32),
-    internal_batch_size (8), stdev (0.15 of the input range), nt_samples (16),
-    base (inner method for smoothgrad/vargrad: "saliency"), window / stride
-    (occlusion patch, px; default 1/8 of the image side), layer (module, dotted name or student layer index),
-    channel (neuron_conductance's filter), relu (Grad-CAM's positive part).
+    are listed in `OPTIONS`; Captum's names (`baselines=`, `stdevs=`,
+    `relu_attributions=`) mean the same, and any other name is a ValueError.
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; known: {sorted(METHODS)}")
+    options = attribution_options(options)
     device = model_device(model)
     x = as_model_input(images, device)
     out = []
