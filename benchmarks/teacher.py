@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from compactvision.models.backbone import DEFAULT_STAGE, ResNetSpec, backbone_entry
 from compactvision.models.teacher import PRESETS, build_teacher
@@ -66,24 +65,11 @@ def _interleaved_rates(a, b, n_images: int, device: torch.device, reps: int = 8)
 
 def vone_forward(device: torch.device, batch: int) -> None:
     block = VOneBlock(256, 256, kernel_size=25).to(device).eval()
-    bank = block.bank
     x = torch.rand(batch, 3, 112, 112, device=device)
-    n = bank.n_filters
-    ch = bank.channel.cpu().numpy()
-    dense0 = torch.zeros(n, 3, bank.kernel_size, bank.kernel_size)
-    dense1 = torch.zeros_like(dense0)
-    dense0[np.arange(n), ch] = torch.as_tensor(bank.kernels())
-    dense1[np.arange(n), ch] = torch.as_tensor(bank.kernels(quadrature_phase=True))
-    dense0, dense1 = dense0.to(device), dense1.to(device)
-    ns = block.n_simple
+    dense = block.dense_kernels(x.dtype, device)
 
     def two_convolutions() -> torch.Tensor:  # VOneNet: one pass per phase, all filters, all colours
-        z = x * 2 - 1
-        q0 = F.conv2d(z, dense0, stride=bank.stride, padding=bank.padding)
-        q1 = F.conv2d(z, dense1, stride=bank.stride, padding=bank.padding)
-        simple = F.relu(q0[:, :ns])
-        cx = torch.sqrt(q0[:, ns:] ** 2 + q1[:, ns:] ** 2 + block.eps) / np.sqrt(2)
-        return block.k_exc * torch.cat([simple, cx], 1)
+        return block.reference_forward(x, dense=dense)
 
     with torch.no_grad():
         err = (block(x) - two_convolutions()).abs().max().item()

@@ -94,6 +94,30 @@ def test_single_grouped_conv_equals_two_dense_convolutions() -> None:
     torch.testing.assert_close(q1, ref1, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("image", ["random", "black", "grey"])
+def test_fast_forward_equals_the_two_convolution_reference(image: str) -> None:
+    """`VOneBlock.forward` (folded gain, one gather, addcmul) is the production path: it must equal VOneNet's cells."""
+    torch.manual_seed(0)
+    x = {"random": torch.rand(2, 3, 64, 64), "black": torch.zeros(2, 3, 64, 64),
+         "grey": torch.full((2, 1, 64, 64), 0.5)}[image]
+    block = VOneBlock(n_simple=9, n_complex=7, image_size=64, kernel_size=15, seed=5)
+    fast, ref = block(x), block.reference_forward(x)
+    assert fast.shape == ref.shape == (2, 16, 16, 16)
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+    # ... and so must its gradient, which Captum follows.
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    (block(xs[0]) * torch.linspace(-1, 1, 16).view(1, -1, 1, 1)).sum().backward()
+    (block.reference_forward(xs[1]) * torch.linspace(-1, 1, 16).view(1, -1, 1, 1)).sum().backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-4, rtol=1e-3)
+
+
+def test_fast_forward_with_noise_equals_the_reference_with_the_same_draw() -> None:
+    x = torch.rand(2, 3, 64, 64)
+    block = VOneBlock(n_simple=9, n_complex=7, image_size=64, kernel_size=15, noise="poisson", noise_seed=4)
+    draw = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(block(x), block.reference_forward(x, noise=draw), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("image", ["black", "random", "grey"])
 def test_gradients_are_finite(image: str) -> None:
     torch.manual_seed(0)

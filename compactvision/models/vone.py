@@ -261,6 +261,44 @@ class VOneBlock(nn.Module):
             out = out + torch.sqrt(F.relu(out) + 1.0) * self._noise_like(out)
         return out
 
+    def dense_kernels(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Both phases of every filter as dense RGB kernels, 2 x F x 3 x k x k (zero off the filter's channel)."""
+        b = self.bank
+        n = b.n_filters
+        dense = torch.zeros(2, n, 3, b.kernel_size, b.kernel_size, dtype=dtype, device=device)
+        rows = torch.arange(n, device=device)
+        channel = b.channel.to(device)
+        dense[0, rows, channel] = torch.as_tensor(b.kernels(), dtype=dtype, device=device)
+        dense[1, rows, channel] = torch.as_tensor(b.kernels(quadrature_phase=True), dtype=dtype, device=device)
+        return dense
+
+    def reference_forward(self, x: torch.Tensor, noise: torch.Tensor | None = None,
+                          dense: torch.Tensor | None = None) -> torch.Tensor:
+        """The same cells written as VOneNet writes them: one dense convolution per phase, gain applied last.
+
+        Slower than `forward` (every filter sees all three colour channels,
+        mostly zeros), and kept as the definition the fast path is checked
+        against: `forward` folds the gain into the kernels, gathers the maps in
+        one indexing op and fuses the complex energy. `noise`, when given, is
+        the standard-normal draw the Poisson-like noise scales; `dense` is
+        `dense_kernels()`, passed in to time the convolutions alone.
+        """
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        b = self.bank
+        if dense is None:
+            dense = self.dense_kernels(x.dtype, x.device)
+        z = x * 2.0 - 1.0
+        q0 = F.conv2d(z, dense[0], stride=b.stride, padding=b.padding)
+        q1 = F.conv2d(z, dense[1], stride=b.stride, padding=b.padding)
+        ns = self.n_simple
+        simple = F.relu(q0[:, :ns])
+        complex_ = torch.sqrt(q0[:, ns:] ** 2 + q1[:, ns:] ** 2 + self.eps) / math.sqrt(2.0)
+        out = self.k_exc * torch.cat([simple, complex_], dim=1)
+        if noise is not None:
+            out = out + torch.sqrt(F.relu(out) + 1.0) * noise
+        return out
+
     def _noise_like(self, out: torch.Tensor) -> torch.Tensor:
         if self.noise_seed is None:
             return torch.randn_like(out)
