@@ -218,6 +218,8 @@ def _import_cowley(args: argparse.Namespace) -> None:
     for session, m in metrics["sessions"].items():
         print(f"  session {session}: median r {m['median_r_heldout']:.3f} on the held-out half, "
               f"{m['median_r_first_half']:.3f} on the first half")
+    for session, why in metrics.get("not_scored", {}).items():
+        print(f"  session {session}: imported without a score: {why}")
 
 
 def _add_compress_options(p: argparse.ArgumentParser) -> None:

@@ -208,6 +208,17 @@ def test_import_scores_and_exports_a_fake_release(tmp_path, capsys):
         import_cowley(root, run)
 
 
+def test_a_session_without_images_is_imported_and_says_why_it_has_no_score(tmp_path, capsys):
+    root = fake_release(tmp_path / "release")
+    (root / "images" / "images_100101.zip").unlink()
+    run = tmp_path / "run"
+    assert main(["import-cowley", str(root / "compact_models"), "--out", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "session 100101: imported without a score" in out and "images_100101.zip is missing" in out
+    assert list_students(run) == ["100101_neuron0", "100101_neuron1"]
+    assert "images_100101.zip is missing" in read_manifest(run)["metrics"]["not_scored"]["100101"]
+
+
 def test_nums_filters_that_disagree_are_refused(tmp_path):
     root = fake_release(tmp_path / "release", n_models=1)
     np.save(root / "compact_models" / "nums_filters" / "compact_model_100101_neuron0.npy", np.array([6, 5, 3, 3, 4]))

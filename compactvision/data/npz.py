@@ -37,6 +37,18 @@ def _human(n: int) -> str:
     return f"{n} bytes"
 
 
+def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length in bytes) of the .npy at `stream`'s position; ValueError if it is not one."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+    return tuple(int(n) for n in shape), dtype, stream.tell()
+
+
 def check_npy_header(stream: BinaryIO, stored_bytes: int, what: str, path: Path) -> None:
     """Read an .npy header from `stream` and refuse an array larger than the `stored_bytes` that hold it.
 
@@ -44,16 +56,7 @@ def check_npy_header(stream: BinaryIO, stored_bytes: int, what: str, path: Path)
     header is the one place where a lying size can be caught for free.
     """
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise DataError(f"{what} is an .npy of version {version[0]}.{version[1]}, which this library does not read", path)
-        header_bytes = stream.tell()
-    except DataError:
-        raise
+        shape, dtype, header_bytes = read_npy_header(stream)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"{what} has no readable .npy header ({e})", path) from None
     if dtype.hasobject:

@@ -1,0 +1,101 @@
+"""`import_cowley`: every published model of the release written into an ordinary run directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from compactvision.artifacts import STUDENTS, atomic_write_json, save_student, sha256_file, write_manifest
+from compactvision.cowley.convert import PublishedModel, find_published_models, load_published_model
+from compactvision.cowley.scoring import load_session, release_root_of, score_students, session_summary, split_halves
+from compactvision.errors import ArtifactError
+from compactvision.metrics import bootstrap_median_ci
+
+
+def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterable[str] | None = None,
+                  evaluate: bool = True, progress: bool = False, device: str | None = None) -> Path:
+    """Convert published models into a run directory (manifest kind "imported-cowley").
+
+    Students are named as the data layer names the neurons ("<session>_neuron<k>").
+    With `evaluate` and the release's images and responses beside the weights,
+    each neuron's held-out and first-half r go into its sidecar JSON, and the
+    manifest's metrics get per-session medians plus the same "compression"
+    summary (medians with bootstrap CIs) a compressed run records. A session
+    that could not be scored is still imported, and the manifest's
+    `metrics["not_scored"]` says why.
+    """
+    out_run = Path(out_run)
+    models = find_published_models(weights_dir, sessions)
+    if (out_run / STUDENTS).is_dir() and any((out_run / STUDENTS).iterdir()):
+        raise ArtifactError("output run already has students; choose an empty folder", out_run)
+    root = release_root_of(models[0].weights.parent) if evaluate else None
+    by_session: dict[str, list[PublishedModel]] = {}
+    for m in models:
+        by_session.setdefault(m.session, []).append(m)
+
+    records: dict[str, dict[str, Any]] = {}
+    session_metrics: dict[str, Any] = {}
+    not_scored: dict[str, str] = {}  # session -> why its models were imported without a score
+    data: dict[str, Any] = {"source": "Cowley et al. (2026) V4 release, published compact models", "sessions": {}}
+    bar = tqdm(total=len(models), desc="import-cowley", unit="model", disable=not progress)
+    for session, group in by_session.items():
+        data["sessions"][session] = {"neurons": [m.neuron_id for m in group]}
+        has_data = root is not None and (root / "images" / f"images_{session}.zip").is_file()
+        if evaluate and not has_data:
+            not_scored[session] = _why_not_scored(root, session, models[0].weights.parent)
+        if has_data:
+            recording = load_session(root, session)
+            responses = recording.mean_responses()
+            first, held_out = split_halves(recording.n_images)
+            data["sessions"][session].update(n_images=recording.n_images, first_half=[first.start, first.stop],
+                                             held_out=[held_out.start, held_out.stop])
+        scores: dict[int, dict[str, float]] = {}
+        n_parameters: dict[int, int] = {}
+        for m in group:
+            student = load_published_model(m)
+            n_parameters[m.index] = student.n_parameters()
+            record: dict[str, Any] = {"n_parameters": n_parameters[m.index], "macs": student.macs()}
+            extra: dict[str, Any] = {"session": session, "neuron_index": m.index,
+                                     "source": {"file": m.weights.name, "sha256": sha256_file(m.weights)}}
+            if has_data:
+                scores[m.index] = score_students({m.index: student}, recording.images, responses,
+                                                 device=device)[m.index]
+                extra["metrics"] = scores[m.index]
+                record.update(scores[m.index])
+            save_student(student, out_run, m.neuron_id, extra=extra)
+            records[m.neuron_id] = record
+            bar.update()
+        if scores:
+            summary = session_summary(session, scores, n_parameters)
+            session_metrics[session] = {k: summary[k] for k in ("median_r_heldout", "median_r2_heldout",
+                                                                  "median_r_first_half", "median_n_parameters")}
+    bar.close()
+    atomic_write_json(out_run / "data.json", data)
+    write_manifest(out_run, kind="imported-cowley",
+                   config={"weights_dir": str(Path(weights_dir)), "sessions": sorted(by_session),
+                           "evaluated": bool(session_metrics)},
+                   metrics={"per_neuron": {k: {m: v for m, v in r.items() if m.startswith("r_")} for k, r in records.items()
+                                           if "r_heldout" in r},
+                            "sessions": session_metrics, "not_scored": not_scored,
+                            "compression": _summarise(records)})
+    return out_run
+
+
+def _why_not_scored(root: Path | None, session: str, weights_dir: Path) -> str:
+    if root is None:
+        return (f"no release folder (images/ and responses_repeat_averaged/) was found beside {weights_dir}, "
+                "so there is nothing to score on")
+    return f"{root / 'images' / f'images_{session}.zip'} is missing"
+
+
+def _summarise(records: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Medians with bootstrap CIs over neurons, in the shape `compress.summarise_run` writes."""
+    out: dict[str, Any] = {"n_students": len(records)}
+    for key in ("n_parameters", "macs", "r_heldout", "r_first_half"):
+        vals = np.array([r[key] for r in records.values() if key in r], float)
+        if len(vals):
+            med, lo, hi = bootstrap_median_ci(vals)
+            out[key] = {"median": med, "ci": [lo, hi], "n": int(len(vals))}
+    return out
