@@ -8,7 +8,8 @@ import torch
 from compactvision.errors import CompactVisionError
 from compactvision.models.student import CompactStudent
 from compactvision.runs import NeuronData, Run
-from compactvision.uploads import crop_resize, read_image_upload
+from compactvision.inputs import fit_images
+from compactvision.uploads import read_image_upload
 
 from app_support.caches import current_neuron, neuron_data, require_run, student, teacher_for
 
@@ -44,7 +45,4 @@ def image_picker(images: np.ndarray, key: str, size: int) -> np.ndarray | None:
             st.error(f"This upload cannot be used: {e}")
             return None
     idx = st.slider("Held-out image", 0, len(images) - 1, 0, key=f"{key}_index")
-    img = images[idx]
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    return img if img.shape[:2] == (size, size) else crop_resize(img, (size, size))
+    return fit_images(images[idx], size)

@@ -35,6 +35,7 @@ from torch import nn
 
 from compactvision.artifacts import atomic_write_bytes
 from compactvision.errors import ArtifactError
+from compactvision.inputs import as_model_input
 from compactvision.runtime import autocast, seed_everything, select_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -87,17 +88,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------ inputs
-def as_model_input(images: Any, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 N x H x W x C -> float N x C x H x W in [0, 1]; float input is taken as N x C x H x W already."""
-    t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    if torch.device(device).type == "cuda" and t.device.type == "cpu":
-        # Page-locked memory lets the copy overlap the previous step's kernels.
-        t = t.pin_memory().to(device, non_blocking=True)
-    if t.dtype == torch.uint8:
-        return t.to(device).permute(0, 3, 1, 2).float().div(255.0)
-    return t.to(device).float()
-
-
 def prefetch(batches: Iterable[Any], depth: int) -> Iterator[Any]:
     """Read `depth` batches ahead in one background thread, keeping their order.
 

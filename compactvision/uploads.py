@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from compactvision.data.dataset import NeuralDataset
 from compactvision.data.npz import load_npz
 from compactvision.errors import DataError
+from compactvision.inputs import as_rgb, crop_resize
 
 #: Default cap on an uploaded image's size in bytes.
 MAX_IMAGE_BYTES = 10 * 2**20
@@ -90,25 +91,13 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         a = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        grey = np.round(a).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+        return as_rgb(np.round(a).astype(np.uint8)[:, :, None])
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels are shown on mid grey, the models' neutral background.
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
         img = Image.alpha_composite(bg, rgba)
     return np.array(img.convert("RGB"), dtype=np.uint8)
-
-
-def crop_resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre-crop to the target aspect ratio, then resize with antialiasing."""
-    th, tw = int(size[0]), int(size[1])
-    h, w = rgb.shape[:2]
-    scale = min(h / th, w / tw)
-    ch, cw = max(1, round(th * scale)), max(1, round(tw * scale))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = Image.fromarray(rgb[top:top + ch, left:left + cw])
-    return np.array(crop.resize((tw, th), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
 def read_dataset_upload(data: bytes, name: str, max_bytes: int = MAX_DATASET_BYTES,
@@ -143,16 +132,3 @@ def read_dataset_upload(data: bytes, name: str, max_bytes: int = MAX_DATASET_BYT
             raise DataError(e.problem, name) from None
     dataset.metadata["source"] = name
     return dataset
-
-
-def fit_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 N x H x W x C (C 1 or 3) -> N x size x size x 3, centre-cropped and resized where needed.
-
-    Uploaded datasets may use another resolution than the model was built for;
-    a compact model's dense readout accepts only its own.
-    """
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    if images.shape[1:3] == (size, size):
-        return images
-    return np.stack([crop_resize(im, (size, size)) for im in images])

@@ -83,7 +83,8 @@ else:
 
 # ------------------------------------------------------------ your data
 with st.expander("Score the compact model on your own data (.npz)"):
-    from compactvision.uploads import fit_images, read_dataset_upload
+    from compactvision.inputs import fit_images
+    from compactvision.uploads import read_dataset_upload
 
     up = st.file_uploader("A dataset .npz in compactvision's layout (see `compactvision data twin --out`)",
                           type=["npz"], key="tvs_upload")

@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from compactvision.interpret.graph import neuron_graph
 from compactvision.runs import Run, neuron_data
-from compactvision.uploads import fit_images
+from compactvision.inputs import fit_images
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")

@@ -31,6 +31,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from compactvision.inputs import as_rgb
+
 #: Default share of each family in `image_stream` (the distillation diet).
 DEFAULT_MIX: Mapping[str, float] = {
     "natural": 0.7,
@@ -48,10 +50,9 @@ _SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble
 
 
 def _as_rgb(img: np.ndarray) -> np.ndarray:
+    """A bundled photo (grey H x W, RGB or RGBA) as uint8 RGB."""
     img = np.asarray(img)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(img[:, :, :3].astype(np.uint8))
+    return np.ascontiguousarray(as_rgb(img[:, :, None] if img.ndim == 2 else img).astype(np.uint8))
 
 
 @functools.lru_cache(maxsize=1)
@@ -154,7 +155,7 @@ def _to_uint8(v: np.ndarray) -> np.ndarray:
 
 def _grey_to_rgb(v: np.ndarray) -> np.ndarray:
     """Luminance in [0, 1], N x H x W -> uint8 N x H x W x 3."""
-    return np.repeat(_to_uint8(v)[..., None], 3, axis=-1)
+    return as_rgb(_to_uint8(v)[..., None])
 
 
 def pink_noise(n: int, size: int = 112, seed: int = 0, exponent: float = 1.0, color: bool = True) -> np.ndarray:

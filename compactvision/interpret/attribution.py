@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from compactvision.inputs import as_model_input
+
 #: Default noise level for SmoothGrad / VarGrad / GradientShap, as a fraction of the [0, 1] input range.
 NOISE_FRACTION = 0.15
 #: Mean grey: the "no image" reference for path methods and occlusion.
@@ -105,28 +107,6 @@ def attribution_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ inputs
-def as_model_input(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Images in any of the package's layouts -> float N x C x H x W in [0, 1] on `device`.
-
-    Accepts uint8 arrays (N x H x W x C, or one H x W x C image) as datasets
-    store them, float arrays already in [0, 1] in the same layout, and
-    tensors already in the model layout (N x C x H x W or C x H x W).
-    """
-    if isinstance(images, torch.Tensor):
-        x = images.float()
-        return (x[None] if x.ndim == 3 else x).to(device)
-    arr = np.asarray(images)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4:
-        raise ValueError(f"expected N x H x W x C images, got shape {arr.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
-    x = x.float().div(255.0) if arr.dtype == np.uint8 else x.float()
-    return x.to(device)
-
-
 def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     if p is None:

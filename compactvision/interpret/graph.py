@@ -32,7 +32,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from compactvision.interpret.attribution import as_model_input, eval_mode
+from compactvision.inputs import as_model_input
+from compactvision.interpret.attribution import eval_mode
 from compactvision.models.student import CompactStudent
 
 #: Names of the image's channels, the sources of layer 0's edges.

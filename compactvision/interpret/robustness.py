@@ -29,6 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compactvision.inputs import as_model_input
+from compactvision.interpret.attribution import eval_mode, model_device, seeded
+from compactvision.metrics import pearson_r
+from compactvision.models.vone import VOneBlock
+
 PERTURBATIONS: dict[str, dict[str, Any]] = {
     "gaussian_noise": {"label": "Gaussian noise s.d. (fraction of pixel range)",
                        "levels": (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)},
@@ -95,14 +100,6 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, epsilon: float, neurons: Seque
     return adv.detach()
 
 
-def _pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    denom = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(0) / denom, np.nan)
-
-
 def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targets: np.ndarray | None = None,
                       neuron: int | Sequence[int] | None = None, perturbation: str = "gaussian_noise",
                       levels: Sequence[float] | None = None, seed: int = 0, batch_size: int = 32,
@@ -119,8 +116,6 @@ def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targe
     noise draws in the clean and the perturbed pass, so `delta` measures the
     perturbation, not the noise.
     """
-    from compactvision.interpret.attribution import as_model_input, eval_mode, model_device, seeded
-
     if perturbation not in PERTURBATIONS:
         raise ValueError(f"unknown perturbation {perturbation!r}; known: {sorted(PERTURBATIONS)}")
     levels = np.asarray(PERTURBATIONS[perturbation]["levels"] if levels is None else levels, np.float64)
@@ -154,7 +149,7 @@ def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targe
                     preds.append(model(x)[:, neurons].cpu())
         pred = torch.cat(preds).numpy().astype(np.float64)
         change = np.abs(pred - clean)
-        r.append(float(np.nanmedian(_pearson_columns(pred, ref))))
+        r.append(float(np.nanmedian(pearson_r(pred.T, ref.T))))
         delta.append(float(change.mean()))
         with np.errstate(invalid="ignore", divide="ignore"):
             delta_rel.append(float(np.nanmean(change.mean(0) / np.where(spread > 0, spread, np.nan))))
@@ -164,8 +159,6 @@ def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targe
 
 # --------------------------------------------------------- VOneBlock noise
 def _vone_blocks(model: nn.Module) -> list[nn.Module]:
-    from compactvision.models.vone import VOneBlock
-
     return [m for m in model.modules() if isinstance(m, VOneBlock)]
 
 

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from compactvision.data import images as stim
-from compactvision.interpret.attribution import as_model_input, eval_mode, model_device, response
+from compactvision.inputs import as_model_input
+from compactvision.interpret.attribution import eval_mode, model_device, response
 from compactvision.interpret.robustness import gaussian_blur
+from compactvision.metrics import pearson_r
 
 Point = tuple[float, float]
 
@@ -270,7 +272,7 @@ def compare_with_twin(model: nn.Module, twin: nn.Module, neuron_index: int, mode
                    size_error_px=abs(model_size - float(true_size)))
     mine = synthesise_preferred(model, model_neuron, size=size, steps=synthesis_steps, seed=seed).astype(np.float64)
     theirs = synthesise_preferred(twin, neuron_index, size=size, steps=synthesis_steps, seed=seed).astype(np.float64)
-    out["preferred_image_r"] = float(np.corrcoef(mine.ravel(), theirs.ravel())[0, 1]) if mine.std() and theirs.std() else float("nan")
+    out["preferred_image_r"] = float(pearson_r(mine.ravel(), theirs.ravel())[0])
     return out
 
 

@@ -6,13 +6,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from compactvision.metrics import pearson_r
 from compactvision.viz.layout import SERIES_COLOURS, finish
-
-
-def _r(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    d = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / d) if d > 0 else float("nan")
 
 
 def predicted_vs_measured_figure(predicted: np.ndarray, measured: np.ndarray, names: Sequence[str] | None = None,
@@ -29,7 +24,7 @@ def predicted_vs_measured_figure(predicted: np.ndarray, measured: np.ndarray, na
         raise ValueError(f"predicted {p.shape} and measured {m.shape} differ")
     k = p.shape[1]
     names = list(names) if names is not None else [f"neuron {j}" for j in range(k)]
-    rs = [_r(p[:, j], m[:, j]) for j in range(k)]
+    rs = [float(r) for r in pearson_r(p.T, m.T)]
     fig = go.Figure()
     for j in range(k):
         fig.add_trace(go.Scattergl(x=m[:, j], y=p[:, j], mode="markers", name=f"{names[j]} (r = {rs[j]:.2f})",
