@@ -36,6 +36,7 @@ import torch
 
 from compactvision import __version__
 from compactvision.errors import ArtifactError
+from compactvision.hashing import sha256_file
 from compactvision.models.student import CompactStudent, StudentArch
 
 SCHEMA_VERSION = 1
@@ -84,14 +85,6 @@ def read_json(path: str | Path) -> Any:
         raise ArtifactError("file not found", path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"not valid JSON ({e})", path) from None
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------ safetensors I/O

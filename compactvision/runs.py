@@ -8,7 +8,6 @@ project keeps its runs or how the app starts jobs; that is the app's business
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +17,7 @@ import torch
 from compactvision.artifacts import MANIFEST, list_students, load_student, read_json, read_manifest, student_paths
 from compactvision.data.formats import load_npz
 from compactvision.errors import ArtifactError
+from compactvision.hashing import sha256_file
 from compactvision.models.student import CompactStudent
 from compactvision.models.teacher import Teacher, load_teacher
 from compactvision.rundir import HELDOUT, heldout_data
@@ -69,7 +69,7 @@ def run_fingerprint(path: str | Path) -> str:
     """sha256 of the manifest, which itself hashes every file: a cache key for the run's content."""
     p = Path(path) / MANIFEST
     try:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
+        return sha256_file(p)
     except FileNotFoundError:
         raise ArtifactError("not a run directory (no manifest.json)", path) from None
 

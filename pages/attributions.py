@@ -1,11 +1,10 @@
 """Attributions: which pixels drive the neuron, according to the teacher and to its compact model."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import streamlit as st
 
+from compactvision.hashing import sha256_bytes
 from compactvision.interpret.attribution import METHODS, attribute, map_similarity
 from compactvision.viz.attribution import attribution_figure
 from app_support.caches import model_lock
@@ -39,7 +38,7 @@ def _maps(path: str, fingerprint: str, neuron_id: str, method: str, image_digest
     return {"maps": maps, "similarity": map_similarity(maps["teacher"], maps["compact model"]) if "teacher" in maps else None}
 
 
-inputs = (str(run.path), run.fingerprint, neuron_id, method, hashlib.sha256(image.tobytes()).hexdigest())
+inputs = (str(run.path), run.fingerprint, neuron_id, method, sha256_bytes(image.tobytes()))
 # Saliency-type maps take milliseconds and are drawn at once; the rest wait for the button.
 cheap = method in ("saliency", "input_x_gradient", "layer_gradcam")
 done: set = st.session_state.setdefault("attr_done", set())

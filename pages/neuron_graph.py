@@ -1,11 +1,10 @@
 """Neuron graph: one neuron's compact model as filters (nodes) and weights (edges); click a filter."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import streamlit as st
 
+from compactvision.hashing import sha256_bytes
 from compactvision.interpret.graph import ablate, neuron_graph
 from compactvision.viz.graph import neuron_graph_figure, node_detail_figure
 from app_support.caches import current_neuron, neuron_data, require_run, student
@@ -37,7 +36,7 @@ def _graph(path: str, fingerprint: str, neuron_id: str, image_digest: str, _imag
     return neuron_graph(model, _image)
 
 
-digest = hashlib.sha256(image.tobytes()).hexdigest()
+digest = sha256_bytes(image.tobytes())
 graph = _graph(str(run.path), run.fingerprint, neuron_id, digest, image)
 node_ids = [n.id for n in graph.nodes]
 st.caption(f"Neuron **{neuron_id}** · filters per layer {list(model.arch.channels)} · "

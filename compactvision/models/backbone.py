@@ -20,7 +20,6 @@ Two ways to put the trunk into the teacher:
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compactvision.errors import DataError
+from compactvision.hashing import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -157,14 +157,6 @@ class ResNetTrunk(nn.Module):
 
 
 # -------------------------------------------------------------- checkpoints
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
 _MARKER = "layer1.0.conv1.weight"
 
@@ -276,7 +268,7 @@ def backbone_from_checkpoint(path: str | Path, stop_at: str = DEFAULT_STAGE, ste
         raise DataError(f"the checkpoint has stages {list(STAGES[: len(spec.stages)])}; cannot cut at {stop_at!r}", path)
     if stem == "pixels" and "conv1.weight" not in state:
         raise DataError("the checkpoint has no stem (conv1.weight); use the VOneBlock stem instead", path)
-    return backbone_entry(spec, stop_at, stem, trainable, {"name": path.name, "sha256": file_sha256(path)}), state
+    return backbone_entry(spec, stop_at, stem, trainable, {"name": path.name, "sha256": sha256_file(path)}), state
 
 
 def backbone_entry(spec: ResNetSpec, stop_at: str = DEFAULT_STAGE, stem: str = "pixels", trainable: bool = False,
