@@ -41,8 +41,27 @@ PIPELINE_PRESETS = PresetNames("compactvision.pipeline")
 TEACHER_PRESETS = PresetNames("compactvision.models.teacher")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none or already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if no_default or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of every (sub-)command: options listed with their defaults."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compactvision", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="compactvision", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     # Each add_* function registers one stage's sub-command(s) and sets `func`.
     for add in _STAGES:
@@ -93,11 +112,11 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_data_describe)
     t = data.add_parser("twin", help="simulate the digital twin and write its dataset (.npz, with ground truth)")
     t.add_argument("--out", required=True, help="output .npz file")
-    t.add_argument("--neurons", type=int, default=32)
-    t.add_argument("--images", type=int, default=1000)
-    t.add_argument("--repeats", type=int, default=4)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--image-size", type=int, default=112)
+    t.add_argument("--neurons", type=int, default=32, help="simulated neurons, cycling through the cell types")
+    t.add_argument("--images", type=int, default=1000, help="natural-image crops shown to every neuron")
+    t.add_argument("--repeats", type=int, default=4, help="noisy trials per image")
+    t.add_argument("--seed", type=int, default=0, help="seed of the population, the images and the trial noise")
+    t.add_argument("--image-size", type=int, default=112, help="image side in pixels")
     t.set_defaults(func=_data_twin)
 
 
@@ -136,20 +155,21 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
                                        "readouts) and score it")
     p.add_argument("--data", required=True, help="a .npz, an .nwb, a Cowley et al. V4 release folder, or 'twin'")
     p.add_argument("--preset", default="cpu", choices=TEACHER_PRESETS, metavar="NAME",
-                   help="teacher size: %(choices)s (default %(default)s)")
+                   help="teacher size: %(choices)s")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisation and batch order")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (worth it on a GPU)")
     p.add_argument("--protocol", default="split", choices=["split", "cowley"],
                    help="split: held-out test images per session; cowley: the paper's held-out sessions")
-    p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"])
+    p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"],
+                   help="tqdm bars, 'PROGRESS <stage> <done>/<total>' lines for programs, or nothing")
     twin = p.add_argument_group("with --data twin")
-    twin.add_argument("--neurons", type=int, default=32)
-    twin.add_argument("--images", type=int, default=1000)
-    twin.add_argument("--repeats", type=int, default=4)
+    twin.add_argument("--neurons", type=int, default=32, help="simulated neurons")
+    twin.add_argument("--images", type=int, default=1000, help="images shown to every neuron")
+    twin.add_argument("--repeats", type=int, default=4, help="noisy trials per image")
     bb = p.add_argument_group("optional pretrained trunk (a local file; nothing is downloaded)")
     bb.add_argument("--backbone", metavar="CHECKPOINT",
                     help="a torchvision ResNet state dict (.pth/.pt, read with weights_only=True, or .safetensors)")
@@ -237,11 +257,11 @@ def add_compress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="distil the run's teacher and prune one compact model per neuron (resumable)")
     p.add_argument("run", help="a run directory with a trained teacher")
     p.add_argument("--preset", default="demo", choices=PIPELINE_PRESETS, metavar="NAME",
-                   help="take the compression sizes of this pipeline preset: %(choices)s (default %(default)s)")
+                   help="take the compression sizes of this pipeline preset: %(choices)s")
     p.add_argument("--strategy", choices=["shared", "per_neuron"], help="starting student(s); default from the preset")
     p.add_argument("--threshold", type=float, help="variance the kept filters must explain (default 0.9)")
     p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
     _add_compress_options(p)
     p.set_defaults(func=_compress)
 
@@ -277,9 +297,9 @@ def _print_compression(summary: dict) -> None:
 def add_pipeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="twin data -> teacher -> compact models, end to end (resumable)")
     p.add_argument("--preset", choices=PIPELINE_PRESETS, default="demo", metavar="NAME",
-                   help="sizes of every stage: %(choices)s (default %(default)s)")
+                   help="sizes of every stage: %(choices)s")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage")
     p.add_argument("--force", action="store_true", help="delete an existing run directory first")
     _add_compress_options(p)
     p.set_defaults(func=_pipeline)

@@ -1,6 +1,7 @@
 """The command line's own behaviour: choices from the preset tables, refusals without tracebacks, honest hints."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -50,3 +51,23 @@ def test_an_interrupt_suggests_only_flags_the_command_has(monkeypatch, capsys, a
     assert cli.main(argv) == 130
     err = capsys.readouterr().err
     assert hint in err and ("--resume" in err) == (handler == "_teacher")
+
+
+def _options(parser: argparse.ArgumentParser, name: str = "compactvision"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _options(sub, f"{name} {sub_name}")
+        elif action.option_strings and action.dest != "help":
+            yield name, parser, action
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    seen = 0
+    for command, parser, action in _options(cli.build_parser()):
+        seen += 1
+        assert action.help, f"{command} {action.option_strings[0]} has no description"
+        text = parser.formatter_class(prog=command)._get_help_string(action)
+        if action.default is not None and action.default is not False:
+            assert "default" in text, f"{command} {action.option_strings[0]} does not say its default"
+    assert seen > 30
