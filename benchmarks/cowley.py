@@ -30,6 +30,7 @@ from compactvision.artifacts import list_students, load_student
 from compactvision.cowley import (find_published_models, load_published_model, load_session, score_students,
                                   session_summary)
 from compactvision.data.formats import Session
+from compactvision.errors import CompactVisionError
 from compactvision.models.student import CompactStudent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,16 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rows = []
     for session in args.sessions:
-        recording = load_session(args.release, session)
-        contenders = {"published": published_students(args.release, session, args.max_neurons)}
-        if args.ours:
-            contenders["ours"] = our_students(args.ours, recording, args.max_neurons)
+        try:
+            recording = load_session(args.release, session)
+            contenders = {"published": published_students(args.release, session, args.max_neurons)}
+            if args.ours:
+                contenders["ours"] = our_students(args.ours, recording, args.max_neurons)
+        except CompactVisionError as e:
+            print(f"session {session} skipped: {e}", file=sys.stderr)
+            continue
         for label, students in contenders.items():
             if students:
                 rows.append(benchmark_row(label, session, students, recording.images, recording.mean_responses(),
                                           args.device))
             else:
                 print(f"{label}: no students of session {session}", file=sys.stderr)
+    if not rows:
+        print("nothing to score", file=sys.stderr)
+        return 1
     print(f"Held-out half of each session (second half in image-name order), Pearson r vs repeat-averaged "
           f"responses; throughput of the median-size model, CPU, batch 64, {torch.get_num_threads()} threads")
     print_table(rows)

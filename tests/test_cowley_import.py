@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from compactvision.cowley import (N_ARRAYS, evaluate_published, find_published_m
 from compactvision.data.formats import read_jpeg_zip
 from compactvision.errors import ArtifactError
 
+ROOT = Path(__file__).resolve().parents[1]
 MEAN_RGB = np.array([116.222, 109.270, 100.381])
 STRIDES = (1, 2, 2, 1, 1)
 
@@ -217,6 +219,19 @@ def test_a_session_without_images_is_imported_and_says_why_it_has_no_score(tmp_p
     assert "session 100101: imported without a score" in out and "images_100101.zip is missing" in out
     assert list_students(run) == ["100101_neuron0", "100101_neuron1"]
     assert "images_100101.zip is missing" in read_manifest(run)["metrics"]["not_scored"]["100101"]
+
+
+def test_cowley_benchmark_says_which_session_it_skips_and_why(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cowley_benchmark", ROOT / "benchmarks" / "cowley.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = fake_release(tmp_path / "release")
+    (root / "images" / "images_100101.zip").unlink()
+    assert bench.main(["--release", str(root), "--sessions", "100101"]) == 1
+    err = capsys.readouterr().err
+    assert "session 100101 skipped" in err and "images_100101.zip" in err
 
 
 def test_nums_filters_that_disagree_are_refused(tmp_path):
