@@ -23,11 +23,10 @@ from compactvision.progress import parse_line
 
 from app_support.locations import PROJECT_ROOT, RUNS_DIR
 
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
 @dataclass(frozen=True)
 class ProgressLine:
+    """One ``PROGRESS <stage> <done>/<total>`` line, parsed."""
+
     stage: str
     done: int
     total: int
@@ -87,6 +86,10 @@ def pipeline_command(preset: str, out_dir: str | Path, python: str = sys.executa
     """The exact command the Train page runs."""
     return [python, "-m", "compactvision.cli", "pipeline", "--preset", preset, "--out", str(out_dir),
             "--progress-format", "lines"]
+
+
+#: A run name is one folder name: no separators, no leading dot or symbol, at most 64 characters.
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def new_run_dir(name: str, runs_dir: Path = RUNS_DIR) -> Path:

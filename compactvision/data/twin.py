@@ -149,97 +149,90 @@ def _energy(q: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(even * even + odd * odd + EPS)
 
 
-class SimpleCells(_CellGroup):
+class _FilterCells(_CellGroup):
+    """Cells whose drive starts with one product of the image and a fixed filter bank (filters of each cell in turn)."""
+
     def __init__(self, index: Sequence[int], records: list[dict], size: int) -> None:
         super().__init__(index)
-        filters = []
-        for r in records:
-            p = r["params"]
-            even, odd = gabor_pair(size, *r["rf_center"], p["orientation_deg"], p["sf_cpp"], p["sigma_across_px"], p["sigma_along_px"])
-            filters.append(math.cos(p["phase_rad"]) * even - math.sin(p["phase_rad"]) * odd)
+        filters = [f for r in records for f in self.filters_of(r["params"], r["rf_center"], size)]
         self.register_buffer("filters", self._stack(filters), persistent=False)
+
+    def filters_of(self, p: dict[str, float], center: Sequence[float], size: int) -> list[np.ndarray]:
+        """One cell's filters, in the order its `forward` reads them."""
+        raise NotImplementedError
+
+    def _filtered(self, image: torch.Tensor) -> torch.Tensor:
+        return image.flatten(1) @ self.filters.T
+
+
+class SimpleCells(_FilterCells):
+    def filters_of(self, p: dict[str, float], center: Sequence[float], size: int) -> list[np.ndarray]:
+        even, odd = gabor_pair(size, *center, p["orientation_deg"], p["sf_cpp"], p["sigma_across_px"], p["sigma_along_px"])
+        return [math.cos(p["phase_rad"]) * even - math.sin(p["phase_rad"]) * odd]
 
     def forward(self, contrast: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        return F.relu(contrast.flatten(1) @ self.filters.T)
+        return F.relu(self._filtered(contrast))
 
 
-class ComplexCells(_CellGroup):
-    def __init__(self, index: Sequence[int], records: list[dict], size: int) -> None:
-        super().__init__(index)
-        filters = []
-        for r in records:
-            p = r["params"]
-            filters += gabor_pair(size, *r["rf_center"], p["orientation_deg"], p["sf_cpp"], p["sigma_across_px"], p["sigma_along_px"])
-        self.register_buffer("filters", self._stack(filters), persistent=False)
+class ComplexCells(_FilterCells):
+    def filters_of(self, p: dict[str, float], center: Sequence[float], size: int) -> list[np.ndarray]:
+        return list(gabor_pair(size, *center, p["orientation_deg"], p["sf_cpp"], p["sigma_across_px"], p["sigma_along_px"]))
 
     def forward(self, contrast: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        return _energy(contrast.flatten(1) @ self.filters.T)
+        return _energy(self._filtered(contrast))
 
 
-class EndStoppedCells(_CellGroup):
+class EndStoppedCells(_FilterCells):
     def __init__(self, index: Sequence[int], records: list[dict], size: int) -> None:
-        super().__init__(index)
-        filters, weights = [], []
-        for r in records:
-            p = r["params"]
-            (cx, cy), t = r["rf_center"], math.radians(p["orientation_deg"])
-            for offset in (0.0, -p["end_offset_px"], p["end_offset_px"]):
-                filters += gabor_pair(size, cx + offset * math.cos(t), cy - offset * math.sin(t), p["orientation_deg"],
-                                      p["sf_cpp"], p["sigma_across_px"], p["sigma_along_px"])
-            weights.append(p["end_inhibition"])
-        self.register_buffer("filters", self._stack(filters), persistent=False)
+        super().__init__(index, records, size)
+        weights = [r["params"]["end_inhibition"] for r in records]
         self.register_buffer("inhibition", torch.tensor(weights, dtype=torch.float32), persistent=False)
 
+    def filters_of(self, p: dict[str, float], center: Sequence[float], size: int) -> list[np.ndarray]:
+        (cx, cy), t = center, math.radians(p["orientation_deg"])
+        out: list[np.ndarray] = []
+        for offset in (0.0, -p["end_offset_px"], p["end_offset_px"]):  # centre, end, end
+            out += gabor_pair(size, cx + offset * math.cos(t), cy - offset * math.sin(t), p["orientation_deg"],
+                              p["sf_cpp"], p["sigma_across_px"], p["sigma_along_px"])
+        return out
+
     def forward(self, contrast: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        a = _energy(contrast.flatten(1) @ self.filters.T).unflatten(1, (-1, 3))  # centre, end, end
+        a = _energy(self._filtered(contrast)).unflatten(1, (-1, 3))  # centre, end, end
         return F.relu(a[..., 0] - self.inhibition * (a[..., 1] + a[..., 2]))
 
 
-class CurvatureCells(_CellGroup):
-    def __init__(self, index: Sequence[int], records: list[dict], size: int) -> None:
-        super().__init__(index)
-        filters = []
-        for r in records:
-            p = r["params"]
-            s0 = p["subunit_arc_px"]
-            pts, tangents = arc_points(p["curvature_per_px"], r["rf_center"], p["orientation_deg"], np.array([-s0, s0]))
-            for (x, y), ori in zip(pts, tangents):
-                filters += gabor_pair(size, x, y, ori, p["sf_cpp"], p["sigma_across_px"], p["sigma_along_px"])
-        self.register_buffer("filters", self._stack(filters), persistent=False)
+class CurvatureCells(_FilterCells):
+    def filters_of(self, p: dict[str, float], center: Sequence[float], size: int) -> list[np.ndarray]:
+        s0 = p["subunit_arc_px"]
+        pts, tangents = arc_points(p["curvature_per_px"], center, p["orientation_deg"], np.array([-s0, s0]))
+        out: list[np.ndarray] = []
+        for (x, y), ori in zip(pts, tangents):
+            out += gabor_pair(size, x, y, ori, p["sf_cpp"], p["sigma_across_px"], p["sigma_along_px"])
+        return out
 
     def forward(self, contrast: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        a = _energy(contrast.flatten(1) @ self.filters.T).unflatten(1, (-1, 2))
+        a = _energy(self._filtered(contrast)).unflatten(1, (-1, 2))
         # Geometric mean of the two subunit amplitudes: both must be driven (a conjunction).
         return torch.sqrt(a[..., 0] * a[..., 1])
 
 
-class CentreSurroundCells(_CellGroup):
-    def __init__(self, index: Sequence[int], records: list[dict], size: int) -> None:
-        super().__init__(index)
-        filters = []
-        for r in records:
-            p = r["params"]
-            sc, ss = dog_sigmas(p["diameter_px"], p["surround_ratio"], p["surround_weight"])
-            dog = gaussian(size, *r["rf_center"], sc) - p["surround_weight"] * gaussian(size, *r["rf_center"], ss)
-            filters.append(p["polarity"] * dog)
-        self.register_buffer("filters", self._stack(filters), persistent=False)
+class CentreSurroundCells(_FilterCells):
+    def filters_of(self, p: dict[str, float], center: Sequence[float], size: int) -> list[np.ndarray]:
+        sc, ss = dog_sigmas(p["diameter_px"], p["surround_ratio"], p["surround_weight"])
+        dog = gaussian(size, *center, sc) - p["surround_weight"] * gaussian(size, *center, ss)
+        return [p["polarity"] * dog]
 
     def forward(self, contrast: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        return F.relu(contrast.flatten(1) @ self.filters.T)
+        return F.relu(self._filtered(contrast))
 
 
-class ColourOpponentCells(_CellGroup):
-    def __init__(self, index: Sequence[int], records: list[dict], size: int) -> None:
-        super().__init__(index)
-        filters = []
-        for r in records:
-            p = r["params"]
-            g = gaussian(size, *r["rf_center"], p["sigma_px"])
-            filters.append(np.stack([p["weight_r"] * g, p["weight_g"] * g, p["weight_b"] * g]))
-        self.register_buffer("filters", self._stack(filters), persistent=False)
+class ColourOpponentCells(_FilterCells):
+    def filters_of(self, p: dict[str, float], center: Sequence[float], size: int) -> list[np.ndarray]:
+        g = gaussian(size, *center, p["sigma_px"])
+        return [np.stack([p["weight_r"] * g, p["weight_g"] * g, p["weight_b"] * g])]
 
     def forward(self, contrast: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        return F.relu(rgb.flatten(1) @ self.filters.T)
+        return F.relu(self._filtered(rgb))
 
 
 def _fft_size(size: int) -> int:
