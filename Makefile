@@ -11,14 +11,21 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+APP_STAMP = $(VENV)/.installed-app
+
 # constraints.txt pins the CPU build of torch (see README).
+# The app needs the package alone; the tests also need pytest, Playwright, pynwb and Ray.
+$(APP_STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $(APP_STAMP)
+
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(APP_STAMP)
 
 install: $(STAMP)
 
-run: install
+run: $(APP_STAMP)
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
 test: install
@@ -26,7 +33,7 @@ test: install
 	MPLCONFIGDIR=$$(mktemp -d) $(BIN)/python -m pytest -q
 
 # Rebuild the bundled default run shipped in assets/.
-bundle: install
+bundle: $(APP_STAMP)
 	$(BIN)/compactvision pipeline --preset demo --out assets/default_run --force
 
 bench: install
