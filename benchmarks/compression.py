@@ -1,14 +1,19 @@
 """Teacher vs compact students of one run, side by side: size, compute, accuracy, speed.
 
-    python benchmarks/compression.py [--run assets/default_run] [--compare-strategies]
+    python benchmarks/compression.py [--run assets/default_run] [--compare-strategies] [--compare-criteria]
 
 Prints one table for the run (the bundled demo run by default): parameters,
 multiply-accumulates per prediction, file size, median accuracy (held-out
 responses and, for the twin, its noise-free truth), compression time per
-neuron, and CPU inference throughput (students with BN folded). With
+neuron, and CPU inference throughput (students with BN folded). For the
+digital twin it then prints the compact models per cell type: filters per
+layer, total filters, parameters, whether the model has a consolidation layer
+(a layer after the first with at most 5 filters), and accuracy. With
 `--compare-strategies` it also compresses the first neurons of a fresh `tiny`
 run both ways — a shared multi-neuron student copied per neuron vs a student
-per neuron from scratch — and prints that comparison.
+per neuron from scratch — and prints that comparison. `--compare-criteria`
+prunes the same neurons of a fresh `tiny` run with our output criterion and
+with the reference's layer-reconstruction criterion, side by side.
 """
 from __future__ import annotations
 
@@ -82,6 +87,74 @@ def run_table(run: Path) -> None:
         print(f"{name:{w}}  {t:>26}  {s:>30}")
 
 
+ONE_STAGE = ("v1_simple", "v1_complex", "centre_surround", "colour_opponent")
+CONSOLIDATED = 5  # a layer after the first with at most this many filters is a consolidation layer
+
+
+def _histories(run: Path) -> list[dict]:
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted((run / "history").glob("prune_*.json"))]
+
+
+def cell_type_table(run: Path) -> None:
+    """The twin's compact models grouped by cell type: does model size follow the computation?"""
+    from compactvision.runs import Run
+
+    truth = Run(run).ground_truth()
+    if not truth:
+        return
+    types = {r["neuron_id"]: r["cell_type"] for r in truth}
+    rows: dict[str, list[dict]] = {}
+    for h in _histories(run):
+        rows.setdefault(types.get(h["neuron_id"], "?"), []).append(h["metrics"])
+    print(f"\ncompact models per cell type ({run.name}); consolidation: a layer after the first with <= {CONSOLIDATED} filters")
+    print(f"{'cell type':<16} {'n':>2} {'median filters per layer':>26} {'total':>6} {'params':>7} {'consol.':>8} "
+          f"{'r vs teacher':>12} {'r truth':>8}")
+    every = []
+    for kind in sorted(rows, key=lambda k: (k not in ONE_STAGE, k)):
+        ms = rows[kind]
+        every += ms
+        chans = np.median([m["channels"] for m in ms], axis=0).astype(int).tolist()
+        consol = sum(min(m["channels"][1:]) <= CONSOLIDATED for m in ms)
+        stage = "one-stage" if kind in ONE_STAGE else "multi-stage"
+        print(f"{kind:<16} {len(ms):>2} {str(chans):>26} {np.median([sum(m['channels']) for m in ms]):>6.0f} "
+              f"{np.median([m['n_parameters'] for m in ms]):>7,.0f} {consol:>3}/{len(ms):<4} "
+              f"{np.median([m['r_teacher'] for m in ms]):>12.3f} {np.median([m.get('r_truth', np.nan) for m in ms]):>8.3f}"
+              f"  {stage}")
+    one = [sum(m["channels"]) for k, ms in rows.items() if k in ONE_STAGE for m in ms]
+    multi = [sum(m["channels"]) for k, ms in rows.items() if k not in ONE_STAGE for m in ms]
+    consol = sum(min(m["channels"][1:]) <= CONSOLIDATED for m in every)
+    print(f"median total filters: one-stage {np.median(one):.0f}, multi-stage {np.median(multi):.0f}; "
+          f"consolidated {consol}/{len(every)} ({consol / len(every):.0%}); "
+          f"median parameters {np.median([m['n_parameters'] for m in every]):,.0f}")
+
+
+def compare_criteria(n_neurons: int) -> None:
+    """Our output criterion vs the reference's layer-reconstruction criterion, same students, same run."""
+    from compactvision.compress import compress_run
+    from compactvision.pipeline import PRESETS, run_pipeline
+    from compactvision.prune import PruneConfig
+
+    tiny = PRESETS["tiny"]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "output"
+        run_pipeline("tiny", base, seed=0, workers=1)
+        other = Path(tmp) / "reconstruction"
+        shutil.copytree(base, other)
+        for d in ("students", "history"):
+            shutil.rmtree(other / d)
+        cfg = replace(tiny.compress, prune=replace(tiny.compress.prune, criterion="reconstruction"))
+        compress_run(other, cfg, neurons=range(n_neurons), workers=1)
+        print(f"\npruning criteria on the tiny preset, first {n_neurons} neurons")
+        print(f"{'criterion':<15} {'median channels':>24} {'median params':>14} {'median r vs teacher':>20} {'median r truth':>15}")
+        for name, run in (("output", base), ("reconstruction", other)):
+            ms = [h["metrics"] for h in _histories(run)][:n_neurons]
+            chans = np.median([m["channels"] for m in ms], axis=0).astype(int).tolist()
+            print(f"{name:<15} {str(chans):>24} {np.median([m['n_parameters'] for m in ms]):>14,.0f} "
+                  f"{np.median([m['r_teacher'] for m in ms]):>20.3f} {np.median([m['r_truth'] for m in ms]):>15.3f}")
+
+
 def compare_strategies(n_neurons: int) -> None:
     """Shared-then-copied vs per-neuron-from-scratch students on a fresh tiny run."""
     from compactvision.compress import compress_run
@@ -102,9 +175,7 @@ def compare_strategies(n_neurons: int) -> None:
         per_neuron_s = (time.perf_counter() - t) / n_neurons
         print(f"{'strategy':<12} {'median r vs teacher':>20} {'median r truth':>15} {'median params':>14} {'s/neuron':>9}")
         for name, run in (("shared", base), ("per_neuron", other)):
-            import json
-
-            hs = [json.loads((run / "history" / f"prune_{i}.json").read_text()) for i in list_students(run)[:n_neurons]]
+            hs = _histories(run)[:n_neurons]
             m = lambda k: float(np.median([h["metrics"][k] for h in hs]))  # noqa: E731
             secs = m("seconds") if name == "shared" else per_neuron_s
             print(f"{name:<12} {m('r_teacher'):>20.3f} {m('r_truth'):>15.3f} {m('n_parameters'):>14,.0f} {secs:>9.1f}")
@@ -114,11 +185,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=ROOT / "assets" / "default_run")
     ap.add_argument("--compare-strategies", action="store_true")
-    ap.add_argument("--neurons", type=int, default=4, help="neurons per strategy in the comparison")
+    ap.add_argument("--compare-criteria", action="store_true")
+    ap.add_argument("--neurons", type=int, default=4, help="neurons per strategy or criterion in the comparisons")
     args = ap.parse_args()
     run_table(args.run)
+    cell_type_table(args.run)
     if args.compare_strategies:
         compare_strategies(args.neurons)
+    if args.compare_criteria:
+        compare_criteria(args.neurons)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -69,13 +69,23 @@ class CompressConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CompressConfig":
+        """The inverse of `to_dict`; a key this version does not know is refused, never dropped."""
         d = dict(d)
-        d["stream"] = StreamConfig(**d.get("stream", {}))
-        d["prune"] = PruneConfig(**d.get("prune", {}))
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown compression settings {sorted(unknown)}")
+        d["stream"] = _nested(StreamConfig, d.get("stream", {}), "stream")
+        d["prune"] = _nested(PruneConfig, d.get("prune", {}), "prune")
         if "student_channels" in d:
             d["student_channels"] = tuple(d["student_channels"])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**d)
+
+
+def _nested(kind: type, d: Mapping[str, Any], name: str) -> Any:
+    unknown = set(d) - {f.name for f in fields(kind)}
+    if unknown:
+        raise ValueError(f"unknown {name} settings {sorted(unknown)}")
+    return kind(**d)
 
 
 # ----------------------------------------------------------------- helpers
@@ -190,17 +200,19 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     stats = {"": _label_stats(cache, train_idx, col)}
 
     if config.strategy == "shared":
-        shared = CompactStudent(StudentArch.from_json(load_weights(run_dir / SHARED_STUDENT)[1]["architecture"]))
-        shared.load_state_dict(load_weights(run_dir / SHARED_STUDENT)[0])
+        tensors, meta = load_weights(run_dir / SHARED_STUDENT)
+        shared = CompactStudent(StudentArch.from_json(meta["architecture"]))
+        shared.load_state_dict(tensors)
         model = select_channels(shared, [range(c) for c in shared.arch.channels], outputs=[index])
     else:
         model = CompactStudent(StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,
                                            n_outputs=1, output_names=(neuron_id,)))
     fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val, _train_config(config, config.neuron_epochs, seed),
         progress=False, target_stats=stats)
+    heldout = _heldout_scorer(run_dir, neuron_id)
 
-    def evaluate(m: CompactStudent) -> float:
-        return _r(predict(m, val[0]), val[1])
+    def evaluate(m: CompactStudent) -> dict[str, float]:
+        return {"r_teacher": _r(predict(m, val[0]), val[1]), **heldout(m)}
 
     def finetune(m: CompactStudent, layer: int) -> CompactStudent:
         if config.finetune_epochs > 0:
@@ -209,15 +221,18 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         return m.eval()
 
     probe = as_model_input(np.asarray(cache.images[probe_idx]))
-    model, path = prune_neuron(model.eval(), probe, config.prune, finetune=finetune, evaluate=evaluate)
+    labels = np.asarray(cache.labels[probe_idx][:, index], np.float64)
+    model, path = prune_neuron(model.eval(), probe, labels, config.prune, finetune=finetune, evaluate=evaluate)
     if config.final_epochs > 0:
         # The paper retrains the rebuilt network; the last path point records the result.
         fit(model, _stream(cache, fit_idx, config.batch_size, col, seed + 99), val,
             _train_config(config, config.final_epochs, seed + 99), progress=False, target_stats=stats)
-        path[-1].accuracy = evaluate(model.eval())
+        scores = evaluate(model.eval())
+        path[-1].accuracy = scores.pop("r_teacher")
+        path[-1].scores = scores
     metrics = {"r_teacher": path[-1].accuracy, "r_teacher_unpruned": path[0].accuracy,
-               "n_parameters": model.n_parameters(), "channels": list(model.arch.channels), "macs": model.macs()}
-    metrics.update(_score_heldout(run_dir, model, neuron_id))
+               "n_parameters": model.n_parameters(), "channels": list(model.arch.channels), "macs": model.macs(),
+               **path[-1].scores}
     metrics["seconds"] = time.perf_counter() - t0
     record = {"neuron_id": neuron_id, "index": index, "metrics": metrics, "path": [s.to_dict() for s in path]}
     save_student(model, run_dir, neuron_id, extra={"metrics": metrics})
@@ -225,19 +240,22 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     return record
 
 
-def _score_heldout(run_dir: Path, model: CompactStudent, neuron_id: str) -> dict[str, float]:
+def _heldout_scorer(run_dir: Path, neuron_id: str) -> Callable[[CompactStudent], dict[str, float]]:
+    """model -> its r on the run's held-out images: against the measured responses and, for the twin, the truth."""
     data = heldout_data(run_dir)
-    if data is None:
-        return {}
-    for sid, s in data["sessions"].items():
+    for s in (data or {"sessions": {}})["sessions"].values():
         if neuron_id in s["neuron_ids"]:
             j = s["neuron_ids"].index(neuron_id)
-            pred = predict(model, s["images"])[:, 0]
-            out = {"r_heldout": _r(pred, s["responses"][j])}
-            if "truth" in s:
-                out["r_truth"] = _r(pred, s["truth"][j])
-            return out
-    return {}
+
+            def score(model: CompactStudent) -> dict[str, float]:
+                pred = predict(model, s["images"])[:, 0]
+                out = {"r_heldout": _r(pred, s["responses"][j])}
+                if "truth" in s:
+                    out["r_truth"] = _r(pred, s["truth"][j])
+                return out
+
+            return score
+    return lambda model: {}
 
 
 # ------------------------------------------------------------- the stage

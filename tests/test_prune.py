@@ -1,10 +1,14 @@
-"""Pruning: the rebuilt network is the masked one, and every step is smaller."""
+"""Pruning: the rebuilt network is the masked one, every cut keeps the neuron's accuracy, and
+what the neuron does not read is removed."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
-from compactvision.prune import PruneConfig, prune_layer, prune_neuron
+from compactvision.prune import (PruneConfig, cut_layer, prune_layer, prune_neuron, r_squared, responses,
+                                 taylor_scores)
 
 
 def _random_student(channels=(12, 12, 12, 12, 12), size=32, seed=0) -> CompactStudent:
@@ -15,6 +19,14 @@ def _random_student(channels=(12, 12, 12, 12, 12), size=32, seed=0) -> CompactSt
         layer.bn.running_var.uniform_(0.5, 2.0)
         layer.bn.weight.data.uniform_(0.5, 1.5)
     return m.eval()
+
+
+def _silence(m: CompactStudent, layer: int, channels: list[int]) -> CompactStudent:
+    """Make filters of `layer` constant over images: zero BN scale, so only their (folded) mean remains."""
+    with torch.no_grad():
+        m.layers[layer].bn.weight[channels] = 0.0
+        m.layers[layer].bn.bias[channels] = 0.3
+    return m
 
 
 def test_rebuilt_network_equals_masked_original():
@@ -31,38 +43,101 @@ def test_rebuilt_network_equals_masked_original():
     assert small.n_parameters() < m.n_parameters()
 
 
-def test_prune_layer_respects_threshold_and_minimum():
-    m = _random_student()
-    x = torch.rand(64, 3, 32, 32)
-    for layer in range(5):
-        pruned, explained = prune_layer(m, x, layer, PruneConfig(threshold=0.9, min_filters=3))
-        assert explained >= 0.9 or pruned.arch.channels[layer] == 12
-        assert pruned.arch.channels[layer] >= 3
-        # the input model is untouched
-        assert m.arch.channels == (12,) * 5
-    # a threshold of 1.0 can only be met by keeping all filters with non-zero variance
-    strict, explained = prune_layer(m, x, 4, PruneConfig(threshold=1.0))
-    assert explained > 0.999
+@pytest.mark.parametrize("layer", range(5))
+def test_cutting_constant_filters_costs_almost_nothing(layer):
+    """A filter that is constant over images is removed with its mean folded into the next bias.
 
-
-def test_last_layer_prune_keeps_response_close():
-    m = _random_student(seed=3)
-    x = torch.rand(128, 3, 32, 32)
-    pruned, explained = prune_layer(m, x, 4, PruneConfig(threshold=0.95))
+    The last layer feeds a linear readout, so there the fold is exact. An earlier layer feeds a
+    zero-padded depthwise conv, which sees the constant exactly except at the border; the fold
+    must still be far closer to the original than switching the filters off.
+    """
+    m = _silence(_random_student(seed=layer, size=64), layer, [1, 4, 7])
+    x = torch.rand(16, 3, 64, 64)
+    kept = [j for j in range(12) if j not in (1, 4, 7)]
+    small = cut_layer(m, x, layer, kept)
+    assert small.arch.channels[layer] == 9
     with torch.no_grad():
-        y, yp = m(x)[:, 0], pruned(x)[:, 0]
-    r2 = 1 - ((y - yp) ** 2).sum() / ((y - y.mean()) ** 2).sum()
-    assert abs(float(r2) - explained) < 1e-4  # the criterion is measured on the real output
-    assert float(r2) >= 0.95
+        y, y_cut = m(x), small(x)
+        zeroed = [list(range(c)) for c in m.arch.channels]
+        zeroed[layer] = kept
+        y_off = select_channels(m, zeroed)(x)
+    if layer == 4:
+        assert torch.allclose(y_cut, y, atol=1e-5)
+    else:
+        assert (y_cut - y).abs().mean() < 0.5 * (y_off - y).abs().mean()
 
 
-def test_prune_neuron_path_shrinks_every_step():
+def test_taylor_scores_rank_silenced_filters_last():
+    m = _silence(_random_student(seed=5), 2, [0, 3, 6, 9])
+    scores = taylor_scores(m, torch.rand(32, 3, 32, 32), 2)
+    assert scores.shape == (12,)
+    assert scores[[0, 3, 6, 9]].max() < 1e-10 < scores[[1, 2, 4, 5, 7, 8, 10, 11]].min()
+
+
+def test_output_criterion_keeps_the_accuracy_floor_and_the_minimum():
+    m = _random_student(seed=2)
+    x = torch.rand(96, 3, 32, 32)
+    labels = responses(m, x) + np.random.default_rng(0).normal(0, 0.01, len(x))
+    full = r_squared(responses(m, x), labels)
+    for layer in range(5):
+        pruned, r2 = prune_layer(m, x, labels, layer, PruneConfig(threshold=0.9, min_filters=3))
+        assert 3 <= pruned.arch.channels[layer] <= 12
+        assert r2 == pytest.approx(r_squared(responses(pruned, x), labels))  # measured on the real output
+        assert r2 >= 0.9 * full - 1e-9
+        assert m.arch.channels == (12,) * 5  # the input model is untouched
+
+
+def test_output_criterion_removes_what_the_neuron_does_not_read():
+    """Half the last layer's filters are invisible to the readout; the output criterion drops them all,
+    while reconstructing the next layer would not be asked."""
+    m = _random_student(seed=4)
+    with torch.no_grad():
+        w = m.readout.weight.view(1, *m.arch.readout_hw, 12)
+        w[..., 6:] = 0.0
+    x = torch.rand(64, 3, 32, 32)
+    labels = responses(m, x)
+    pruned, r2 = prune_layer(m, x, labels, 4, PruneConfig(threshold=0.999, min_filters=1))
+    assert pruned.arch.channels[4] <= 6
+    assert r2 > 0.999
+
+
+def test_reconstruction_criterion_is_the_reference_formulation():
+    m = _random_student(seed=6)
+    x = torch.rand(64, 3, 32, 32)
+    labels = responses(m, x)
+    pruned, explained = prune_layer(m, x, labels, 2, PruneConfig(threshold=0.9, criterion="reconstruction"))
+    assert explained >= 0.9
+    strict, explained = prune_layer(m, x, labels, 2, PruneConfig(threshold=1.0, criterion="reconstruction"))
+    assert strict.arch.channels[2] == 12 and explained > 0.999
+
+
+def test_prune_neuron_path_shrinks_and_records_every_step():
     m = _random_student(seed=1)
     x = torch.rand(64, 3, 32, 32)
-    small, path = prune_neuron(m, x, PruneConfig(threshold=0.8))
+    labels = responses(m, x)
+    seen = []
+
+    def evaluate(model):
+        return {"r_teacher": float(np.corrcoef(responses(model, x), labels)[0, 1]), "r_heldout": 0.5}
+
+    small, path = prune_neuron(m, x, labels, PruneConfig(threshold=0.8), evaluate=evaluate, on_step=seen.append)
     assert [s.layer for s in path] == [None, 4, 3, 2, 1, 0]
+    assert seen == path
     params = [s.n_parameters for s in path]
     assert all(b <= a for a, b in zip(params, params[1:]))
     assert params[-1] < params[0]
+    assert [s.macs for s in path][-1] < path[0].macs
+    assert all(s.scores == {"r_heldout": 0.5} for s in path)
+    # Every step keeps the floor set by the unpruned model, not just the step before.
+    assert all(s.accuracy ** 2 >= 0.8 * path[0].accuracy ** 2 - 1e-6 for s in path)
     assert small.arch.channels == tuple(path[-1].channels)
     assert min(small.arch.channels) >= 3
+
+
+def test_prune_refuses_shared_students_and_mismatched_labels():
+    m = CompactStudent(StudentArch(channels=(4,) * 5, input_size=(32, 32), n_outputs=2)).eval()
+    x = torch.rand(8, 3, 32, 32)
+    with pytest.raises(ValueError, match="per-neuron"):
+        prune_layer(m, x, np.zeros(8), 4, PruneConfig())
+    with pytest.raises(ValueError, match="labels"):
+        prune_layer(_random_student(), x, np.zeros(5), 4, PruneConfig())
