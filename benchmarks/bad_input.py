@@ -269,7 +269,7 @@ def cases() -> list[tuple[str, str, Callable[[Path], tuple[Outcome, list[Path]]]
     def compress_preset(folder: Path) -> tuple[Outcome, list[Path]]:
         run = _tiny_run(folder)
         before = _files(run)
-        outcome = _cli(["compress", str(run), "--preset", "paper"])
+        outcome = _cli(["compress", str(run), "--preset", "huge"])
         return outcome, [] if _files(run) == before else [run / "(changed)"]
 
     def compress_no_teacher(folder: Path) -> tuple[Outcome, list[Path]]:
@@ -288,7 +288,7 @@ def cases() -> list[tuple[str, str, Callable[[Path], tuple[Outcome, list[Path]]]
         ("ResNet checkpoint holding pickled code", "cli teacher --backbone", pickled_checkpoint_cli),
         ("published model holding pickled code", "load_published_arrays", published_with_code),
         ("V4 release: no models", "cli import-cowley", cowley_empty),
-        ("compress --preset paper", "cli compress", compress_preset),
+        ("compress --preset huge (no such preset)", "cli compress", compress_preset),
         ("compress a run without a teacher", "cli compress", compress_no_teacher),
     ]
     return out

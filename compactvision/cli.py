@@ -38,6 +38,7 @@ class PresetNames:
 
 
 PIPELINE_PRESETS = PresetNames("compactvision.pipeline")
+COMPRESS_PRESETS = PresetNames("compactvision.pipeline", "COMPRESS_PRESETS")
 TEACHER_PRESETS = PresetNames("compactvision.models.teacher")
 
 
@@ -256,10 +257,17 @@ def _add_compress_options(p: argparse.ArgumentParser) -> None:
 def add_compress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="distil the run's teacher and prune one compact model per neuron (resumable)")
     p.add_argument("run", help="a run directory with a trained teacher")
-    p.add_argument("--preset", default="demo", choices=PIPELINE_PRESETS, metavar="NAME",
-                   help="take the compression sizes of this pipeline preset: %(choices)s")
+    p.add_argument("--preset", default="paper", choices=COMPRESS_PRESETS, metavar="NAME",
+                   help="compression sizes: %(choices)s (default %(default)s: students start at 100 filters per "
+                        "layer, as in the reference; tiny and demo are the pipeline presets' sizes)")
     p.add_argument("--strategy", choices=["shared", "per_neuron"], help="starting student(s); default from the preset")
-    p.add_argument("--threshold", type=float, help="variance the kept filters must explain (default 0.9)")
+    p.add_argument("--threshold", type=float,
+                   help="fraction of the unpruned student's r² against the teacher that pruning must keep "
+                        "(default from the preset, 0.9)")
+    p.add_argument("--criterion", choices=["output", "reconstruction"],
+                   help="output: every cut judged on the neuron's response (default); reconstruction: the "
+                        "reference's per-layer variance explained")
+    p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
     p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
     _add_compress_options(p)
@@ -270,15 +278,17 @@ def _compress(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from compactvision.compress import compress_run
-    from compactvision.pipeline import PRESETS
+    from compactvision.pipeline import COMPRESS_PRESETS
     from compactvision.progress import reporter
-    from compactvision.prune import PruneConfig
 
-    config = replace(PRESETS[args.preset].compress, seed=args.seed)
+    config = replace(COMPRESS_PRESETS[args.preset], seed=args.seed)
     if args.strategy:
         config = replace(config, strategy=args.strategy)
-    if args.threshold is not None:
-        config = replace(config, prune=PruneConfig(threshold=args.threshold, min_filters=config.prune.min_filters))
+    prune = {k: v for k, v in (("threshold", args.threshold), ("criterion", args.criterion),
+                               ("min_filters", args.min_filters)) if v is not None}
+    if args.criterion == "reconstruction":
+        prune["order"] = "last_first"  # the reference's criterion needs the reference's order
+    config = replace(config, prune=replace(config.prune, **prune))
     summary = compress_run(args.run, config, backend=args.backend, workers=args.workers, address=args.address,
                            neurons=args.neurons, progress=reporter(args.progress_format), device=args.device)
     _print_compression(summary)

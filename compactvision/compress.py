@@ -37,7 +37,11 @@ from compactvision.runtime import cpu_count, torch_threads
 from compactvision.rundir import (CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of,
                                   teacher_image_size, training_images)
 from compactvision.prune import PruneConfig, prune_neuron
-from compactvision.train import TrainConfig, as_model_input, fit, predict
+from compactvision.inputs import as_model_input
+from compactvision.metrics import pearson_r, summarise
+from compactvision.models.teacher import load_teacher
+from compactvision.distributed import ray_tasks
+from compactvision.train import TrainConfig, fit, predict
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,6 @@ def _val_arrays(cache: LabelCache, val_idx: np.ndarray, columns: np.ndarray | No
 
 
 def _r(pred: np.ndarray, target: np.ndarray) -> float:
-    from compactvision.metrics import pearson_r
-
     return float(np.asarray(pearson_r(np.asarray(pred, np.float64).reshape(1, -1), np.asarray(target, np.float64).reshape(1, -1)))[0])
 
 
@@ -128,8 +130,6 @@ class _AllSessions(torch.nn.Module):
 
 def build_label_cache(run_dir: str | Path, config: CompressConfig, progress: Progress = silent,
                       device: str | None = None) -> LabelCache:
-    from compactvision.models.teacher import load_teacher
-
     run_dir = Path(run_dir)
     teacher = load_teacher(run_dir)
     own = training_images(run_dir)
@@ -300,9 +300,7 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
     if not indices:
         return
     if backend == "ray":
-        from compactvision.distributed import ray_tasks
-
-        yield from ray_tasks(run_dir, indices, config_dict, address=address)
+        yield from ray_tasks(compress_neuron, run_dir, indices, config_dict, address=address)
     elif backend == "local":
         if workers <= 1:
             for i in indices:
@@ -338,8 +336,6 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
 
 def summarise_run(run_dir: str | Path) -> dict[str, Any]:
     """Medians (with bootstrap CIs) over the neurons compressed so far."""
-    from compactvision.metrics import summarise
-
     run_dir = Path(run_dir)
     records = [read_json(p) for p in sorted((run_dir / "history").glob("prune_*.json"))]
     per_neuron = {key: np.array([r["metrics"][key] for r in records if r["metrics"].get(key) is not None], float)

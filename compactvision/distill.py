@@ -25,7 +25,8 @@ from torch import nn
 from compactvision.artifacts import atomic_write_json, read_json
 from compactvision.errors import ArtifactError
 from compactvision.runtime import autocast, select_device
-from compactvision.train import as_model_input
+from compactvision.data.images import dead_leaves, natural_crops, pink_noise
+from compactvision.inputs import as_model_input, fit_images
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,6 @@ def _chunk_seed(seed: int, index: int) -> int:
 
 def stream_chunk(config: StreamConfig, index: int, own_images: np.ndarray | None = None) -> np.ndarray:
     """Chunk `index` of the distillation stream: uint8 (chunk, H, W, 3), deterministic."""
-    from compactvision.data.images import dead_leaves, natural_crops, pink_noise
-
     n, size = config.chunk, config.image_size
     seed = _chunk_seed(config.seed, index)
     rng = np.random.default_rng(seed)
@@ -61,23 +60,12 @@ def stream_chunk(config: StreamConfig, index: int, own_images: np.ndarray | None
         parts += [pink_noise(half, size, seed + 1), dead_leaves(int(counts[1]) - half, size, seed + 2)]
     if counts[2]:
         pick = rng.integers(0, len(own_images), int(counts[2]))
-        own = _to_rgb_size(own_images[pick], size)
+        own = fit_images(own_images[pick], size)
         flip = rng.random(len(own)) < 0.5
         own[flip] = own[flip, :, ::-1]
         parts.append(own)
-    images = np.concatenate([_to_rgb_size(p, size) for p in parts if len(p)], axis=0)
+    images = np.concatenate([fit_images(p, size) for p in parts if len(p)], axis=0)
     return images[rng.permutation(len(images))]
-
-
-def _to_rgb_size(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 N x H x W x C -> N x size x size x 3 (grey broadcast, resized if needed)."""
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    if images.shape[1:3] != (size, size):
-        t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        images = t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    return np.ascontiguousarray(images)
 
 
 class LabelCache:

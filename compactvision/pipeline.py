@@ -40,24 +40,31 @@ class PipelinePreset:
                 "compress": self.compress.to_dict()}
 
 
+#: Students start wide (>= 64 filters per layer) in every preset, as the reference's start at 100: pruning,
+#: not the starting width, should decide how big a neuron's model is.
 PRESETS: dict[str, PipelinePreset] = {
-    # One neuron of each of the twin's 8 cell types; small everything. For tests.
+    # One neuron of each of the twin's 8 cell types; small everything else. For tests.
     "tiny": PipelinePreset(
         neurons=8, images=2400, repeats=4, image_size=48, teacher_preset="tiny",
         compress=CompressConfig(
             stream=StreamConfig(n_images=2048, image_size=48, chunk=256),
-            student_channels=(16, 16, 16, 16, 16), shared_epochs=4, neuron_epochs=2, neuron_images=1024,
+            student_channels=(64, 64, 64, 64, 64), shared_epochs=4, neuron_epochs=2, neuron_images=1024,
             finetune_epochs=1, finetune_images=512, batch_size=64, lr=3e-3, probe_images=256,
             prune=PruneConfig(threshold=0.9, min_filters=3))),
-    # The bundled default: two neurons of each cell type, the CPU teacher.
+    # The bundled default: two neurons of each cell type, a 4-member CPU teacher ensemble.
     "demo": PipelinePreset(
-        neurons=16, images=3000, repeats=4, image_size=64, teacher_preset="cpu", teacher_overrides={"epochs": 8},
+        neurons=16, images=3000, repeats=4, image_size=64, teacher_preset="cpu",
+        teacher_overrides={"epochs": 8, "width": 128, "n_blocks": 2, "ensemble": 4},
         compress=CompressConfig(
             stream=StreamConfig(n_images=8192, image_size=64, chunk=256),
-            student_channels=(32, 32, 32, 32, 32), shared_epochs=5, neuron_epochs=2, neuron_images=4096,
-            finetune_epochs=1, finetune_images=2048, batch_size=64, lr=2e-3, probe_images=512,
+            student_channels=(64, 64, 64, 64, 64), shared_epochs=3, neuron_epochs=2, neuron_images=2048,
+            finetune_epochs=1, finetune_images=1024, batch_size=64, lr=2e-3, probe_images=384,
             prune=PruneConfig(threshold=0.9, min_filters=3))),
 }
+
+#: Compression sizes by name, for `compactvision compress --preset`: each pipeline preset's, and the paper's
+#: (`CompressConfig`'s defaults: 100 filters per layer, 112 px, the reference's sizes; meant for a GPU).
+COMPRESS_PRESETS: dict[str, CompressConfig] = {**{k: p.compress for k, p in PRESETS.items()}, "paper": CompressConfig()}
 
 
 def _stage_done(out: Path, kinds: tuple[str, ...]) -> bool:

@@ -51,7 +51,7 @@ class PruneConfig:
     threshold: float = 0.9
     min_filters: int = 3
     criterion: str = "output"
-    order: str = "last_first"
+    order: str = "readout_then_first"
 
     @staticmethod
     def layer_order(order: str, n_layers: int) -> list[int]:
@@ -232,21 +232,30 @@ def _smallest_passing(order: torch.Tensor, passes: Callable[[int], bool], min_fi
 # ------------------------------------------------------------------ criteria
 def _prune_on_output(student: CompactStudent, probe: torch.Tensor, labels: np.ndarray, layer: int,
                      config: PruneConfig, floor: float) -> tuple[CompactStudent, float]:
-    order = torch.argsort(taylor_scores(student, probe, layer), descending=True)
     fold = _fold_means(student, probe, layer)
-    tried: dict[int, tuple[CompactStudent, float]] = {}
+    if layer == len(student.layers) - 1:
+        # The readout is linear: a kept set's response is a sum of cached contributions, no forward pass.
+        contrib = _readout_contributions(student, probe).double()
+        base = float(student.readout.bias[0]) + float(fold.sum())
+        order = torch.argsort(contrib.var(dim=0), descending=True)
 
-    def attempt(k: int) -> tuple[CompactStudent, float]:
-        if k not in tried:
-            m = cut_layer(student, probe, layer, order[:k], fold)
-            tried[k] = (m, r_squared(responses(m, probe), labels))
-        return tried[k]
+        def r2_of(k: int) -> float:
+            kept = order[:k]
+            return r_squared((contrib[:, kept].sum(1) + base - float(fold[0, kept].sum())).numpy(), labels)
+    else:
+        order = torch.argsort(taylor_scores(student, probe, layer), descending=True)
+        tried: dict[int, float] = {}
+
+        def r2_of(k: int) -> float:
+            if k not in tried:
+                tried[k] = r_squared(responses(cut_layer(student, probe, layer, order[:k], fold), probe), labels)
+            return tried[k]
 
     # The budget is spent once the model is below the floor; from then on a cut may not cost anything.
-    current = r_squared(responses(student, probe), labels)
-    bar = min(floor, current)
-    k = _smallest_passing(order, lambda k: attempt(k)[1] >= bar - 1e-9, config.min_filters)
-    return attempt(k)
+    bar = min(floor, r2_of(len(order)))
+    k = _smallest_passing(order, lambda k: r2_of(k) >= bar - 1e-9, config.min_filters)
+    small = cut_layer(student, probe, layer, order[:k], fold)
+    return small, r_squared(responses(small, probe), labels)
 
 
 @torch.no_grad()

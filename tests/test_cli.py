@@ -9,7 +9,7 @@ import pytest
 
 from compactvision import cli
 from compactvision.models.teacher import PRESETS as TEACHER_PRESETS
-from compactvision.pipeline import PRESETS as PIPELINE_PRESETS
+from compactvision.pipeline import COMPRESS_PRESETS, PRESETS as PIPELINE_PRESETS
 
 
 def _choices(command: str, option: str = "--preset") -> list[str]:
@@ -19,16 +19,24 @@ def _choices(command: str, option: str = "--preset") -> list[str]:
 
 def test_preset_choices_are_the_preset_tables():
     assert _choices("teacher") == list(TEACHER_PRESETS)
-    assert _choices("compress") == list(PIPELINE_PRESETS) == _choices("pipeline")
+    assert _choices("pipeline") == list(PIPELINE_PRESETS)
+    assert _choices("compress") == list(COMPRESS_PRESETS) == [*PIPELINE_PRESETS, "paper"]
+
+
+def test_compress_defaults_to_the_reference_width():
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["compress"]
+    default = next(a for a in sub._actions if "--preset" in a.option_strings).default
+    assert set(COMPRESS_PRESETS[default].student_channels) == {100}
+    assert all(min(c.student_channels) >= 64 for c in COMPRESS_PRESETS.values())
 
 
 def test_unknown_compress_preset_is_a_usage_error_not_a_traceback(tmp_path, capsys):
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
-        cli.main(["compress", str(run), "--preset", "paper"])
+        cli.main(["compress", str(run), "--preset", "huge"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'paper'" in err and all(repr(name) in err for name in PIPELINE_PRESETS)
+    assert "invalid choice: 'huge'" in err and all(repr(name) in err for name in COMPRESS_PRESETS)
     assert not run.exists(), "nothing is written"
 
 

@@ -15,6 +15,33 @@ from compactvision.pipeline import PRESETS
 from conftest import copy_run
 
 
+def _workers(pid: int) -> list[int]:
+    """The spawned worker processes of `pid` (read from Linux's /proc, as on the CI machine)."""
+    from pathlib import Path
+
+    tasks = Path(f"/proc/{pid}/task")
+    kids = [int(c) for t in tasks.glob("*") for c in (t / "children").read_text().split()] if tasks.exists() else []
+    def is_worker(k: int) -> bool:
+        try:
+            return b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()
+        except OSError:  # gone already
+            return False
+
+    return [k for k in kids if is_worker(k)]
+
+
+def _poll(condition, deadline_s: float, every_s: float = 0.1) -> bool:
+    """Wait for `condition()` until the deadline; True once it holds."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(every_s)
+    return condition()
+
+
 def _histories(run):
     return [json.loads(p.read_text()) for p in sorted((run / "history").glob("prune_*.json"))]
 
@@ -114,10 +141,10 @@ def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path):
     cmd = [sys.executable, "-m", "compactvision.cli", "compress", str(run), "--preset", "tiny", "--workers", "2",
            "--progress-format", "lines"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:  # wait until the per-neuron tasks are running
+    for line in proc.stdout:  # wait until the per-neuron tasks are submitted...
         if line.startswith("PROGRESS compress"):
             break
-    time.sleep(2)
+    assert _poll(lambda: len(_workers(proc.pid)) >= 2, deadline_s=60), "the worker processes never started"
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, rest

@@ -22,6 +22,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from compactvision.compute import model_macs
 
 #: Per-channel RGB mean (0-255) subtracted by the reference models.
 COWLEY_MEAN_RGB = (116.222, 109.270, 100.381)
@@ -191,8 +194,8 @@ class CompactStudent(nn.Module):
         return n
 
     def macs(self) -> int:
-        """Multiply-accumulates for one prediction (convs + readout; BN folded)."""
-        return student_macs(self.arch)
+        """Multiply-accumulates for one prediction (convs + readout; BN folded), counted by running it once."""
+        return model_macs(self, self.arch.input_size)
 
     def fused(self) -> "CompactStudent":
         """An eval-mode copy with every BN folded into the conv before it.
@@ -202,26 +205,9 @@ class CompactStudent(nn.Module):
         """
         m = copy.deepcopy(self).eval()
         for layer in m.layers:
-            bn, conv = layer.bn, layer.pointwise
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            with torch.no_grad():
-                conv.weight.mul_(scale.view(-1, 1, 1, 1))
-                conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+            layer.pointwise = fuse_conv_bn_eval(layer.pointwise, layer.bn)
             layer.bn = nn.Identity()
         return m
-
-
-def student_macs(arch: StudentArch) -> int:
-    h, w = arch.input_size
-    c_in, k, total = len(arch.input_mean), arch.kernel_size, 0
-    for i, (c, s) in enumerate(zip(arch.channels, arch.strides)):
-        h, w = math.ceil(h / s), math.ceil(w / s)
-        if i == 0:
-            total += h * w * k * k * c_in * c
-        else:
-            total += h * w * (k * k * c_in + c_in * c)
-        c_in = c
-    return total + h * w * c_in * arch.n_outputs
 
 
 def select_channels(model: CompactStudent, keep: Sequence[Sequence[int]], outputs: Sequence[int] | None = None) -> CompactStudent:
