@@ -8,7 +8,10 @@ responses and, for the twin, its noise-free truth), compression time per
 neuron, and CPU inference throughput (students with BN folded). For the
 digital twin it then prints the compact models per cell type: filters per
 layer, total filters, parameters, whether the model has a consolidation layer
-(a layer after the first with at most 5 filters), and accuracy. With
+(a layer after the first with at most 5 filters), and accuracy; then the
+Green AI comparison at the paper's 112 px: an untrained `paper`-preset
+teacher against a student of the bundle's median size (parameters, MACs,
+images/s; `--no-green` skips it). With
 `--compare-strategies` it also compresses the first neurons of a fresh `tiny`
 run both ways — a shared multi-neuron student copied per neuron vs a student
 per neuron from scratch — and prints that comparison. `--compare-criteria`
@@ -87,6 +90,27 @@ def run_table(run: Path) -> None:
         print(f"{name:{w}}  {t:>26}  {s:>30}")
 
 
+def green_table(run: Path) -> None:
+    """Green AI: what a prediction costs from the paper-sized teacher (untrained: cost does not depend on the
+    weights) against a compact student at the same 112 px, beside the bundle's own pair."""
+    from compactvision.models.student import CompactStudent, StudentArch
+    from compactvision.models.teacher import build_teacher
+
+    students = [load_student(run, i) for i in list_students(run)]
+    median = students[int(np.argsort([s.n_parameters() for s in students])[len(students) // 2])]
+    paper = build_teacher("paper", {"s": 40}, seed=0).eval()
+    student112 = CompactStudent(StudentArch(channels=median.arch.channels, input_size=(112, 112))).eval()
+    t_ips = images_per_second(paper, 112, repeats=1)
+    s_ips = images_per_second(student112.fused(), 112)
+    print(f"\nGreen AI at 112 px (batch 64, CPU, {torch.get_num_threads()} threads): the paper-preset teacher "
+          f"(untrained) vs a student with the bundle's median filters {list(median.arch.channels)}")
+    rows = [("parameters", f"{paper.n_parameters():,}", f"{student112.n_parameters():,}"),
+            ("multiply-accumulates per prediction", f"{model_macs(paper, 112):,}", f"{student112.macs():,}"),
+            ("images/s", f"{t_ips:,.1f}", f"{s_ips:,.0f} ({s_ips / t_ips:,.0f}x)")]
+    for name, t, s in rows:
+        print(f"{name:<38}  {t:>20}  {s:>24}")
+
+
 ONE_STAGE = ("v1_simple", "v1_complex", "centre_surround", "colour_opponent")
 CONSOLIDATED = 5  # a layer after the first with at most this many filters is a consolidation layer
 
@@ -144,7 +168,7 @@ def compare_criteria(n_neurons: int) -> None:
         shutil.copytree(base, other)
         for d in ("students", "history"):
             shutil.rmtree(other / d)
-        cfg = replace(tiny.compress, prune=replace(tiny.compress.prune, criterion="reconstruction"))
+        cfg = replace(tiny.compress, prune=replace(tiny.compress.prune, criterion="reconstruction", order="last_first"))
         compress_run(other, cfg, neurons=range(n_neurons), workers=1)
         print(f"\npruning criteria on the tiny preset, first {n_neurons} neurons")
         print(f"{'criterion':<15} {'median channels':>24} {'median params':>14} {'median r vs teacher':>20} {'median r truth':>15}")
@@ -186,10 +210,13 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=ROOT / "assets" / "default_run")
     ap.add_argument("--compare-strategies", action="store_true")
     ap.add_argument("--compare-criteria", action="store_true")
+    ap.add_argument("--no-green", action="store_true", help="skip the paper-sized teacher's timing (slow on a CPU)")
     ap.add_argument("--neurons", type=int, default=4, help="neurons per strategy or criterion in the comparisons")
     args = ap.parse_args()
     run_table(args.run)
     cell_type_table(args.run)
+    if not args.no_green:
+        green_table(args.run)
     if args.compare_strategies:
         compare_strategies(args.neurons)
     if args.compare_criteria:

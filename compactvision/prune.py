@@ -236,7 +236,7 @@ def _prune_on_output(student: CompactStudent, probe: torch.Tensor, labels: np.nd
     if layer == len(student.layers) - 1:
         # The readout is linear: a kept set's response is a sum of cached contributions, no forward pass.
         contrib = _readout_contributions(student, probe).double()
-        base = float(student.readout.bias[0]) + float(fold.sum())
+        base = float(student.readout.bias.detach()[0]) + float(fold.sum())
         order = torch.argsort(contrib.var(dim=0), descending=True)
 
         def r2_of(k: int) -> float:

@@ -57,14 +57,29 @@ def test_every_neuron_has_a_compact_model(tiny_run):
     assert comp["n_parameters"]["median"] < teacher_params
 
 
-def test_pruning_path_shrinks_and_keeps_accuracy(tiny_run):
+def test_pruning_path_shrinks_keeps_accuracy_and_records_every_step(tiny_run):
+    threshold = PRESETS["tiny"].compress.prune.threshold
     for h in _histories(tiny_run):
-        params = [s["n_parameters"] for s in h["path"]]
+        path = h["path"]
+        assert [s["layer"] for s in path] == [None, 4, 0, 1, 2, 3]
+        params, macs = [s["n_parameters"] for s in path], [s["macs"] for s in path]
         assert all(b <= a for a, b in zip(params, params[1:])), h["neuron_id"]
-        assert params[-1] < params[0]
+        assert all(b <= a for a, b in zip(macs, macs[1:])), h["neuron_id"]
+        assert params[-1] < params[0] and macs[-1] < macs[0]
+        assert path[0]["channels"] == [64] * 5, "students start wide"
         assert min(h["metrics"]["channels"]) >= 3
-        unpruned, pruned = h["path"][0]["accuracy"], h["path"][-1]["accuracy"]
-        assert pruned >= 0.9 * unpruned, (h["neuron_id"], unpruned, pruned)
+        # Accuracy is r² against the teacher's labels on validation images; pruning keeps
+        # `threshold` of the unpruned student's (the cut is decided on probe images, hence the slack).
+        unpruned, pruned = path[0]["accuracy"], path[-1]["accuracy"]
+        assert pruned ** 2 >= threshold * unpruned ** 2 - 0.02, (h["neuron_id"], unpruned, pruned)
+        for s in path:  # every step is scored against the teacher, the held-out data and the twin's truth
+            assert s["accuracy"] is not None and set(s["scores"]) == {"r_heldout", "r_truth"}, s
+
+
+def test_every_compact_model_consolidates(tiny_run):
+    """Per-neuron pruning finds a bottleneck: some layer after the first keeps at most 5 filters."""
+    channels = [h["metrics"]["channels"] for h in _histories(tiny_run)]
+    assert all(min(c[1:]) <= 5 for c in channels), channels
 
 
 def test_students_predict_held_out_twin_responses(tiny_run):
@@ -136,7 +151,7 @@ def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path):
 
     run = copy_run(tiny_run, tmp_path / "run")
     ids = neuron_ids_of(run)
-    for nid in ids:
+    for nid in ids[:3]:  # three neurons to do: two run at once, one waits in the queue
         history_path(run, nid).unlink()
     cmd = [sys.executable, "-m", "compactvision.cli", "compress", str(run), "--preset", "tiny", "--workers", "2",
            "--progress-format", "lines"]

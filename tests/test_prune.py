@@ -101,14 +101,19 @@ def test_output_criterion_removes_what_the_neuron_does_not_read():
     assert r2 > 0.999
 
 
+REFERENCE = {"criterion": "reconstruction", "order": "last_first"}  # Cowley et al.'s criterion, in their order
+
+
 def test_reconstruction_criterion_is_the_reference_formulation():
     m = _random_student(seed=6)
     x = torch.rand(64, 3, 32, 32)
     labels = responses(m, x)
-    pruned, explained = prune_layer(m, x, labels, 2, PruneConfig(threshold=0.9, criterion="reconstruction"))
+    pruned, explained = prune_layer(m, x, labels, 2, PruneConfig(threshold=0.9, **REFERENCE))
     assert explained >= 0.9
-    strict, explained = prune_layer(m, x, labels, 2, PruneConfig(threshold=1.0, criterion="reconstruction"))
+    strict, explained = prune_layer(m, x, labels, 2, PruneConfig(threshold=1.0, **REFERENCE))
     assert strict.arch.channels[2] == 12 and explained > 0.999
+    with pytest.raises(ValueError, match="order"):
+        PruneConfig(criterion="reconstruction", order="readout_then_first")
 
 
 def test_prune_neuron_path_shrinks_and_records_every_step():
@@ -121,7 +126,7 @@ def test_prune_neuron_path_shrinks_and_records_every_step():
         return {"r_teacher": float(np.corrcoef(responses(model, x), labels)[0, 1]), "r_heldout": 0.5}
 
     small, path = prune_neuron(m, x, labels, PruneConfig(threshold=0.8), evaluate=evaluate, on_step=seen.append)
-    assert [s.layer for s in path] == [None, 4, 3, 2, 1, 0]
+    assert [s.layer for s in path] == [None, 4, 0, 1, 2, 3]  # the readout layer, the costly first, the rest
     assert seen == path
     params = [s.n_parameters for s in path]
     assert all(b <= a for a, b in zip(params, params[1:]))
