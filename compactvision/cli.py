@@ -165,6 +165,8 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (worth it on a GPU)")
     p.add_argument("--protocol", default="split", choices=["split", "cowley"],
                    help="split: held-out test images per session; cowley: the paper's held-out sessions")
+    p.add_argument("--test-sessions", nargs="+", metavar="ID",
+                   help="with --protocol cowley: the held-out sessions (default: 190923 201025, the paper's)")
     p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"],
                    help="tqdm bars, 'PROGRESS <stage> <done>/<total>' lines for programs, or nothing")
     twin = p.add_argument_group("with --data twin")
@@ -184,7 +186,7 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
 
 def _teacher(args: argparse.Namespace) -> None:
     from compactvision.progress import reporter
-    from compactvision.teacher_stage import train_teacher
+    from compactvision.teacher_stage import COWLEY_TEST_SESSIONS, train_teacher
 
     kwargs = ({"n_neurons": args.neurons, "n_images": args.images, "n_repeats": args.repeats, "seed": args.seed}
               if args.data == "twin" else {})
@@ -193,7 +195,8 @@ def _teacher(args: argparse.Namespace) -> None:
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
                              progress=progress, config_overrides={"compile": True} if args.compile else None,
                              backbone=args.backbone, backbone_stage=args.backbone_stage,
-                             backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone)
+                             backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone,
+                             test_sessions=tuple(args.test_sessions or COWLEY_TEST_SESSIONS))
     r = manifest["metrics"]["teacher"]["r"]
     print(f"{args.out}: teacher held-out median r {r['median']:.3f} "
           f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {r['n']} neurons")

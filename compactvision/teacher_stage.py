@@ -83,6 +83,25 @@ def _fit(teacher: Teacher, sessions: Sequence[Session], splits: Mapping[str, dic
                resume=resume, progress=report, target_stats=stats)
 
 
+def _fit_image_size(config: TeacherConfig, dataset: NeuralDataset, overridden: bool, source: str) -> TeacherConfig:
+    """The teacher is built for the dataset's image size; a size it cannot take is refused here, not in the readout.
+
+    A preset names a size (112 px for the paper's); square images of another
+    size make the teacher that size, unless the caller asked for one
+    explicitly, which must then match.
+    """
+    shapes = sorted({tuple(s.images.shape[1:3]) for s in dataset.sessions})
+    if len(shapes) != 1 or shapes[0][0] != shapes[0][1]:
+        raise DataError(f"the teacher needs square images of one size in every session; found {shapes} (h, w)", source)
+    size = shapes[0][0]
+    if size == config.image_size:
+        return config
+    if overridden:
+        raise DataError(f"the images are {size}x{size} px but image_size={config.image_size} was asked for; "
+                        "resize the data or drop the override", source)
+    return replace(config, image_size=size)
+
+
 def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str = "cpu", seed: int = 0,
                   protocol: str = "split", device: str | None = None, resume: bool = False,
                   epochs: int | None = None, data_kwargs: Mapping[str, Any] | None = None,
@@ -115,17 +134,21 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     source = dataset.metadata.get("source", str(data))
     for s in dataset.sessions:
         s.validate(source)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
+    config = _fit_image_size(config, dataset, "image_size" in dict(config_overrides or {}), source)
     if protocol == "cowley":
+        present = [s.session_id for s in dataset.sessions]
+        missing = [t for t in test_sessions if t not in present]
+        if missing:
+            raise DataError(f"test session(s) {missing} not in the data; it has {present}", source)
         held_out = [s for s in dataset.sessions if s.session_id in test_sessions]
         trunk_sessions = [s for s in dataset.sessions if s.session_id not in test_sessions]
         if not held_out or not trunk_sessions:
-            raise DataError(f"the cowley protocol needs the test sessions {list(test_sessions)} and at least one "
-                            f"other; found {[s.session_id for s in dataset.sessions]}", source)
+            raise DataError(f"the cowley protocol needs at least one test session and one other to train on; "
+                            f"test {list(test_sessions)}, found {present}", source)
     else:
         held_out, trunk_sessions = [], list(dataset.sessions)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     splits = {s.session_id: split_images(s.n_images, seed=seed) for s in trunk_sessions}
     splits.update({s.session_id: _split_half(s.n_images) for s in held_out})
 

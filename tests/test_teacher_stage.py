@@ -1,0 +1,54 @@
+"""The teacher stage adapts to the data it is given: its image size, and the held-out sessions a user names."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from compactvision.data.formats import NeuralDataset, Session
+from compactvision.data.twin import make_twin_dataset
+from compactvision.errors import DataError
+from compactvision.teacher_stage import train_teacher
+
+
+def _sessions(ids: list[str], size: int = 32) -> NeuralDataset:
+    """A small multi-session release: the twin's neurons split into sessions of their own images."""
+    ds = make_twin_dataset(6, 90 * len(ids), 2, seed=1, image_size=size)
+    s = ds.sessions[0]
+    per = s.n_images // len(ids)
+    return NeuralDataset([Session(sid, s.images[i * per:(i + 1) * per], s.responses[2 * i:2 * i + 2, i * per:(i + 1) * per],
+                                  s.neuron_ids[2 * i:2 * i + 2]) for i, sid in enumerate(ids)], {"source": "sessions"})
+
+
+def test_a_64px_dataset_trains_a_64px_teacher(tmp_path):
+    ds = make_twin_dataset(4, 120, 2, seed=0, image_size=64)
+    manifest = train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False)
+    assert manifest["config"]["teacher"]["image_size"] == 64
+    assert np.isfinite(manifest["metrics"]["teacher"]["r"]["median"])
+
+
+def test_an_image_size_that_contradicts_the_data_is_refused_before_training(tmp_path):
+    ds = make_twin_dataset(4, 60, 2, seed=0, image_size=64)
+    with pytest.raises(DataError, match="64x64 px but image_size=112"):
+        train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False,
+                      config_overrides={"image_size": 112})
+    assert not (tmp_path / "run").exists(), "nothing is written"
+
+
+def test_cowley_protocol_holds_out_the_sessions_the_user_names(tmp_path):
+    ds = _sessions(["s1", "s2", "s3"])
+    train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False, protocol="cowley",
+                  test_sessions=("s3",), config_overrides={"image_size": 32})
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["test_sessions"] == ["s3"]
+    metrics = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())
+    assert list(metrics["by_session"]) == ["s3"]
+
+
+def test_a_missing_test_session_is_one_clear_error_naming_it(tmp_path):
+    ds = _sessions(["s1", "s2"])
+    with pytest.raises(DataError, match=r"test session\(s\) \['s9'\] not in the data; it has \['s1', 's2'\]"):
+        train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False, protocol="cowley",
+                      test_sessions=("s2", "s9"), config_overrides={"image_size": 32})
+    assert not (tmp_path / "run").exists(), "nothing is written"
