@@ -315,6 +315,127 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 # ------------------------------------------------------------------- fit
+@dataclass
+class _FitState:
+    """Everything besides weights and optimiser moments that the next epoch depends on.
+
+    Kept in one object so a fresh start, a resume and a checkpoint all name
+    the same fields: a field missed in one of them would break bit-exact resume.
+    """
+
+    stats: dict[str, tuple[np.ndarray, np.ndarray]]
+    start: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    finished: bool = False
+    train_seconds: float = 0.0
+    images_seen: int = 0
+
+
+def _resumed_state(state: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                   config: TrainConfig, ckpt: Path) -> _FitState:
+    """Restore model, optimiser and RNGs from a checkpoint, refusing one written with another config."""
+    if state["config"] != config.to_dict():
+        raise ArtifactError(f"checkpoint was written with a different training config {state['config']}; "
+                            "resume with the same settings or start a new run", ckpt)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"])
+    if torch.cuda.is_available() and state.get("rng_cuda"):
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return _FitState(stats={k: (v[0].numpy(), v[1].numpy()) for k, v in state["target_stats"].items()},
+                     start=int(state["epoch"]) + 1, history=list(state["history"]),
+                     best_score=float(state["best_score"]), best_epoch=int(state["best_epoch"]),
+                     bad_epochs=int(state["bad_epochs"]), best_state=state["best_model"],
+                     finished=bool(state["finished"]), train_seconds=float(state["train_seconds"]),
+                     images_seen=int(state["images_seen"]))
+
+
+def _initial_state(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, ckpt: Path | None,
+                   resume: bool, train: _Batches,
+                   target_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _FitState:
+    """The state epoch `start` begins from: the checkpoint's when resuming from one, else a seeded fresh start."""
+    if resume and ckpt is not None and ckpt.exists():
+        return _resumed_state(load_checkpoint(ckpt), model, optimizer, config, ckpt)
+    seed_everything(config.seed)
+    stats = train.target_stats() if target_stats is None else {
+        k: (np.asarray(m, np.float32), np.asarray(s, np.float32)) for k, (m, s) in target_stats.items()}
+    return _FitState(stats=stats)
+
+
+def _train_epoch(model: nn.Module, forward: nn.Module, optimizer: torch.optim.Optimizer, train: _Batches,
+                 epoch: int, config: TrainConfig, device: torch.device, layout: torch.memory_format,
+                 inv_std: Mapping[str, torch.Tensor]) -> tuple[float, int]:
+    """One pass over the training data in epoch `epoch`'s order: (summed loss, images seen)."""
+    model.train()
+    n_batches = train.n_batches(config.batch_size)
+    loss_sum, n_seen = 0.0, 0
+    batches = prefetch(train.epoch(epoch, config.batch_size, config.seed, shuffle=True), config.prefetch)
+    for i, (key, x, y) in enumerate(batches):
+        if len(x) < 2:
+            continue  # BatchNorm cannot train on one image
+        frac = i / n_batches if n_batches else 0.0
+        for g in optimizer.param_groups:
+            g["lr"] = _lr_at(config, (epoch + frac) / config.epochs)
+        xt = as_model_input(x, device).contiguous(memory_format=layout)
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.float32, device=device)
+        with autocast(device, config.amp):
+            pred = _call(forward, xt, key)
+        loss = response_loss(pred.float(), yt, inv_std[_key(key)], config.loss)
+        total = loss
+        if config.regularizer_weight and hasattr(model, "regularizer"):
+            reg = model.regularizer() if key is None else model.regularizer(key)
+            total = loss + config.regularizer_weight * reg
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(xt)
+        n_seen += len(xt)
+    return loss_sum, n_seen
+
+
+def _end_epoch(st: _FitState, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+               epoch: int, score: float, val_loss: float, train_loss: float, t0: float) -> None:
+    """Early-stopping bookkeeping: keep the best weights, count epochs without improvement, log the epoch."""
+    if math.isfinite(score) and score > st.best_score:
+        st.best_score, st.best_epoch, st.bad_epochs, st.best_state = score, epoch, 0, _cpu_state(model)
+    else:
+        st.bad_epochs += 1
+    st.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                       "val_median_r": score, "lr": optimizer.param_groups[0]["lr"],
+                       "seconds": time.perf_counter() - t0})
+    st.finished = st.bad_epochs >= config.patience or epoch + 1 >= config.epochs
+
+
+def _checkpoint(st: _FitState, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                epoch: int) -> dict[str, Any]:
+    """What `_resumed_state` reads back; RNG states are taken now, after the epoch, so resume continues them."""
+    return {
+        "config": config.to_dict(), "epoch": epoch, "model": _cpu_state(model),
+        "optimizer": optimizer.state_dict(), "best_model": st.best_state,
+        "best_score": st.best_score, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
+        "finished": st.finished, "history": st.history, "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "target_stats": {k: [torch.as_tensor(m), torch.as_tensor(s)] for k, (m, s) in st.stats.items()},
+        "train_seconds": st.train_seconds, "images_seen": st.images_seen,
+    }
+
+
+def _result(st: _FitState, model: nn.Module, config: TrainConfig) -> TrainResult:
+    """Leave the model holding its best weights, in eval mode, and say how the run went."""
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
+    model.eval()
+    return TrainResult(best_epoch=st.best_epoch, best_score=st.best_score, epochs_run=len(st.history),
+                       stopped_early=(bool(st.history) and len(st.history) < config.epochs
+                                      and st.bad_epochs >= config.patience),
+                       history=st.history, target_stats=st.stats, train_seconds=st.train_seconds,
+                       images_per_second=st.images_seen / st.train_seconds if st.train_seconds > 0 else 0.0)
+
+
 def fit(model: nn.Module, train_data: Arrays | Mapping[str, Arrays] | BatchStream,
         val_data: Arrays | Mapping[str, Arrays] | BatchStream, config: TrainConfig = TrainConfig(),
         checkpoint_dir: str | Path | None = None, resume: bool = False,
@@ -341,91 +462,29 @@ def fit(model: nn.Module, train_data: Arrays | Mapping[str, Arrays] | BatchStrea
     val_metric = val_metric or pearson_per_neuron
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     optimizer = _optimizer(model, config)
+    st = _initial_state(model, optimizer, config, ckpt, resume, train, target_stats)
+    inv_std = {k: torch.as_tensor(1.0 / np.asarray(s, np.float32), device=device) for k, (_, s) in st.stats.items()}
 
-    state = load_checkpoint(ckpt) if (resume and ckpt is not None and ckpt.exists()) else None
-    if state is not None:
-        if state["config"] != config.to_dict():
-            raise ArtifactError(f"checkpoint was written with a different training config {state['config']}; "
-                                "resume with the same settings or start a new run", ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"])
-        if torch.cuda.is_available() and state.get("rng_cuda"):
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        stats = {k: (v[0].numpy(), v[1].numpy()) for k, v in state["target_stats"].items()}
-        start, history = int(state["epoch"]) + 1, list(state["history"])
-        best_score, best_epoch, bad_epochs = float(state["best_score"]), int(state["best_epoch"]), int(state["bad_epochs"])
-        best_state, finished = state["best_model"], bool(state["finished"])
-        train_seconds, images_seen = float(state["train_seconds"]), int(state["images_seen"])
-    else:
-        seed_everything(config.seed)
-        stats = train.target_stats() if target_stats is None else {
-            k: (np.asarray(m, np.float32), np.asarray(s, np.float32)) for k, (m, s) in target_stats.items()}
-        start, history = 0, []
-        best_score, best_epoch, bad_epochs = -math.inf, -1, 0
-        best_state, finished = None, False
-        train_seconds, images_seen = 0.0, 0
-    inv_std = {k: torch.as_tensor(1.0 / np.asarray(s, np.float32), device=device) for k, (_, s) in stats.items()}
-
-    n_batches = train.n_batches(config.batch_size)
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.epochs, initial=start, desc="train", unit="epoch", dynamic_ncols=True)
+        bar = tqdm(total=config.epochs, initial=st.start, desc="train", unit="epoch", dynamic_ncols=True)
     report = progress if callable(progress) else None
 
     try:
-        epoch = start
-        while not finished and epoch < config.epochs:
-            model.train()
+        epoch = st.start
+        while not st.finished and epoch < config.epochs:
             t0 = time.perf_counter()
-            loss_sum, n_seen = 0.0, 0
-            batches = prefetch(train.epoch(epoch, config.batch_size, config.seed, shuffle=True), config.prefetch)
-            for i, (key, x, y) in enumerate(batches):
-                if len(x) < 2:
-                    continue  # BatchNorm cannot train on one image
-                frac = i / n_batches if n_batches else 0.0
-                for g in optimizer.param_groups:
-                    g["lr"] = _lr_at(config, (epoch + frac) / config.epochs)
-                xt = as_model_input(x, device).contiguous(memory_format=layout)
-                yt = torch.as_tensor(np.asarray(y), dtype=torch.float32, device=device)
-                with autocast(device, config.amp):
-                    pred = _call(forward, xt, key)
-                loss = response_loss(pred.float(), yt, inv_std[_key(key)], config.loss)
-                total = loss
-                if config.regularizer_weight and hasattr(model, "regularizer"):
-                    reg = model.regularizer() if key is None else model.regularizer(key)
-                    total = loss + config.regularizer_weight * reg
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                loss_sum += loss.item() * len(xt)
-                n_seen += len(xt)
-            train_seconds += time.perf_counter() - t0
-            images_seen += n_seen
+            loss_sum, n_seen = _train_epoch(model, forward, optimizer, train, epoch, config, device, layout, inv_std)
+            st.train_seconds += time.perf_counter() - t0
+            st.images_seen += n_seen
             score, val_loss = _evaluate(model, val, config, device, inv_std, val_metric)
-            improved = math.isfinite(score) and score > best_score
-            if improved:
-                best_score, best_epoch, bad_epochs, best_state = score, epoch, 0, _cpu_state(model)
-            else:
-                bad_epochs += 1
-            history.append({"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "val_loss": val_loss,
-                            "val_median_r": score, "lr": optimizer.param_groups[0]["lr"],
-                            "seconds": time.perf_counter() - t0})
-            finished = bad_epochs >= config.patience or epoch + 1 >= config.epochs
+            _end_epoch(st, model, optimizer, config, epoch, score, val_loss, loss_sum / max(n_seen, 1), t0)
             if ckpt is not None:
-                save_checkpoint(ckpt, {
-                    "config": config.to_dict(), "epoch": epoch, "model": _cpu_state(model),
-                    "optimizer": optimizer.state_dict(), "best_model": best_state,
-                    "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                    "finished": finished, "history": history, "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "target_stats": {k: [torch.as_tensor(m), torch.as_tensor(s)] for k, (m, s) in stats.items()},
-                    "train_seconds": train_seconds, "images_seen": images_seen,
-                })
+                save_checkpoint(ckpt, _checkpoint(st, model, optimizer, config, epoch))
             if bar is not None:
-                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_r=f"{score:.3f}")
+                bar.set_postfix(loss=f"{st.history[-1]['train_loss']:.3f}", val_r=f"{score:.3f}")
                 bar.update(1)
             if report is not None:
                 report("train", epoch + 1, config.epochs)
@@ -433,12 +492,4 @@ def fit(model: nn.Module, train_data: Arrays | Mapping[str, Arrays] | BatchStrea
     finally:
         if bar is not None:
             bar.close()
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(best_epoch=best_epoch, best_score=best_score, epochs_run=len(history),
-                       stopped_early=bool(history) and len(history) < config.epochs and bad_epochs >= config.patience,
-                       history=history, target_stats=stats, train_seconds=train_seconds,
-                       images_per_second=images_seen / train_seconds if train_seconds > 0 else 0.0)
-
+    return _result(st, model, config)
