@@ -56,21 +56,19 @@ def _thumbnail(n: GraphNode) -> np.ndarray:
     return signed_to_rgb(n.kernel.sum(0))
 
 
-def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbnails: bool = True,
-                        width: int = 1000) -> go.Figure:
-    """The layered graph of `graph` (from `interpret.graph.neuron_graph`), ready for selection events."""
-    pos = _positions(graph)
-    biggest = max([len(graph.layer_nodes(i)) for i in range(graph.n_layers)] + [3])
-    height = int(min(max(480, 16 * biggest + 160), 1400))
-    plot_h = height - 160
-    node_px = float(np.clip(0.8 * plot_h / biggest, 8, 40))
-    traces: list[go.Scatter] = []
-
-    # Edges, bucketed by sign and width: one trace per bucket keeps thousands of edges fast.
+def _kept_edges(graph: NeuronGraph, edge_threshold: float) -> tuple[list, dict[int, float]]:
+    """Edges at least `edge_threshold` of the strongest into their layer, and that strongest per layer."""
     strongest: dict[int, float] = {}
     for e in graph.edges:
         strongest[e.dst[0]] = max(strongest.get(e.dst[0], 0.0), e.strength)
     kept = [e for e in graph.edges if e.strength >= edge_threshold * strongest[e.dst[0]] and e.strength > 0]
+    return kept, strongest
+
+
+def _edge_traces(graph: NeuronGraph, kept: list, strongest: dict[int, float],
+                 pos: dict[tuple[int, int], tuple[float, float]]) -> list[go.Scatter]:
+    """Edges bucketed by sign and width (one trace per bucket keeps thousands of edges fast), plus hover points."""
+    traces: list[go.Scatter] = []
     buckets: dict[tuple[int, int], list] = {}
     for e in kept:
         rel = e.strength / strongest[e.dst[0]]
@@ -86,25 +84,32 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
                                  line={"width": _WIDTHS[w], "color": POSITIVE_COLOUR if positive else NEGATIVE_COLOUR},
                                  opacity=0.35 + 0.15 * w, name=f"{'excitatory' if positive else 'inhibitory'} edges"))
     if kept:
+        # Plotly lines carry no hover text, so an invisible marker at each edge's midpoint does.
         mid = np.array([[(pos[e.src][0] + pos[e.dst][0]) / 2, (pos[e.src][1] + pos[e.dst][1]) / 2] for e in kept])
         text = [f"{_label(e.src, graph)} -> {_label(e.dst, graph)}<br>gain {e.weight:+.3g}<br>strength {e.strength:.3g}"
                 + (f"<br>pointwise weight {e.pointwise:+.3g}" if e.pointwise is not None else "") for e in kept]
         traces.append(go.Scatter(x=mid[:, 0], y=mid[:, 1], mode="markers", marker={"size": 5, "opacity": 0.0},
                                  text=text, hovertemplate="%{text}<extra>edge</extra>", showlegend=False, name="edges"))
+    return traces
 
-    # Image channels and the response.
+
+def _ends_trace(graph: NeuronGraph, pos: dict[tuple[int, int], tuple[float, float]]) -> go.Scatter:
+    """The image channels and the response, the graph's two ends."""
     ends = [(INPUT_LAYER, c) for c in range(len(INPUT_CHANNELS))] + [graph.output_id]
     end_text = [f"image channel {name}" for name in INPUT_CHANNELS]
     end_text.append("<b>response</b>" + (f" {graph.response:.3g}" if graph.response is not None else "")
                     + f"<br>readout bias {graph.readout_bias:.3g}")
-    traces.append(go.Scatter(x=[pos[i][0] for i in ends], y=[pos[i][1] for i in ends], mode="markers+text",
-                             text=list(INPUT_CHANNELS) + ["response"],
-                             textposition=["middle left"] * len(INPUT_CHANNELS) + ["bottom center"],
-                             marker={"size": 18, "color": ["#d62728", "#2ca02c", "#1f77b4", "#333333"], "symbol": "circle"},
-                             hovertext=end_text, hovertemplate="%{hovertext}<extra></extra>", showlegend=False,
-                             customdata=[list(i) for i in ends], name="inputs and response"))
+    return go.Scatter(x=[pos[i][0] for i in ends], y=[pos[i][1] for i in ends], mode="markers+text",
+                      text=list(INPUT_CHANNELS) + ["response"],
+                      textposition=["middle left"] * len(INPUT_CHANNELS) + ["bottom center"],
+                      marker={"size": 18, "color": ["#d62728", "#2ca02c", "#1f77b4", "#333333"], "symbol": "circle"},
+                      hovertext=end_text, hovertemplate="%{hovertext}<extra></extra>", showlegend=False,
+                      customdata=[list(i) for i in ends], name="inputs and response")
 
-    # Filters: the selectable trace.
+
+def _filters_trace(graph: NeuronGraph, pos: dict[tuple[int, int], tuple[float, float]], node_px: float,
+                   thumbnails: bool) -> go.Scatter:
+    """Every filter as one point of the selectable "filters" trace, customdata [layer, channel]."""
     nodes = graph.nodes
     contrib = np.array([np.nan if n.contribution is None else n.contribution for n in nodes], np.float64)
     has_contrib = np.isfinite(contrib).any()
@@ -116,11 +121,23 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
                       colorbar={"title": {"text": "contribution", "side": "right"}, "thickness": 12})
     else:
         marker.update(color="#555555")
-    traces.append(go.Scatter(x=[pos[n.id][0] for n in nodes], y=[pos[n.id][1] for n in nodes], mode="markers",
-                             marker=marker, customdata=[[n.layer, n.channel] for n in nodes],
-                             hovertext=[_node_text(n) for n in nodes], hovertemplate="%{hovertext}<extra></extra>",
-                             showlegend=False, name="filters"))
-    fig = go.Figure(traces)
+    return go.Scatter(x=[pos[n.id][0] for n in nodes], y=[pos[n.id][1] for n in nodes], mode="markers",
+                      marker=marker, customdata=[[n.layer, n.channel] for n in nodes],
+                      hovertext=[_node_text(n) for n in nodes], hovertemplate="%{hovertext}<extra></extra>",
+                      showlegend=False, name="filters")
+
+
+def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbnails: bool = True,
+                        width: int = 1000) -> go.Figure:
+    """The layered graph of `graph` (from `interpret.graph.neuron_graph`), ready for selection events."""
+    pos = _positions(graph)
+    biggest = max([len(graph.layer_nodes(i)) for i in range(graph.n_layers)] + [3])
+    height = int(min(max(480, 16 * biggest + 160), 1400))
+    plot_h = height - 160
+    node_px = float(np.clip(0.8 * plot_h / biggest, 8, 40))
+    kept, strongest = _kept_edges(graph, edge_threshold)
+    fig = go.Figure(_edge_traces(graph, kept, strongest, pos)
+                    + [_ends_trace(graph, pos), _filters_trace(graph, pos, node_px, thumbnails)])
 
     if thumbnails:
         plot_w = width - 140
@@ -129,7 +146,7 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
         fig.update_layout(images=[{"source": png_data_uri(_thumbnail(n)), "xref": "x", "yref": "y",
                                    "x": pos[n.id][0], "y": pos[n.id][1], "sizex": sx, "sizey": sy,
                                    "xanchor": "center", "yanchor": "middle", "sizing": "stretch", "layer": "above"}
-                                  for n in nodes])
+                                  for n in graph.nodes])
     ticks = ["image"] + [f"layer {i}<br>{len(graph.layer_nodes(i))} filters" for i in range(graph.n_layers)] + ["response"]
     fig.update_xaxes(tickvals=list(range(graph.n_layers + 2)), ticktext=ticks, range=[-0.5, graph.n_layers + 1.5],
                      showgrid=False, zeroline=False)
@@ -137,7 +154,7 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
     # Pan, not box-select, as the drag mode: Streamlit disables click-to-select under a
     # selection drag mode, and a click on a filter is how the app picks it.
     fig.update_layout(hovermode="closest", dragmode="pan", clickmode="event+select", width=width)
-    title = f"Computation graph of neuron {graph.neuron}: {len(nodes)} filters, {len(graph.edges)} connections"
+    title = f"Computation graph of neuron {graph.neuron}: {len(graph.nodes)} filters, {len(graph.edges)} connections"
     if graph.response is not None:
         title += f"; response {graph.response:.3g}"
     if len(kept) < len(graph.edges):
