@@ -60,6 +60,7 @@ class CompressConfig:
     batch_size: int = 64
     lr: float = 2e-3
     probe_images: int = 512         # images on which filter contributions are measured
+    score_images: int = 512         # validation images that score every step of a neuron's pruning path
     prune: PruneConfig = field(default_factory=PruneConfig)
     seed: int = 0
     threads_per_task: int = 1
@@ -135,7 +136,7 @@ def build_label_cache(run_dir: str | Path, config: CompressConfig, progress: Pro
     own = training_images(run_dir)
     return LabelCache.build(run_dir / CACHE_DIR / "labels", _AllSessions(teacher), teacher.neuron_ids, config.stream,
                             own_images=own, device=device,
-                            progress=lambda d, t: progress("label", d, t))
+                            progress=progress)
 
 
 def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: LabelCache, progress: Progress = silent,
@@ -192,6 +193,7 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     cache = LabelCache(run_dir / CACHE_DIR / "labels")
     col = np.array([index])
     train_idx, val_idx = cache.split()
+    val_idx = val_idx[: config.score_images]
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(train_idx, size=min(config.neuron_images, len(train_idx)), replace=False))
     tune_idx = np.sort(rng.choice(train_idx, size=min(config.finetune_images, len(train_idx)), replace=False))

@@ -48,8 +48,8 @@ PRESETS: dict[str, PipelinePreset] = {
         neurons=8, images=2400, repeats=4, image_size=48, teacher_preset="tiny",
         compress=CompressConfig(
             stream=StreamConfig(n_images=2048, image_size=48, chunk=256),
-            student_channels=(64, 64, 64, 64, 64), shared_epochs=4, neuron_epochs=2, neuron_images=1024,
-            finetune_epochs=1, finetune_images=512, batch_size=64, lr=3e-3, probe_images=256,
+            student_channels=(64, 64, 64, 64, 64), shared_epochs=4, neuron_epochs=1, neuron_images=1024,
+            finetune_epochs=1, finetune_images=256, batch_size=64, lr=3e-3, probe_images=256,
             prune=PruneConfig(threshold=0.9, min_filters=3))),
     # The bundled default: two neurons of each cell type, a 4-member CPU teacher ensemble.
     "demo": PipelinePreset(
@@ -57,8 +57,8 @@ PRESETS: dict[str, PipelinePreset] = {
         teacher_overrides={"epochs": 8, "width": 128, "n_blocks": 2, "ensemble": 4},
         compress=CompressConfig(
             stream=StreamConfig(n_images=8192, image_size=64, chunk=256),
-            student_channels=(64, 64, 64, 64, 64), shared_epochs=3, neuron_epochs=2, neuron_images=2048,
-            finetune_epochs=1, finetune_images=1024, batch_size=64, lr=2e-3, probe_images=384,
+            student_channels=(64, 64, 64, 64, 64), shared_epochs=3, neuron_epochs=1, neuron_images=2048,
+            finetune_epochs=1, finetune_images=512, batch_size=64, lr=2e-3, probe_images=256,
             prune=PruneConfig(threshold=0.9, min_filters=3))),
 }
 

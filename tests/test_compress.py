@@ -167,7 +167,7 @@ def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path):
     time.sleep(5)  # orphaned workers would keep writing neurons now
     assert sorted(p.name for p in (run / "history").glob("prune_*.json")) == done_at_exit
     assert len(done_at_exit) < len(ids)
-    compress_run(run, PRESETS["tiny"].compress, workers=1)
+    compress_run(run, PRESETS["tiny"].compress, workers=2)
     assert all(history_path(run, nid).exists() for nid in ids)
     read_manifest(run)
     assert not [p for p in run.rglob("*.tmp")]
