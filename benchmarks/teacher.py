@@ -107,11 +107,12 @@ def training_throughput(presets: list[str], device: torch.device, n_neurons: int
 
 
 def twin_accuracy(preset: str, n_images: int, n_neurons: int, device: str | None) -> None:
+    from compactvision.progress import tqdm_reporter
     from compactvision.teacher_stage import train_teacher
 
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        manifest = train_teacher("twin", out, preset=preset, device=device, progress=True,
+        manifest = train_teacher("twin", out, preset=preset, device=device, progress=tqdm_reporter(),
                                  data_kwargs={"n_neurons": n_neurons, "n_images": n_images, "n_repeats": 4})
         wall = time.perf_counter() - t0
         hist = json.loads((Path(out) / "history" / "teacher_metrics.json").read_text())
@@ -128,11 +129,12 @@ def twin_accuracy(preset: str, n_images: int, n_neurons: int, device: str | None
 
 
 def cowley_accuracy(path: str, preset: str, device: str | None) -> None:
+    from compactvision.progress import tqdm_reporter
     from compactvision.teacher_stage import train_teacher
 
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        train_teacher(path, out, preset=preset, protocol="cowley", device=device, progress=True)
+        train_teacher(path, out, preset=preset, protocol="cowley", device=device, progress=tqdm_reporter())
         hist = json.loads((Path(out) / "history" / "teacher_metrics.json").read_text())
     print(f"Teacher on the V4 release ({preset}, cowley protocol, {time.perf_counter() - t0:.0f} s):")
     for sid, s in hist["by_session"].items():

@@ -190,10 +190,9 @@ def _teacher(args: argparse.Namespace) -> None:
 
     kwargs = ({"n_neurons": args.neurons, "n_images": args.images, "n_repeats": args.repeats, "seed": args.seed}
               if args.data == "twin" else {})
-    progress = True if args.progress == "bar" else reporter(args.progress)
     manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
-                             progress=progress, config_overrides={"compile": True} if args.compile else None,
+                             progress=reporter(args.progress), config_overrides={"compile": True} if args.compile else None,
                              backbone=args.backbone, backbone_stage=args.backbone_stage,
                              backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone,
                              test_sessions=tuple(args.test_sessions or COWLEY_TEST_SESSIONS))
@@ -233,9 +232,10 @@ def add_import_cowley(sub: argparse._SubParsersAction) -> None:
 def _import_cowley(args: argparse.Namespace) -> None:
     from compactvision.artifacts import read_manifest
     from compactvision.cowley import import_cowley
+    from compactvision.progress import tqdm_reporter
 
     run = import_cowley(args.weights_dir, args.out, sessions=args.sessions, evaluate=not args.no_evaluate,
-                        progress=True, device=args.device)
+                        progress=tqdm_reporter(), device=args.device)
     metrics = read_manifest(run, verify=False)["metrics"]
     summary = metrics["compression"]
     print(f"{run}: {summary['n_students']} students, median {summary['n_parameters']['median']:.0f} parameters")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from compactvision.errors import ArtifactError
 from compactvision.runtime import autocast, select_device
 from compactvision.data.images import dead_leaves, natural_crops, pink_noise
 from compactvision.inputs import as_model_input, fit_images
+from compactvision.progress import Progress, silent
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,11 @@ class LabelCache:
     @classmethod
     def build(cls, root: str | Path, teacher: nn.Module, neuron_ids: list[str], config: StreamConfig,
               own_images: np.ndarray | None = None, device: str | None = None,
-              progress: Callable[[int, int], None] | None = None, batch_size: int = 128) -> "LabelCache":
-        """Label `config.n_images` stream images with `teacher`, resuming a partial cache."""
+              progress: Progress = silent, batch_size: int = 128) -> "LabelCache":
+        """Label `config.n_images` stream images with `teacher`, resuming a partial cache.
+
+        `progress("label", chunks_done, n_chunks)` follows each chunk once it is on disk.
+        """
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         meta_path = root / "cache.json"
@@ -143,8 +147,7 @@ class LabelCache:
             labels.flush()
             meta["chunks_done"] = c + 1  # recorded only after the data is on disk
             atomic_write_json(meta_path, meta)
-            if progress:
-                progress(c + 1, n_chunks)
+            progress("label", c + 1, n_chunks)
         del images, labels
         meta["complete"] = True
         atomic_write_json(meta_path, meta)

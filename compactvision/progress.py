@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Callable, Protocol, TextIO
+from typing import Protocol, TextIO
 
 
 class Progress(Protocol):
@@ -62,5 +62,17 @@ def tqdm_reporter() -> Progress:
     return report
 
 
-def reporter(fmt: str) -> Callable[[str, int, int], None]:
+def reporter(fmt: str) -> Progress:
+    """The Progress for a CLI `--progress` choice: "bar", "lines" or "none"."""
     return {"bar": tqdm_reporter, "lines": line_reporter, "none": lambda: silent}[fmt]()
+
+
+def as_progress(progress: bool | Progress) -> Progress:
+    """A Progress from a caller that still passes a flag: True is a tqdm bar, False is silence.
+
+    The flag is the older form some stages still hand to `train.fit`; turning
+    it into a Progress here keeps one reporting path inside the library.
+    """
+    if callable(progress):
+        return progress
+    return tqdm_reporter() if progress else silent

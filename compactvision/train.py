@@ -2,8 +2,9 @@
 
 It is written out, nanoGPT-style, rather than hidden in a framework: AdamW
 with a cosine schedule, the loss on per-neuron z-scored responses, early
-stopping on the validation median Pearson r, bf16 autocast on CUDA, a tqdm bar,
-and an atomic checkpoint at the end of every epoch.
+stopping on the validation median Pearson r, bf16 autocast on CUDA, progress
+per epoch through `compactvision.progress`, and an atomic checkpoint at the
+end of every epoch.
 
 The checkpoint holds everything the next epoch depends on (weights, optimiser
 moments, torch RNG states, the best weights so far, the early-stopping counter
@@ -36,6 +37,7 @@ from torch import nn
 from compactvision.artifacts import atomic_write_bytes
 from compactvision.errors import ArtifactError
 from compactvision.inputs import as_model_input
+from compactvision.progress import Progress, as_progress, silent
 from compactvision.runtime import autocast, seed_everything, select_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -439,7 +441,7 @@ def _result(st: _FitState, model: nn.Module, config: TrainConfig) -> TrainResult
 def fit(model: nn.Module, train_data: Arrays | Mapping[str, Arrays] | BatchStream,
         val_data: Arrays | Mapping[str, Arrays] | BatchStream, config: TrainConfig = TrainConfig(),
         checkpoint_dir: str | Path | None = None, resume: bool = False,
-        progress: bool | Callable[[str, int, int], None] = True, val_metric: ValMetric | None = None,
+        progress: Progress | bool = silent, val_metric: ValMetric | None = None,
         target_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> TrainResult:
     """Train `model` in place on `train_data`, early-stopping on `val_data`'s median per-neuron score.
 
@@ -448,8 +450,8 @@ def fit(model: nn.Module, train_data: Arrays | Mapping[str, Arrays] | BatchStrea
     key "" for unkeyed data) fixes the z-scoring; by default it comes from the
     training targets and is returned in the result. With `checkpoint_dir`, a
     checkpoint is written after every epoch; `resume=True` continues from it.
-    `progress` is True for a tqdm bar, False for silence, or a
-    `progress(stage, done, total)` callable (see `compactvision.progress`).
+    `progress("train", epochs_done, epochs)` is called after every epoch; a
+    bool is taken as `progress.as_progress` reads it (True: a tqdm bar).
     """
     device = select_device(config.device)
     model.to(device)
@@ -465,31 +467,17 @@ def fit(model: nn.Module, train_data: Arrays | Mapping[str, Arrays] | BatchStrea
     st = _initial_state(model, optimizer, config, ckpt, resume, train, target_stats)
     inv_std = {k: torch.as_tensor(1.0 / np.asarray(s, np.float32), device=device) for k, (_, s) in st.stats.items()}
 
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.epochs, initial=st.start, desc="train", unit="epoch", dynamic_ncols=True)
-    report = progress if callable(progress) else None
-
-    try:
-        epoch = st.start
-        while not st.finished and epoch < config.epochs:
-            t0 = time.perf_counter()
-            loss_sum, n_seen = _train_epoch(model, forward, optimizer, train, epoch, config, device, layout, inv_std)
-            st.train_seconds += time.perf_counter() - t0
-            st.images_seen += n_seen
-            score, val_loss = _evaluate(model, val, config, device, inv_std, val_metric)
-            _end_epoch(st, model, optimizer, config, epoch, score, val_loss, loss_sum / max(n_seen, 1), t0)
-            if ckpt is not None:
-                save_checkpoint(ckpt, _checkpoint(st, model, optimizer, config, epoch))
-            if bar is not None:
-                bar.set_postfix(loss=f"{st.history[-1]['train_loss']:.3f}", val_r=f"{score:.3f}")
-                bar.update(1)
-            if report is not None:
-                report("train", epoch + 1, config.epochs)
-            epoch += 1
-    finally:
-        if bar is not None:
-            bar.close()
+    report = as_progress(progress)
+    epoch = st.start
+    while not st.finished and epoch < config.epochs:
+        t0 = time.perf_counter()
+        loss_sum, n_seen = _train_epoch(model, forward, optimizer, train, epoch, config, device, layout, inv_std)
+        st.train_seconds += time.perf_counter() - t0
+        st.images_seen += n_seen
+        score, val_loss = _evaluate(model, val, config, device, inv_std, val_metric)
+        _end_epoch(st, model, optimizer, config, epoch, score, val_loss, loss_sum / max(n_seen, 1), t0)
+        if ckpt is not None:
+            save_checkpoint(ckpt, _checkpoint(st, model, optimizer, config, epoch))
+        report("train", epoch + 1, config.epochs)
+        epoch += 1
     return _result(st, model, config)

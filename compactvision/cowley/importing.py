@@ -5,17 +5,17 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from compactvision.artifacts import STUDENTS, atomic_write_json, save_student, sha256_file, write_manifest
 from compactvision.cowley.convert import PublishedModel, find_published_models, load_published_model
 from compactvision.cowley.scoring import load_session, release_root_of, score_students, session_summary, split_halves
 from compactvision.errors import ArtifactError
 from compactvision.metrics import bootstrap_median_ci
+from compactvision.progress import Progress, silent
 
 
 def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterable[str] | None = None,
-                  evaluate: bool = True, progress: bool = False, device: str | None = None) -> Path:
+                  evaluate: bool = True, progress: Progress = silent, device: str | None = None) -> Path:
     """Convert published models into a run directory (manifest kind "imported-cowley").
 
     Students are named as the data layer names the neurons ("<session>_neuron<k>").
@@ -24,7 +24,8 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
     manifest's metrics get per-session medians plus the same "compression"
     summary (medians with bootstrap CIs) a compressed run records. A session
     that could not be scored is still imported, and the manifest's
-    `metrics["not_scored"]` says why.
+    `metrics["not_scored"]` says why. `progress("import-cowley", models_done,
+    n_models)` follows each model written.
     """
     out_run = Path(out_run)
     models = find_published_models(weights_dir, sessions)
@@ -39,7 +40,6 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
     session_metrics: dict[str, Any] = {}
     not_scored: dict[str, str] = {}  # session -> why its models were imported without a score
     data: dict[str, Any] = {"source": "Cowley et al. (2026) V4 release, published compact models", "sessions": {}}
-    bar = tqdm(total=len(models), desc="import-cowley", unit="model", disable=not progress)
     for session, group in by_session.items():
         data["sessions"][session] = {"neurons": [m.neuron_id for m in group]}
         has_data = root is not None and (root / "images" / f"images_{session}.zip").is_file()
@@ -66,12 +66,11 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
                 record.update(scores[m.index])
             save_student(student, out_run, m.neuron_id, extra=extra)
             records[m.neuron_id] = record
-            bar.update()
+            progress("import-cowley", len(records), len(models))
         if scores:
             summary = session_summary(session, scores, n_parameters)
             session_metrics[session] = {k: summary[k] for k in ("median_r_heldout", "median_r2_heldout",
                                                                   "median_r_first_half", "median_n_parameters")}
-    bar.close()
     atomic_write_json(out_run / "data.json", data)
     write_manifest(out_run, kind="imported-cowley",
                    config={"weights_dir": str(Path(weights_dir)), "sessions": sorted(by_session),
