@@ -17,6 +17,7 @@ identical students for the same seeds.
 """
 from __future__ import annotations
 
+import copy
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -217,9 +218,20 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         return {"r_teacher": _r(predict(m, val[0]), val[1]), **heldout(m)}
 
     def finetune(m: CompactStudent, layer: int) -> CompactStudent:
-        if config.finetune_epochs > 0:
-            fit(m, _stream(cache, tune_idx, config.batch_size, col, seed + layer + 1), val,
-                _train_config(config, config.finetune_epochs, seed + layer + 1), progress=False, target_stats=stats)
+        """Retrain after a cut, keeping the cut network if retraining a few hundred images made it worse.
+
+        A short fine-tune from a fresh optimiser can first disturb a network (its
+        BN statistics move with small batches); judged on validation images, the
+        better of the two goes on, so the next cut's budget is not spent on that.
+        """
+        if config.finetune_epochs <= 0:
+            return m.eval()
+        before = copy.deepcopy(m.state_dict())
+        r_before = _r(predict(m.eval(), val[0]), val[1])
+        fit(m, _stream(cache, tune_idx, config.batch_size, col, seed + layer + 1), val,
+            _train_config(config, config.finetune_epochs, seed + layer + 1), progress=False, target_stats=stats)
+        if not _r(predict(m.eval(), val[0]), val[1]) >= r_before:
+            m.load_state_dict(before)
         return m.eval()
 
     probe = as_model_input(np.asarray(cache.images[probe_idx]))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from compactvision.data.images import natural_crops
 from compactvision.data.twin import DigitalTwin
 from compactvision.interpret.attribution import response
 from compactvision.interpret.stimuli import (compare_with_twin, dot_size_tuning, estimate_rf_center,
@@ -70,6 +71,19 @@ def test_the_twin_compared_with_itself_is_recovered(twin):
     assert res["cell_type"] == "v1_simple"
     assert res["orientation_error_deg"] < 10
     assert res["preferred_image_r"] == pytest.approx(1.0)
+    assert res["closed_loop_ratio"] == pytest.approx(1.0)  # its own optimum, shown to itself
+
+
+def test_the_closed_loop_compares_with_natural_images():
+    twin = DigitalTwin(2, seed=0, image_size=SIZE, cell_types=["v1_simple"])
+    natural = natural_crops(64, size=SIZE, seed=3)
+    res = compare_with_twin(twin, twin, 0, model_neuron=0, synthesis_steps=32, natural_images=natural)
+    # A simple cell's synthesised optimum drives it well above any natural crop...
+    assert res["closed_loop_beats_natural"] and res["closed_loop_response"] > 1.5 * res["best_natural_response"]
+    assert res["closed_loop_ratio"] == pytest.approx(1.0)
+    # ...and the other simple cell's optimum (another orientation and place) does not.
+    other = compare_with_twin(twin, twin, 0, model_neuron=1, synthesis_steps=32, natural_images=natural)
+    assert other["closed_loop_ratio"] < 0.8
 
 
 def test_a_wrong_model_is_not_recovered(twin):
@@ -77,9 +91,11 @@ def test_a_wrong_model_is_not_recovered(twin):
     ori = [r["preferred_orientation_deg"] for r in twin.ground_truth()]
     other = max(range(1, len(ori)), key=lambda k: orientation_difference(ori[0], ori[k]))
     assert orientation_difference(ori[0], ori[other]) > 30
-    res = compare_with_twin(twin, twin, 0, model_neuron=other, synthesis_steps=32)
+    res = compare_with_twin(twin, twin, 0, model_neuron=other, synthesis_steps=32,
+                            natural_images=natural_crops(64, size=SIZE, seed=3))
     assert res["orientation_error_deg"] > 20
     assert res["preferred_image_r"] < 0.5
+    assert res["closed_loop_ratio"] < 0.8  # the other neuron's optimum does not drive neuron 0 as its own does
 
 
 def test_orientation_difference_wraps_at_180():
@@ -91,10 +107,14 @@ def test_orientation_difference_wraps_at_180():
 def test_recovery_table_applies_each_types_criteria():
     from compactvision.interpret.stimuli import recovery_table
 
-    rows = [{"cell_type": "v1_simple", "orientation_error_deg": 5.0, "preferred_image_r": 0.1},
-            {"cell_type": "v1_simple", "orientation_error_deg": 40.0, "preferred_image_r": 0.9},
-            {"cell_type": "dot_detector", "size_error_px": 1.0, "true_size_px": 8.0, "preferred_image_r": 0.0},
-            {"cell_type": "colour_opponent", "preferred_image_r": 0.7}]
+    rows = [{"cell_type": "v1_simple", "orientation_error_deg": 5.0, "closed_loop_ratio": 0.9},
+            {"cell_type": "v1_simple", "orientation_error_deg": 40.0, "closed_loop_ratio": 0.95},
+            {"cell_type": "v1_complex", "orientation_error_deg": 5.0, "closed_loop_ratio": 0.5},
+            {"cell_type": "dot_detector", "size_error_px": 1.0, "true_size_px": 8.0, "closed_loop_ratio": 0.85,
+             "closed_loop_beats_natural": True},
+            {"cell_type": "colour_opponent", "closed_loop_ratio": 0.9, "closed_loop_beats_natural": False}]
     table = recovery_table(rows)
     assert table["v1_simple"] == {"n": 2, "recovered": 1, "fraction": 0.5}
-    assert table["dot_detector"]["fraction"] == 1.0 and table["colour_opponent"]["fraction"] == 1.0
+    assert table["v1_complex"]["fraction"] == 0.0  # right orientation, but its image does not drive the neuron
+    assert table["dot_detector"]["fraction"] == 1.0
+    assert table["colour_opponent"]["fraction"] == 0.0  # a natural image drives it harder
