@@ -116,15 +116,25 @@ def main() -> None:
     if not truth:
         print(f"\n(recovery table skipped: {args.run} has no twin ground truth)")
         return
-    size = run.heldout()["sessions"][next(iter(run.heldout()["sessions"]))]["images"].shape[1]
-    twin = twin_from_ground_truth(truth, image_size=size)  # the run's own image size
+    held = next(iter(run.heldout()["sessions"].values()))["images"]  # the held-out natural images
+    twin = twin_from_ground_truth(truth, image_size=held.shape[1])  # the run's own image size
     index = {str(r["neuron_id"]): i for i, r in enumerate(truth)}
     ids = [i for i in run.student_ids() if i in index][: args.max_neurons]
-    results = [compare_with_twin(run.load_student(i), twin, index[i]) for i in ids]
+    results = [compare_with_twin(run.load_student(i), twin, index[i], natural_images=held) for i in ids]
     print(f"\n== twin ground-truth recovery ({len(results)} students of {args.run}) ==")
-    print(f"{'cell type':18s} {'n':>4s} {'recovered':>10s} {'fraction':>9s}")
+    print("closed loop: the compact model's synthesised image shown to the twin neuron drives it to >= 80% of its "
+          "optimum\n(its own synthesised image or its best held-out image) and above its best held-out image")
+    print(f"{'cell type':18s} {'n':>4s} {'recovered':>10s} {'fraction':>9s} {'orientation <=15 deg':>21s} "
+          f"{'closed loop':>12s} {'median ratio':>13s}")
     for cell_type, row in sorted(recovery_table(results).items()):
-        print(f"{cell_type:18s} {row['n']:4d} {row['recovered']:10d} {row['fraction']:9.2f}")
+        rs = [r for r in results if r["cell_type"] == cell_type]
+        ori = [r["orientation_error_deg"] <= 15 for r in rs if "orientation_error_deg" in r]
+        loop = [r["closed_loop_ratio"] >= 0.8 and r.get("closed_loop_beats_natural", True) for r in rs]
+        print(f"{cell_type:18s} {row['n']:4d} {row['recovered']:10d} {row['fraction']:9.2f} "
+              f"{(f'{sum(ori)}/{len(ori)}' if ori else '-'):>21s} {f'{sum(loop)}/{len(loop)}':>12s} "
+              f"{np.median([r['closed_loop_ratio'] for r in rs]):13.2f}")
+    total = sum(row["recovered"] for row in recovery_table(results).values())
+    print(f"recovered {total}/{len(results)} ({total / len(results):.0%})")
 
 
 if __name__ == "__main__":
