@@ -135,18 +135,7 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     for s in dataset.sessions:
         s.validate(source)
     config = _fit_image_size(config, dataset, "image_size" in dict(config_overrides or {}), source)
-    if protocol == "cowley":
-        present = [s.session_id for s in dataset.sessions]
-        missing = [t for t in test_sessions if t not in present]
-        if missing:
-            raise DataError(f"test session(s) {missing} not in the data; it has {present}", source)
-        held_out = [s for s in dataset.sessions if s.session_id in test_sessions]
-        trunk_sessions = [s for s in dataset.sessions if s.session_id not in test_sessions]
-        if not held_out or not trunk_sessions:
-            raise DataError(f"the cowley protocol needs at least one test session and one other to train on; "
-                            f"test {list(test_sessions)}, found {present}", source)
-    else:
-        held_out, trunk_sessions = [], list(dataset.sessions)
+    held_out, trunk_sessions = _choose_sessions(dataset, protocol, test_sessions, source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = {s.session_id: split_images(s.n_images, seed=seed) for s in trunk_sessions}
@@ -168,16 +157,12 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
         teacher.freeze_trunk(False)
     teacher.eval()
 
-    noise_free = _twin_rates(dataset, splits)
-    per_session: dict[str, dict[str, np.ndarray]] = {}
-    scored = held_out if held_out else trunk_sessions
-    for s in scored:
-        per_session[s.session_id] = score_session(teacher, s, splits[s.session_id]["test"], device,
-                                                  noise_free.get(s.session_id))
+    scored, noise_free = held_out or trunk_sessions, _twin_rates(dataset, splits)
+    per_session = {s.session_id: score_session(teacher, s, splits[s.session_id]["test"], device,
+                                               noise_free.get(s.session_id)) for s in scored}
     pooled = {k: np.concatenate([v[k] for v in per_session.values() if k in v])
               for k in {k for v in per_session.values() for k in v}}
     summary = summarise(pooled)
-    summary_by_session = {sid: summarise(v) for sid, v in per_session.items()}
 
     save_teacher(teacher, out)
     write_split_data(out, dataset, scored, trunk_sessions, splits)
@@ -190,19 +175,42 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
                      for s in dataset.sessions},
         "dataset_metadata": {k: v for k, v in dataset.metadata.items() if isinstance(v, (str, int, float, bool))},
     })
-    atomic_write_json(out / "history" / "teacher_metrics.json", {
-        "scored_on": "held-out images" + (" of the test sessions (second half)" if held_out else " (test split)"),
-        "summary": summary, "by_session": summary_by_session,
-        "per_neuron": {sid: {"neuron_ids": teacher.sessions[sid], **{k: v.tolist() for k, v in m.items()}}
-                       for sid, m in per_session.items()},
-        "training": histories, "images_per_second": result.images_per_second,
-        "train_seconds": result.train_seconds,
-    })
+    _write_metrics(out, teacher, per_session, summary, histories, result, bool(held_out))
     return write_manifest(out, kind="teacher", seed=seed, metrics={"teacher": summary},
                           config={"preset": preset, "teacher": config.to_dict(),
                                   "train": config.train_config(seed=seed, device=device).to_dict(),
                                   "protocol": protocol, "data": str(data) if not isinstance(data, NeuralDataset) else source,
                                   "data_kwargs": dict(data_kwargs or {}), "n_parameters": teacher.n_parameters()})
+
+
+def _choose_sessions(dataset: NeuralDataset, protocol: str, test_sessions: Sequence[str],
+                     source: str) -> tuple[list[Session], list[Session]]:
+    """(held-out sessions, sessions the trunk trains on) for the protocol; a named session must exist."""
+    if protocol != "cowley":
+        return [], list(dataset.sessions)
+    present = [s.session_id for s in dataset.sessions]
+    missing = [t for t in test_sessions if t not in present]
+    if missing:
+        raise DataError(f"test session(s) {missing} not in the data; it has {present}", source)
+    held_out = [s for s in dataset.sessions if s.session_id in test_sessions]
+    trunk_sessions = [s for s in dataset.sessions if s.session_id not in test_sessions]
+    if not held_out or not trunk_sessions:
+        raise DataError(f"the cowley protocol needs at least one test session and one other to train on; "
+                        f"test {list(test_sessions)}, found {present}", source)
+    return held_out, trunk_sessions
+
+
+def _write_metrics(out: Path, teacher: Teacher, per_session: Mapping[str, Mapping[str, np.ndarray]],
+                   summary: dict[str, Any], histories: dict[str, Any], result: TrainResult, held_out: bool) -> None:
+    """history/teacher_metrics.json: the scores per neuron and session, and how training went."""
+    atomic_write_json(out / "history" / "teacher_metrics.json", {
+        "scored_on": "held-out images" + (" of the test sessions (second half)" if held_out else " (test split)"),
+        "summary": summary, "by_session": {sid: summarise(v) for sid, v in per_session.items()},
+        "per_neuron": {sid: {"neuron_ids": teacher.sessions[sid], **{k: v.tolist() for k, v in m.items()}}
+                       for sid, m in per_session.items()},
+        "training": histories, "images_per_second": result.images_per_second,
+        "train_seconds": result.train_seconds,
+    })
 
 
 def write_split_data(out: Path, dataset: NeuralDataset, scored: Sequence[Session], trained: Sequence[Session],
