@@ -212,86 +212,100 @@ def cases() -> list[tuple[str, str, Callable[[Path], tuple[Outcome, list[Path]]]
         _cli(["teacher", "--data", str(folder / "nope.npz"), "--out", str(folder / "out-run"), "--progress", "none"]),
         [folder / "out-run"])))
 
-    def tampered_run(folder: Path) -> tuple[Outcome, list[Path]]:
-        run = _tiny_run(folder)
-        f = run / "students" / "neuron_n0.safetensors"
-        f.write_bytes(f.read_bytes()[:-1] + b"\x01")
-        return _call(lambda: Run.open(run)), []
+    return out + RUN_CASES
 
-    def tampered_run_export(folder: Path) -> tuple[Outcome, list[Path]]:
-        run = _tiny_run(folder)
-        f = run / "students" / "neuron_n0.safetensors"
-        f.write_bytes(f.read_bytes()[:-1] + b"\x01")
-        dest = folder / "n0.safetensors"
-        return _cli(["export", str(run), "--neuron", "n0", "--out", str(dest)]), [dest]
 
-    def tampered_export(folder: Path) -> tuple[Outcome, list[Path]]:
-        run = _tiny_run(folder)
-        exported = export_compact(run, "n0", folder / "n0.safetensors")
-        data = bytearray(exported.read_bytes())
-        data[-3] ^= 0xFF
-        exported.write_bytes(bytes(data))
-        return _call(lambda: load_compact(exported)), []
+def tampered_run(folder: Path) -> tuple[Outcome, list[Path]]:
+    run = _tiny_run(folder)
+    f = run / "students" / "neuron_n0.safetensors"
+    f.write_bytes(f.read_bytes()[:-1] + b"\x01")
+    return _call(lambda: Run.open(run)), []
 
-    def unknown_neuron(folder: Path) -> tuple[Outcome, list[Path]]:
-        run = _tiny_run(folder)
-        dest = folder / "n9.safetensors"
-        return _cli(["export", str(run), "--neuron", "n9", "--out", str(dest)]), [dest]
 
-    def no_manifest(folder: Path) -> tuple[Outcome, list[Path]]:
-        (folder / "run").mkdir()
-        return _call(lambda: Run.open(folder / "run")), []
+def tampered_run_export(folder: Path) -> tuple[Outcome, list[Path]]:
+    run = _tiny_run(folder)
+    f = run / "students" / "neuron_n0.safetensors"
+    f.write_bytes(f.read_bytes()[:-1] + b"\x01")
+    dest = folder / "n0.safetensors"
+    return _cli(["export", str(run), "--neuron", "n0", "--out", str(dest)]), [dest]
 
-    def pickled_checkpoint(folder: Path) -> tuple[Outcome, list[Path]]:
-        path = folder / "resnet50.pth"
-        torch.save({"conv1.weight": torch.zeros(1), "evil": RunsCode()}, path)
-        return _call(lambda: read_resnet_checkpoint(path)), []
 
-    def pickled_checkpoint_cli(folder: Path) -> tuple[Outcome, list[Path]]:
-        path = folder / "resnet50.pth"
-        torch.save({"conv1.weight": torch.zeros(1), "evil": RunsCode()}, path)
-        dest = folder / "out-run"
-        return _cli(["teacher", "--data", "twin", "--neurons", "4", "--images", "40", "--preset", "tiny",
-                     "--backbone", str(path), "--out", str(dest), "--progress", "none"]), [dest]
+def tampered_export(folder: Path) -> tuple[Outcome, list[Path]]:
+    run = _tiny_run(folder)
+    exported = export_compact(run, "n0", folder / "n0.safetensors")
+    data = bytearray(exported.read_bytes())
+    data[-3] ^= 0xFF
+    exported.write_bytes(bytes(data))
+    return _call(lambda: load_compact(exported)), []
 
-    def published_with_code(folder: Path) -> tuple[Outcome, list[Path]]:
-        path = folder / "compact_model_100101_neuron0.npy"
-        with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": (36,)})
-            pickle.dump(RunsCode(), f, protocol=2)
-        return _call(lambda: load_published_arrays(path)), []
 
-    def cowley_empty(folder: Path) -> tuple[Outcome, list[Path]]:
-        (folder / "weights").mkdir()
-        dest = folder / "out-run"
-        return _cli(["import-cowley", str(folder / "weights"), "--out", str(dest)]), [dest]
+def unknown_neuron(folder: Path) -> tuple[Outcome, list[Path]]:
+    run = _tiny_run(folder)
+    dest = folder / "n9.safetensors"
+    return _cli(["export", str(run), "--neuron", "n9", "--out", str(dest)]), [dest]
 
-    def compress_preset(folder: Path) -> tuple[Outcome, list[Path]]:
-        run = _tiny_run(folder)
-        before = _files(run)
-        outcome = _cli(["compress", str(run), "--preset", "huge"])
-        return outcome, [] if _files(run) == before else [run / "(changed)"]
 
-    def compress_no_teacher(folder: Path) -> tuple[Outcome, list[Path]]:
-        run = _tiny_run(folder)
-        before = _files(run)
-        outcome = _cli(["compress", str(run), "--progress-format", "none"])
-        return outcome, [] if _files(run) == before else [run / "(changed)"]
+def no_manifest(folder: Path) -> tuple[Outcome, list[Path]]:
+    (folder / "run").mkdir()
+    return _call(lambda: Run.open(folder / "run")), []
 
-    out += [
-        ("run: a student file changed", "Run.open (app)", tampered_run),
-        ("run: a student file changed", "cli export", tampered_run_export),
-        ("run: no manifest.json", "Run.open (app)", no_manifest),
-        ("run: unknown neuron", "cli export", unknown_neuron),
-        ("exported model: bytes flipped", "load_compact", tampered_export),
-        ("ResNet checkpoint holding pickled code", "read_resnet_checkpoint", pickled_checkpoint),
-        ("ResNet checkpoint holding pickled code", "cli teacher --backbone", pickled_checkpoint_cli),
-        ("published model holding pickled code", "load_published_arrays", published_with_code),
-        ("V4 release: no models", "cli import-cowley", cowley_empty),
-        ("compress --preset huge (no such preset)", "cli compress", compress_preset),
-        ("compress a run without a teacher", "cli compress", compress_no_teacher),
-    ]
-    return out
+
+def pickled_checkpoint(folder: Path) -> tuple[Outcome, list[Path]]:
+    path = folder / "resnet50.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "evil": RunsCode()}, path)
+    return _call(lambda: read_resnet_checkpoint(path)), []
+
+
+def pickled_checkpoint_cli(folder: Path) -> tuple[Outcome, list[Path]]:
+    path = folder / "resnet50.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "evil": RunsCode()}, path)
+    dest = folder / "out-run"
+    return _cli(["teacher", "--data", "twin", "--neurons", "4", "--images", "40", "--preset", "tiny",
+                 "--backbone", str(path), "--out", str(dest), "--progress", "none"]), [dest]
+
+
+def published_with_code(folder: Path) -> tuple[Outcome, list[Path]]:
+    path = folder / "compact_model_100101_neuron0.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": (36,)})
+        pickle.dump(RunsCode(), f, protocol=2)
+    return _call(lambda: load_published_arrays(path)), []
+
+
+def cowley_empty(folder: Path) -> tuple[Outcome, list[Path]]:
+    (folder / "weights").mkdir()
+    dest = folder / "out-run"
+    return _cli(["import-cowley", str(folder / "weights"), "--out", str(dest)]), [dest]
+
+
+def compress_preset(folder: Path) -> tuple[Outcome, list[Path]]:
+    run = _tiny_run(folder)
+    before = _files(run)
+    outcome = _cli(["compress", str(run), "--preset", "huge"])
+    return outcome, [] if _files(run) == before else [run / "(changed)"]
+
+
+def compress_no_teacher(folder: Path) -> tuple[Outcome, list[Path]]:
+    run = _tiny_run(folder)
+    before = _files(run)
+    outcome = _cli(["compress", str(run), "--progress-format", "none"])
+    return outcome, [] if _files(run) == before else [run / "(changed)"]
+
+
+#: Runs, checkpoints, published models and the compress command, each refused with nothing written.
+RUN_CASES: list[tuple[str, str, Callable[[Path], tuple[Outcome, list[Path]]]]] = [
+    ("run: a student file changed", "Run.open (app)", tampered_run),
+    ("run: a student file changed", "cli export", tampered_run_export),
+    ("run: no manifest.json", "Run.open (app)", no_manifest),
+    ("run: unknown neuron", "cli export", unknown_neuron),
+    ("exported model: bytes flipped", "load_compact", tampered_export),
+    ("ResNet checkpoint holding pickled code", "read_resnet_checkpoint", pickled_checkpoint),
+    ("ResNet checkpoint holding pickled code", "cli teacher --backbone", pickled_checkpoint_cli),
+    ("published model holding pickled code", "load_published_arrays", published_with_code),
+    ("V4 release: no models", "cli import-cowley", cowley_empty),
+    ("compress --preset huge (no such preset)", "cli compress", compress_preset),
+    ("compress a run without a teacher", "cli compress", compress_no_teacher),
+]
 
 
 def _jpeg() -> bytes:
