@@ -18,8 +18,8 @@ st.markdown(
     "**Cancel** stops it like Ctrl-C, leaving its last checkpoint intact. A finished run appears in the sidebar's "
     "run picker.")
 
-PRESETS = {"tiny": "a few neurons, seconds to a minute: a smoke test",
-           "demo": "the bundled default's recipe: several minutes on a laptop CPU"}
+PRESETS = {"tiny": "8 neurons, about 8 minutes on 2 CPU cores: a smoke test",
+           "demo": "the bundled default's recipe (16 neurons, a 4-member teacher): over an hour on 2 CPU cores"}
 jobs: dict[str, PipelineJob] = st.session_state.setdefault("train_jobs", {})
 
 with st.form("train_form"):
