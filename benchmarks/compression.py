@@ -125,7 +125,7 @@ def cell_type_table(run: Path) -> None:
     """The twin's compact models grouped by cell type: does model size follow the computation?"""
     from compactvision.runs import Run
 
-    truth = Run(run).ground_truth()
+    truth = Run.open(run).ground_truth()
     if not truth:
         return
     types = {r["neuron_id"]: r["cell_type"] for r in truth}
