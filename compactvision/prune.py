@@ -139,18 +139,14 @@ def _fold_means(student: CompactStudent, probe: torch.Tensor, layer: int) -> tor
     the next layer's pointwise pre-activation, which filter j reaches only as
     pointwise[:, j] * depthwise_j(activation_j): linear, hence separable.
     """
-    last = layer == len(student.layers) - 1
+    if layer == len(student.layers) - 1:
+        return _readout_contributions(student, probe).mean(dim=0, keepdim=True)
+    nxt = student.layers[layer + 1]
     total, n = None, 0
     for x in _chunks(probe):
         a = student.layers[layer](_layer_input(student, x, layer))
-        if last:
-            h, w = student.arch.readout_hw
-            wr = student.readout.weight.view(student.arch.n_outputs, h, w, -1)[0]
-            m = torch.einsum("nchw,hwc->c", a, wr)[None]
-        else:
-            nxt = student.layers[layer + 1]
-            d = nxt.depthwise(tf_same_pad(a, nxt.kernel, nxt.stride)).mean(dim=(2, 3)).sum(0)  # (C,)
-            m = nxt.pointwise.weight[:, :, 0, 0] * d[None]
+        d = nxt.depthwise(tf_same_pad(a, nxt.kernel, nxt.stride)).mean(dim=(2, 3)).sum(0)  # (C,)
+        m = nxt.pointwise.weight[:, :, 0, 0] * d[None]
         total = m if total is None else total + m
         n += len(x)
     return total / n
@@ -232,10 +228,11 @@ def _smallest_passing(order: torch.Tensor, passes: Callable[[int], bool], min_fi
 # ------------------------------------------------------------------ criteria
 def _prune_on_output(student: CompactStudent, probe: torch.Tensor, labels: np.ndarray, layer: int,
                      config: PruneConfig, floor: float) -> tuple[CompactStudent, float]:
-    fold = _fold_means(student, probe, layer)
     if layer == len(student.layers) - 1:
         # The readout is linear: a kept set's response is a sum of cached contributions, no forward pass.
-        contrib = _readout_contributions(student, probe).double()
+        contrib = _readout_contributions(student, probe)
+        fold = contrib.mean(dim=0, keepdim=True)
+        contrib = contrib.double()
         base = float(student.readout.bias.detach()[0]) + float(fold.sum())
         order = torch.argsort(contrib.var(dim=0), descending=True)
 
@@ -243,6 +240,7 @@ def _prune_on_output(student: CompactStudent, probe: torch.Tensor, labels: np.nd
             kept = order[:k]
             return r_squared((contrib[:, kept].sum(1) + base - float(fold[0, kept].sum())).numpy(), labels)
     else:
+        fold = _fold_means(student, probe, layer)
         order = torch.argsort(taylor_scores(student, probe, layer), descending=True)
         tried: dict[int, float] = {}
 
@@ -254,8 +252,7 @@ def _prune_on_output(student: CompactStudent, probe: torch.Tensor, labels: np.nd
     # The budget is spent once the model is below the floor; from then on a cut may not cost anything.
     bar = min(floor, r2_of(len(order)))
     k = _smallest_passing(order, lambda k: r2_of(k) >= bar - 1e-9, config.min_filters)
-    small = cut_layer(student, probe, layer, order[:k], fold)
-    return small, r_squared(responses(small, probe), labels)
+    return cut_layer(student, probe, layer, order[:k], fold), r2_of(k)
 
 
 @torch.no_grad()
