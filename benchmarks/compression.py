@@ -168,7 +168,8 @@ def compare_criteria(n_neurons: int) -> None:
         shutil.copytree(base, other)
         for d in ("students", "history"):
             shutil.rmtree(other / d)
-        cfg = replace(tiny.compress, prune=replace(tiny.compress.prune, criterion="reconstruction", order="last_first"))
+        reference = replace(tiny.compress.prune, criterion="reconstruction", order="last_first", rounds=1)
+        cfg = replace(tiny.compress, prune=reference)
         compress_run(other, cfg, neurons=range(n_neurons), workers=1)
         print(f"\npruning criteria on the tiny preset, first {n_neurons} neurons")
         print(f"{'criterion':<15} {'median channels':>24} {'median params':>14} {'median r vs teacher':>20} {'median r truth':>15}")

@@ -223,6 +223,7 @@ def add_import_cowley(sub: argparse._SubParsersAction) -> None:
     p.add_argument("weights_dir", help="the release's compact_models/ folder (or the release root)")
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--sessions", nargs="+", help="only these sessions (default: every model found)")
+    p.add_argument("--per-session", type=int, metavar="K", help="only the first K models of each session")
     p.add_argument("--no-evaluate", action="store_true",
                    help="skip scoring on the session's images even when the release has them")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
@@ -235,7 +236,7 @@ def _import_cowley(args: argparse.Namespace) -> None:
     from compactvision.progress import tqdm_reporter
 
     run = import_cowley(args.weights_dir, args.out, sessions=args.sessions, evaluate=not args.no_evaluate,
-                        progress=tqdm_reporter(), device=args.device)
+                        progress=tqdm_reporter(), device=args.device, per_session=args.per_session)
     metrics = read_manifest(run, verify=False)["metrics"]
     summary = metrics["compression"]
     print(f"{run}: {summary['n_students']} students, median {summary['n_parameters']['median']:.0f} parameters")
@@ -263,6 +264,13 @@ def add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="paper", choices=COMPRESS_PRESETS, metavar="NAME",
                    help="compression sizes: %(choices)s (default %(default)s: students start at 100 filters per "
                         "layer, as in the reference; tiny and demo are the pipeline presets' sizes)")
+    p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
+    _add_pruning_options(p)
+    _add_compress_options(p)
+    p.set_defaults(func=_compress)
+
+
+def _add_pruning_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=["shared", "per_neuron"], help="starting student(s); default from the preset")
     p.add_argument("--threshold", type=float,
                    help="fraction of the unpruned student's r² against the teacher that pruning must keep "
@@ -271,18 +279,14 @@ def add_compress(sub: argparse._SubParsersAction) -> None:
                    help="output: every cut judged on the neuron's response (default); reconstruction: the "
                         "reference's per-layer variance explained")
     p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
-    p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
-    _add_compress_options(p)
-    p.set_defaults(func=_compress)
 
 
-def _compress(args: argparse.Namespace) -> None:
+def _compression_config(args: argparse.Namespace):
+    """The preset's `CompressConfig` with the command line's pruning options applied."""
     from dataclasses import replace
 
-    from compactvision.compress import compress_run
     from compactvision.pipeline import COMPRESS_PRESETS
-    from compactvision.progress import reporter
 
     config = replace(COMPRESS_PRESETS[args.preset], seed=args.seed)
     if args.strategy:
@@ -291,9 +295,47 @@ def _compress(args: argparse.Namespace) -> None:
                                ("min_filters", args.min_filters)) if v is not None}
     if args.criterion == "reconstruction":
         prune["order"] = "last_first"  # the reference's criterion needs the reference's order
-    config = replace(config, prune=replace(config.prune, **prune))
-    summary = compress_run(args.run, config, backend=args.backend, workers=args.workers, address=args.address,
-                           neurons=args.neurons, progress=reporter(args.progress_format), device=args.device)
+        prune["rounds"] = 1            # and visits each layer once, as the reference does
+    return replace(config, prune=replace(config.prune, **prune))
+
+
+def _compress(args: argparse.Namespace) -> None:
+    from compactvision.compress import compress_run
+    from compactvision.progress import reporter
+
+    summary = compress_run(args.run, _compression_config(args), backend=args.backend, workers=args.workers,
+                           address=args.address, neurons=args.neurons, progress=reporter(args.progress_format),
+                           device=args.device)
+    _print_compression(summary)
+
+
+@stage
+def add_recompress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recompress", help="treat each imported published model as its neuron's teacher: distil it "
+                                          "into a wide student and prune that again (resumable per neuron)")
+    p.add_argument("imported", help="a run made by import-cowley")
+    p.add_argument("--out", required=True, help="the re-compression run (rerun the same command to continue it)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--neurons", nargs="+", metavar="ID", help="these neurons, e.g. 190923_neuron0")
+    which.add_argument("--per-session", type=int, metavar="K", help="the first K neurons of every session")
+    p.add_argument("--sessions", nargs="+", help="only these sessions")
+    p.add_argument("--release", help="the release folder with images/ and responses (default: the one imported from)")
+    p.add_argument("--preset", default="recompress", choices=COMPRESS_PRESETS, metavar="NAME",
+                   help="compression sizes: %(choices)s (default %(default)s: a fresh 64-filter student per neuron)")
+    _add_pruning_options(p)
+    _add_compress_options(p)
+    p.set_defaults(func=_recompress)
+
+
+def _recompress(args: argparse.Namespace) -> None:
+    from compactvision.compress import compress_run
+    from compactvision.cowley.recompress import prepare_recompress
+    from compactvision.progress import reporter
+
+    run = prepare_recompress(args.imported, args.out, neurons=args.neurons, per_session=args.per_session,
+                             sessions=args.sessions, release=args.release)
+    summary = compress_run(run, _compression_config(args), backend=args.backend, workers=args.workers,
+                           address=args.address, progress=reporter(args.progress_format), device=args.device)
     _print_compression(summary)
 
 

@@ -64,7 +64,16 @@ PRESETS: dict[str, PipelinePreset] = {
 
 #: Compression sizes by name, for `compactvision compress --preset`: each pipeline preset's, and the paper's
 #: (`CompressConfig`'s defaults: 100 filters per layer, 112 px, the reference's sizes; meant for a GPU).
-COMPRESS_PRESETS: dict[str, CompressConfig] = {**{k: p.compress for k, p in PRESETS.items()}, "paper": CompressConfig()}
+COMPRESS_PRESETS: dict[str, CompressConfig] = {
+    **{k: p.compress for k, p in PRESETS.items()},
+    "paper": CompressConfig(),
+    # Re-compressing a published model (`compactvision recompress`) on 2 CPU cores: a fresh 64-filter student
+    # per neuron at the models' 112 px, distilled from that one model, then pruned and retrained.
+    "recompress": CompressConfig(
+        stream=StreamConfig(n_images=8192, image_size=112, chunk=256), strategy="per_neuron",
+        student_channels=(64, 64, 64, 64, 64), neuron_epochs=2, neuron_images=6144, finetune_epochs=1,
+        finetune_images=1024, final_epochs=1, batch_size=64, lr=2e-3, probe_images=256, score_images=512),
+}
 
 
 def _stage_done(out: Path, kinds: tuple[str, ...]) -> bool:

@@ -46,12 +46,20 @@ CHUNK = 128  # probe images per forward pass
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """`threshold`: what fraction of the unpruned accuracy (r² vs teacher) a cut may keep at the least."""
+    """`threshold`: what fraction of the unpruned accuracy (r² vs teacher) a cut may keep at the least.
+
+    `rounds`: how many times every layer is visited. A layer is cut while the
+    layers after it are still wide, and each of them reads a little of every
+    filter; once they have consolidated (and been fine-tuned), a second visit
+    finds that most of the early filters feed nothing the neuron keeps. Later
+    rounds record a step only where they cut something.
+    """
 
     threshold: float = 0.9
     min_filters: int = 3
     criterion: str = "output"
     order: str = "readout_then_first"
+    rounds: int = 2
 
     @staticmethod
     def layer_order(order: str, n_layers: int) -> list[int]:
@@ -73,6 +81,8 @@ class PruneConfig:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.min_filters < 1:
             raise ValueError("min_filters must be >= 1")
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         if self.order not in ORDERS:
@@ -92,6 +102,7 @@ class PruneStep:
     explained: float | None      # the criterion's value for the kept filters of `layer`
     accuracy: float | None = None  # r against the teacher's labels on validation images
     scores: dict[str, float] = field(default_factory=dict)  # any further scores (r vs held-out data, ...)
+    round: int = 0               # which visit of the layers made this cut
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -322,10 +333,10 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
     retrains the rebuilt network); `evaluate(model)` returns the scores of
     each step ("r_teacher" becomes the step's accuracy).
     """
-    def step(layer: int | None, m: CompactStudent, explained: float | None) -> PruneStep:
+    def step(layer: int | None, m: CompactStudent, explained: float | None, visit: int = 0) -> PruneStep:
         scores = dict(evaluate(m)) if evaluate else {}
         s = PruneStep(layer, list(m.arch.channels), m.n_parameters(), m.macs(), explained,
-                      scores.pop("r_teacher", None), scores)
+                      scores.pop("r_teacher", None), scores, visit)
         if on_step:
             on_step(s)
         return s
@@ -333,9 +344,13 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
     student = student.eval()
     floor = config.threshold * r_squared(responses(student, probe), labels)
     path = [step(None, student, None)]
-    for layer in config.layer_order(config.order, len(student.layers)):
-        student, explained = prune_layer(student, probe, labels, layer, config, floor)
-        if finetune is not None:
-            student = finetune(student, layer).eval()
-        path.append(step(layer, student, explained))
+    for visit in range(config.rounds):
+        for layer in config.layer_order(config.order, len(student.layers)):
+            if visit and student.arch.channels[layer] <= config.min_filters:
+                continue
+            cut, explained = prune_layer(student, probe, labels, layer, config, floor)
+            if visit and cut.arch.channels == student.arch.channels:
+                continue  # nothing more to cut here: no fine-tune, no step
+            student = cut if finetune is None else finetune(cut, layer).eval()
+            path.append(step(layer, student, explained, visit))
     return student, path

@@ -139,6 +139,27 @@ def test_prune_neuron_path_shrinks_and_records_every_step():
     assert min(small.arch.channels) >= 3
 
 
+def test_a_second_visit_only_cuts_further_and_records_only_real_cuts():
+    m = _random_student(seed=3)
+    x = torch.rand(64, 3, 32, 32)
+    labels = responses(m, x)
+    # The neuron reads only two last-layer filters, so once that layer is cut the rest of the
+    # network is wider than it needs; a second visit can find that out.
+    with torch.no_grad():
+        w = m.readout.weight.view(1, *m.arch.readout_hw, -1)
+        w[..., 2:] = 0
+    labels = responses(m, x)
+    once, path1 = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=1))
+    twice, path2 = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=2))
+    assert [s.to_dict() for s in path2[:len(path1)]] == [s.to_dict() for s in path1], "the first visit is the same"
+    assert len(path2) > len(path1) and sum(twice.arch.channels) < sum(once.arch.channels)
+    for before, step in zip(path2[len(path1) - 1:], path2[len(path1):]):
+        assert step.round == 1 and step.channels[step.layer] < before.channels[step.layer]
+    assert r_squared(responses(twice, x), labels) >= 0.8 * r_squared(responses(m, x), labels) - 1e-6
+    with pytest.raises(ValueError, match="rounds"):
+        PruneConfig(rounds=0)
+
+
 def test_prune_refuses_shared_students_and_mismatched_labels():
     m = CompactStudent(StudentArch(channels=(4,) * 5, input_size=(32, 32), n_outputs=2)).eval()
     x = torch.rand(8, 3, 32, 32)

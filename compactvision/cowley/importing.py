@@ -1,6 +1,7 @@
 """`import_cowley`: every published model of the release written into an ordinary run directory."""
 from __future__ import annotations
 
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -15,7 +16,8 @@ from compactvision.progress import Progress, silent
 
 
 def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterable[str] | None = None,
-                  evaluate: bool = True, progress: Progress = silent, device: str | None = None) -> Path:
+                  evaluate: bool = True, progress: Progress = silent, device: str | None = None,
+                  per_session: int | None = None) -> Path:
     """Convert published models into a run directory (manifest kind "imported-cowley").
 
     Students are named as the data layer names the neurons ("<session>_neuron<k>").
@@ -25,10 +27,13 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
     summary (medians with bootstrap CIs) a compressed run records. A session
     that could not be scored is still imported, and the manifest's
     `metrics["not_scored"]` says why. `progress("import-cowley", models_done,
-    n_models)` follows each model written.
+    n_models)` follows each model written. `per_session` keeps only the first
+    models of each session (by neuron index), for a quick sample.
     """
     out_run = Path(out_run)
     models = find_published_models(weights_dir, sessions)
+    if per_session is not None:
+        models = [m for _, group in groupby(models, key=lambda m: m.session) for m in list(group)[:per_session]]
     if (out_run / STUDENTS).is_dir() and any((out_run / STUDENTS).iterdir()):
         raise ArtifactError("output run already has students; choose an empty folder", out_run)
     root = release_root_of(models[0].weights.parent) if evaluate else None

@@ -35,6 +35,7 @@ from torch import nn
 from compactvision.artifacts import MANIFEST, atomic_write_json, load_weights, read_json, read_manifest, save_weights, verify_files
 from compactvision.compute import model_macs
 from compactvision.errors import ArtifactError
+from compactvision.models.bank import BANK_FORMAT, StudentBank, load_bank
 from compactvision.models.backbone import ResNetSpec, ResNetTrunk
 from compactvision.models.readouts import FactorisedReadout
 from compactvision.models.vone import DEFAULT_VISUAL_DEGREES, VOneBlock
@@ -346,8 +347,12 @@ def save_teacher(teacher: Teacher, run_dir: str | Path) -> Path:
     return out
 
 
-def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher:
-    """Rebuild a saved teacher in eval mode; with `verify`, its files must match the run's manifest."""
+def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher | StudentBank:
+    """Rebuild a saved teacher in eval mode; with `verify`, its files must match the run's manifest.
+
+    A re-compression run's teacher is a bank of published compact models
+    (`models.bank`); it loads from the same two files.
+    """
     run_dir = Path(run_dir)
     rel = [f"{TEACHER_DIR}/{WEIGHTS}", f"{TEACHER_DIR}/{ARCHITECTURE}"]
     if verify:
@@ -357,6 +362,8 @@ def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher:
             raise ArtifactError(f"the manifest does not record {missing}", run_dir / MANIFEST)
         verify_files(run_dir, manifest, only=rel)
     arch = read_json(run_dir / rel[1])
+    if isinstance(arch, dict) and arch.get("format") == BANK_FORMAT:
+        return load_bank(arch, run_dir / rel[0], run_dir / rel[1])
     if not isinstance(arch, dict) or arch.get("format") != FORMAT:
         raise ArtifactError(f"not a teacher architecture file (format {arch.get('format') if isinstance(arch, dict) else '?'})",
                             run_dir / rel[1])

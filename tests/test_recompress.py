@@ -1,0 +1,78 @@
+"""Re-compression: a published compact model as the teacher of its neuron, distilled and pruned again."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from compactvision.artifacts import list_students, load_student, read_json, read_manifest
+from compactvision.cli import main
+from compactvision.compress import CompressConfig, compress_run
+from compactvision.cowley import import_cowley
+from compactvision.cowley.recompress import prepare_recompress
+from compactvision.distill import StreamConfig
+from compactvision.errors import ArtifactError, DataError
+from compactvision.models.teacher import load_teacher
+from compactvision.prune import PruneConfig
+from compactvision.rundir import heldout_data, history_path, neuron_ids_of, teacher_image_size
+from test_cowley_import import fake_release  # a miniature release in the real layout
+
+#: Small enough for the suite: 8-filter students on a 512-image stream (the published models are 112 px).
+TINY = CompressConfig(stream=StreamConfig(n_images=512, image_size=112, chunk=128), strategy="per_neuron",
+                      student_channels=(8, 8, 8, 8, 8), neuron_epochs=1, neuron_images=256, finetune_epochs=1,
+                      finetune_images=64, final_epochs=1, batch_size=32, probe_images=64, score_images=64,
+                      prune=PruneConfig(min_filters=2))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    root = fake_release(tmp_path_factory.mktemp("release"), n_models=2, n_images=40)
+    run = tmp_path_factory.mktemp("imported") / "run"
+    import_cowley(root / "compact_models", run, device="cpu")
+    return run
+
+
+def test_the_bank_teacher_answers_as_each_published_model(imported, tmp_path):
+    out = prepare_recompress(imported, tmp_path / "re")
+    assert read_manifest(out)["kind"] == "recompress"
+    assert neuron_ids_of(out) == ["100101_neuron0", "100101_neuron1"] and teacher_image_size(out) == 112
+    bank = load_teacher(out)
+    x = torch.rand(3, 3, 112, 112)
+    for k, nid in enumerate(bank.neuron_ids):
+        assert torch.allclose(bank(x)[:, k], load_student(imported, nid)(x)[:, 0], atol=1e-5)
+    held = heldout_data(out)["sessions"]["100101"]
+    assert len(held["images"]) == 20, "the held-out second half only"
+    assert held["responses"].shape == (2, 20)
+
+
+def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path):
+    out = prepare_recompress(imported, tmp_path / "re", per_session=2)
+    compress_run(out, TINY, neurons=[0], workers=1)
+    first = history_path(out, "100101_neuron0")
+    stamp = first.stat().st_mtime_ns
+    assert not history_path(out, "100101_neuron1").exists()
+    # Rerunning (the command after a Ctrl-C) keeps what is done and does the rest.
+    assert prepare_recompress(imported, out) == out
+    summary = compress_run(out, TINY, workers=1)
+    assert first.stat().st_mtime_ns == stamp
+    assert summary["n_students"] == 2 and list_students(out) == ["100101_neuron0", "100101_neuron1"]
+    for nid in list_students(out):
+        record = read_json(history_path(out, nid))
+        path = record["path"]
+        assert path[0]["channels"] == [8] * 5, "a fresh wide student, not the published one"
+        assert path[-1]["n_parameters"] < path[0]["n_parameters"]
+        assert "r_heldout" in record["metrics"], "scored against the measured held-out responses"
+
+
+def test_unknown_neurons_and_wrong_runs_are_refused_before_anything_is_written(imported, tmp_path):
+    with pytest.raises(DataError, match="not in the imported run"):
+        prepare_recompress(imported, tmp_path / "a", neurons=["100101_neuron7"])
+    with pytest.raises(DataError, match="sessions"):
+        prepare_recompress(imported, tmp_path / "b", sessions=["999999"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    teacherless = tmp_path / "c"
+    prepare_recompress(imported, teacherless)
+    with pytest.raises(ArtifactError, match="import-cowley"):
+        prepare_recompress(teacherless, tmp_path / "d")
+    assert main(["recompress", str(imported), "--out", str(tmp_path / "e"), "--neurons", "nope"]) != 0
+    assert not (tmp_path / "e").exists()
