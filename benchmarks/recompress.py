@@ -1,0 +1,117 @@
+"""Re-compressing the published V4 compact models: ours against theirs, neuron by neuron.
+
+    python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4]
+
+Each published model of Cowley et al. (2026) is taken as the teacher of its
+neuron (`compactvision recompress`): distilled into a fresh wide student and
+pruned by our criterion. On CPU the sample is fixed and printed: the first
+`--per-session` (4) neurons of each test session, 190923 and 201025. With a
+GPU, or `--all`, every published model. The work is resumable: rerunning the
+command continues where it stopped, and finished neurons are only re-scored.
+
+Per neuron, on the held-out second half of its session's images (the paper's
+protocol), it prints: parameters (ours, theirs), r of our model against
+theirs, r of ours and of theirs against the measured responses, and the
+seconds our compression took; then the medians.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compactvision.artifacts import MANIFEST, list_students, load_student, read_json
+from compactvision.compress import compress_run
+from compactvision.cowley import import_cowley, session_predictions
+from compactvision.cowley.recompress import prepare_recompress
+from compactvision.errors import CompactVisionError
+from compactvision.metrics import pearson_r
+from compactvision.pipeline import COMPRESS_PRESETS
+from compactvision.progress import reporter
+from compactvision.rundir import heldout_data, history_path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RELEASE = Path(os.environ.get("COMPACTVISION_COWLEY_DIR", ROOT.parent / "shared" / "data" / "cowley_v4"))
+TEST_SESSIONS = ("190923", "201025")
+
+
+def _r(a: np.ndarray, b: np.ndarray) -> float:
+    return float(pearson_r(np.asarray(a, np.float64), np.asarray(b, np.float64))[0])
+
+
+def neuron_rows(imported: Path, run: Path) -> list[dict[str, float | str]]:
+    """One row per re-compressed neuron, scored on its session's held-out half."""
+    rows = []
+    held = heldout_data(run)["sessions"]
+    for session, s in held.items():
+        for j, nid in enumerate(s["neuron_ids"]):
+            if not history_path(run, nid).exists():
+                continue
+            ours, theirs = load_student(run, nid), load_student(imported, nid)
+            y_ours, y_theirs = session_predictions(ours, s["images"]), session_predictions(theirs, s["images"])
+            metrics = read_json(history_path(run, nid))["metrics"]
+            rows.append({"neuron": nid, "params_ours": ours.n_parameters(), "params_theirs": theirs.n_parameters(),
+                         "channels_ours": "-".join(map(str, ours.arch.channels)),
+                         "channels_theirs": "-".join(map(str, theirs.arch.channels)),
+                         "r_ours_vs_theirs": _r(y_ours, y_theirs), "r_ours": _r(y_ours, s["responses"][j]),
+                         "r_theirs": _r(y_theirs, s["responses"][j]), "seconds": float(metrics["seconds"])})
+    return rows
+
+
+def print_table(rows: list[dict[str, float | str]]) -> None:
+    head = (f"{'neuron':<18} {'ours: filters':>16} {'params':>7} {'theirs: filters':>16} {'params':>7} "
+            f"{'r ours~theirs':>13} {'r ours':>7} {'r theirs':>8} {'s':>6}")
+    print(head)
+    for r in rows:
+        print(f"{r['neuron']:<18} {r['channels_ours']:>16} {r['params_ours']:>7} {r['channels_theirs']:>16} "
+              f"{r['params_theirs']:>7} {r['r_ours_vs_theirs']:>13.3f} {r['r_ours']:>7.3f} {r['r_theirs']:>8.3f} "
+              f"{r['seconds']:>6.0f}")
+    med = {k: float(np.median([r[k] for r in rows])) for k in ("params_ours", "params_theirs", "r_ours_vs_theirs",
+                                                                 "r_ours", "r_theirs", "seconds")}
+    print(f"{'median (' + str(len(rows)) + ')':<18} {'':>16} {med['params_ours']:>7.0f} {'':>16} "
+          f"{med['params_theirs']:>7.0f} {med['r_ours_vs_theirs']:>13.3f} {med['r_ours']:>7.3f} "
+          f"{med['r_theirs']:>8.3f} {med['seconds']:>6.0f}")
+    print(f"targets: median params ours <= theirs: {med['params_ours'] <= med['params_theirs']}; "
+          f"r ours~theirs >= 0.95: {med['r_ours_vs_theirs'] >= 0.95}; "
+          f"r ours >= r theirs - 0.02: {med['r_ours'] >= med['r_theirs'] - 0.02}; "
+          f"<= 15 min per neuron: {med['seconds'] <= 900}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--release", type=Path, default=DEFAULT_RELEASE, help="the V4 release folder")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "recompress", help="where the runs are kept (resumable)")
+    ap.add_argument("--per-session", type=int, default=4, help="neurons per test session on CPU (default 4)")
+    ap.add_argument("--all", action="store_true", help="every published model (the default where a GPU is present)")
+    ap.add_argument("--preset", default="recompress", choices=COMPRESS_PRESETS)
+    ap.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    args = ap.parse_args(argv)
+    per_session = None if args.all or torch.cuda.is_available() else args.per_session
+    imported, run = args.work / f"imported_{per_session or 'all'}", args.work / f"ours_{per_session or 'all'}"
+    print(f"sample: {'every published model' if per_session is None else f'neurons 0-{per_session - 1}'} "
+          f"of sessions {', '.join(TEST_SESSIONS)}; preset {args.preset}")
+    try:
+        if not (imported / MANIFEST).exists():
+            import_cowley(args.release / "compact_models", imported, sessions=TEST_SESSIONS, per_session=per_session,
+                          progress=reporter("lines"))
+        prepare_recompress(imported, run)
+        compress_run(run, COMPRESS_PRESETS[args.preset], workers=args.workers, progress=reporter("lines"))
+    except CompactVisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = neuron_rows(imported, run)
+    print_table(rows)
+    out = args.work / f"recompress_{per_session or 'all'}.csv"
+    with open(out, "w") as f:
+        f.write(",".join(rows[0]) + "\n")
+        f.writelines(",".join(str(v) for v in r.values()) + "\n" for r in rows)
+    print(f"per-neuron table: {out} (students of {len(list_students(run))} neurons)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
