@@ -17,6 +17,8 @@ from compactvision.errors import CompactVisionError  # noqa: E402
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/gallery.py", title="Gallery", icon=":material/view_module:"),
+    st.Page("pages/profile.py", title="Profile", icon=":material/person:"),
     st.Page("pages/gabor_bank.py", title="Gabor bank", icon=":material/blur_on:"),
     st.Page("pages/layer_weights.py", title="Layer weights", icon=":material/grid_on:"),
     st.Page("pages/attributions.py", title="Attributions", icon=":material/highlight:"),
@@ -27,7 +29,7 @@ PAGES = [
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
 ]
 #: Pages that show one neuron at a time get the neuron picker in the sidebar.
-NEURON_PAGES = {"Attributions", "Neuron graph", "Preferred stimuli", "Robustness", "Layer weights", "Teacher vs student"}
+NEURON_PAGES = {"Profile", "Attributions", "Neuron graph", "Preferred stimuli", "Robustness", "Layer weights", "Teacher vs student"}
 
 page = st.navigation(PAGES)
 run_sidebar()

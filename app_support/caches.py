@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import streamlit as st
 import torch
 
 from compactvision.data.twin import DigitalTwin, twin_from_ground_truth
 from compactvision.errors import CompactVisionError
+from compactvision.interpret.profile import cell_label, neuron_card
+from compactvision.interpret.stimuli import synthesise_preferred
 from compactvision.models.student import CompactStudent
 from compactvision.models.teacher import Teacher
 from compactvision.runs import NeuronData, Run, is_run_dir, run_fingerprint, teacher_view
@@ -148,3 +151,47 @@ def current_neuron(run: Run) -> str:
         st.stop()
     n = st.session_state.get("neuron")
     return n if n in ids else ids[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _synthesised(path: str, fingerprint: str, neuron_id: str, steps: int, seed: int) -> np.ndarray:
+    model = _student(path, fingerprint, neuron_id)
+    with _lock(path, fingerprint, f"{type(model).__name__}:{id(model)}"):
+        return synthesise_preferred(model, 0, size=model.arch.input_size[0], steps=steps, seed=seed)
+
+
+def synthesised(run: Run, neuron_id: str, steps: int = 96, seed: int = 0) -> np.ndarray:
+    """The compact model's synthesised preferred image, computed once per run, neuron and settings."""
+    return _synthesised(str(run.path), run.fingerprint, neuron_id, steps, seed)
+
+
+@st.cache_data(show_spinner="Profiling every neuron…", max_entries=8)
+def _cards(path: str, fingerprint: str) -> list[dict]:
+    run = _open_run(path, fingerprint)
+    teacher_r = run.teacher_scores().get("r_heldout", {})
+    out = []
+    for nid in _student_ids(path, fingerprint):
+        data = _neuron_data(_heldout(path, fingerprint), nid, _ground_truth(path, fingerprint))
+        kw = {} if data is None else dict(images=data.images, responses=data.responses, truth=data.truth,
+                                          ceiling=data.ceiling, label=cell_label(nid, data.ground_truth, data.session))
+        out.append(neuron_card(nid, _student(path, fingerprint, nid), r_teacher=teacher_r.get(nid), **kw).to_dict())
+    return out
+
+
+def cards(run: Run) -> list[dict]:
+    """Every neuron's gallery card (`interpret.profile.NeuronCard` as a dict), computed once per run."""
+    return _cards(str(run.path), run.fingerprint)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _labels(path: str, fingerprint: str) -> dict[str, str]:
+    truth = {str(r.get("neuron_id")): r for r in _ground_truth(path, fingerprint) or ()}
+    sessions = _open_run(path, fingerprint).data_info.get("sessions", {})
+    of_session = {str(n): s for s, d in sessions.items() for n in (d.get("neurons") or d.get("neuron_ids") or [])}
+    return {nid: cell_label(nid, truth.get(nid), of_session.get(nid)) for nid in _student_ids(path, fingerprint)}
+
+
+def neuron_label(run: Run, neuron_id: str) -> str:
+    """The neuron as the picker shows it: id and cell type (twin) or session (recordings); from files only."""
+    label = _labels(str(run.path), run.fingerprint).get(neuron_id, "")
+    return f"{neuron_id} · {label}" if label else neuron_id

@@ -18,3 +18,5 @@ BUNDLED_RUN = PROJECT_ROOT / "assets" / "default_run"
 RUNS_DIR = PROJECT_ROOT / "runs"
 #: Where the public V4 release is looked for by default (the same place the tests look).
 COWLEY_DEFAULT = Path(os.environ.get("COMPACTVISION_COWLEY_DIR", PROJECT_ROOT.parent / "shared" / "data" / "cowley_v4"))
+#: The profile page, which the gallery opens on a click (a path relative to APP_SCRIPT, as `st.switch_page` takes).
+PROFILE_PAGE = "pages/profile.py"

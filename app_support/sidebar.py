@@ -9,7 +9,7 @@ import streamlit as st
 
 from compactvision.runs import find_runs, is_run_dir
 
-from app_support.caches import current_run_or_none, student_ids
+from app_support.caches import current_run_or_none, neuron_label, student_ids
 from app_support.jobs import PipelineJob
 from app_support.locations import BUNDLED_RUN, COWLEY_DEFAULT, RUNS_DIR
 
@@ -48,9 +48,14 @@ def run_sidebar() -> None:
     """
     sb = st.sidebar
     preferred = os.environ.get("COMPACTVISION_RUN")
+    _state_from_url()
     choices = find_runs(BUNDLED_RUN, RUNS_DIR, extra=[*([preferred] if preferred else []), *st.session_state.get("extra_runs", [])])
     paths = [str(c.path) for c in choices]
     labels = dict(zip(paths, (c.label for c in choices)))
+    wanted = st.session_state.get("run_path")
+    if wanted and wanted not in paths:  # the same folder named another way (a URL's relative path)
+        st.session_state["run_path"] = next((q for q in paths if Path(q).resolve() == Path(wanted).expanduser().resolve()),
+                                            wanted)
     if st.session_state.get("run_path") not in paths:
         first = str(Path(preferred).expanduser()) if preferred and str(Path(preferred).expanduser()) in paths else None
         st.session_state["run_path"] = first or (paths[0] if paths else None)
@@ -58,6 +63,9 @@ def run_sidebar() -> None:
         sb.selectbox("Run", paths, key="run_path", format_func=labels.get,
                      help="The bundled default, runs made on the Train page, imported published models, "
                           "or any run directory opened below.")
+        st.query_params["run"] = _url_path(st.session_state["run_path"])
+        if st.session_state.get("neuron_kept"):
+            st.query_params["neuron"] = st.session_state["neuron_kept"]
     else:
         sb.info("No run found yet.")
     with sb.expander("Open another run"):
@@ -93,5 +101,38 @@ def neuron_sidebar() -> None:
     if st.session_state.get("neuron") not in ids:
         kept = st.session_state.get("neuron_kept")
         st.session_state["neuron"] = kept if kept in ids else ids[0]
-    st.sidebar.selectbox("Neuron", ids, key="neuron", help="Each neuron has its own compact model.")
+    st.sidebar.selectbox("Neuron", ids, key="neuron", format_func=lambda n: neuron_label(run, n),
+                         help="Each neuron has its own compact model: its cell type (digital twin) or session.")
     st.session_state["neuron_kept"] = st.session_state["neuron"]
+    st.query_params["neuron"] = st.session_state["neuron"]
+
+
+def _url_path(path: str) -> str:
+    """A run as the URL names it: relative to the app's folder when inside it, so links travel."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _state_from_url() -> None:
+    """Once per browser session: the run, neuron and graph filter a shared link or a reload names.
+
+    Afterwards the widgets own the state and write it back to the URL, so a
+    reload or a copied link opens the same view.
+    """
+    if st.session_state.get("url_read"):
+        return
+    st.session_state["url_read"] = True
+    params = st.query_params
+    if run := params.get("run"):
+        p = Path(run).expanduser()
+        if is_run_dir(p):
+            extra = st.session_state.setdefault("extra_runs", [])
+            if str(p) not in extra:
+                extra.append(str(p))
+            st.session_state["run_path"] = str(p)
+    if neuron := params.get("neuron"):
+        st.session_state["neuron_kept"] = neuron
+    if node := params.get("filter"):
+        st.session_state["graph_node_url"] = node

@@ -44,5 +44,7 @@ def image_picker(images: np.ndarray, key: str, size: int) -> np.ndarray | None:
         except CompactVisionError as e:
             st.error(f"This upload cannot be used: {e}")
             return None
-    idx = st.slider("Held-out image", 0, len(images) - 1, 0, key=f"{key}_index")
+    # The default is the image with the most contrast: image #0 of a held-out set can be a near-blank patch.
+    default = int(np.argmax(np.asarray(images, np.float32).reshape(len(images), -1).std(1))) if len(images) else 0
+    idx = st.slider("Held-out image", 0, len(images) - 1, default, key=f"{key}_index")
     return fit_images(images[idx], size)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from compactvision.artifacts import read_json
+from compactvision.metrics import split_half_reliability
 from compactvision.models.teacher import ARCHITECTURE, TEACHER_DIR
 
 CACHE_DIR = ".cache"          # large, regenerable intermediates; never hashed, never bundled
@@ -60,6 +61,10 @@ def heldout_data(run_dir: str | Path) -> dict[str, Any] | None:
     ds = load_npz(path)
     sessions = {s.session_id: {"images": s.images, "responses": s.mean_responses(), "neuron_ids": list(s.neuron_ids)}
                 for s in ds.sessions}
+    for s in ds.sessions:
+        if s.n_repeats > 1:
+            # The best r any model can reach against these repeat averages: sqrt of their split-half reliability.
+            sessions[s.session_id]["ceiling"] = np.sqrt(np.clip(split_half_reliability(s.responses), 0.0, 1.0))
     if ds.ground_truth is not None and len(ds.sessions) == 1:
         s = ds.sessions[0]
         twin = twin_from_ground_truth(ds.ground_truth, image_size=s.images.shape[1])

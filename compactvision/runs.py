@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from compactvision.artifacts import MANIFEST, list_students, load_student, read_json, read_manifest, student_paths
@@ -173,6 +174,7 @@ class NeuronData:
     responses: Any                  # measured, repeat-averaged (N,)
     truth: Any = None               # the twin's noise-free rates (N,), twin runs only
     ground_truth: dict[str, Any] | None = None
+    ceiling: float | None = None    # the best r a model can reach on these repeat averages (needs repeats)
 
 
 def neuron_data(heldout: dict[str, Any] | None, neuron_id: str,
@@ -185,7 +187,8 @@ def neuron_data(heldout: dict[str, Any] | None, neuron_id: str,
             j = s["neuron_ids"].index(neuron_id)
             truth = s["truth"][j] if "truth" in s else None
             record = next((r for r in ground_truth or () if str(r.get("neuron_id")) == neuron_id), None)
-            return NeuronData(neuron_id, sid, j, s["images"], s["responses"][j], truth, record)
+            ceiling = float(s["ceiling"][j]) if "ceiling" in s and np.isfinite(s["ceiling"][j]) else None
+            return NeuronData(neuron_id, sid, j, s["images"], s["responses"][j], truth, record, ceiling)
     return None
 
 

@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 from compactvision.models.vone import PARAMETER_NAMES
-from compactvision.viz.filters import gabor_bank_figure, gabor_parameter_histograms, kernel_grid_figure
+from compactvision.viz.filters import gabor_bank_figure, gabor_parameter_histograms, response_maps_figure
 from app_support.caches import heldout, model_lock, require_run, teacher
 from app_support.widgets import image_picker
 from app_support.entry import run_through_app
@@ -51,5 +51,8 @@ if image is not None:
     strongest = np.argsort(-maps.reshape(len(maps), -1).mean(1))[:32]
     c1, c2 = st.columns([1, 3])
     c1.image(image, caption="input", width="stretch")
-    c2.plotly_chart(kernel_grid_figure(maps[strongest][:, None], title=f"32 most active {cells} cells' response maps"),
+    offset = 0 if cells == "simple" else vone.n_simple
+    c2.plotly_chart(response_maps_figure(maps[strongest], [f"{cells} cell {offset + i}" for i in strongest],
+                                         title=f"The 32 most active {cells} cells' response maps",
+                                         border=-(-vone.bank.padding // vone.bank.stride)),
                     key="gb_maps", width="stretch")

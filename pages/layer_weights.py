@@ -17,11 +17,12 @@ which = st.radio("Model", models, horizontal=True, key="lw_model")
 
 if which == "compact model":
     compact = student(run, neuron_id)
+    # The label names the layer only: a count in it would go stale when the neuron (and its model) changes.
     layer = st.selectbox("Layer", range(len(compact.layers)), key="lw_student_layer",
-                         format_func=lambda i: f"layer {i}: {compact.arch.channels[i]} filters"
-                         + (" (5x5 conv)" if i == 0 else " (separable: depthwise + pointwise)"))
+                         format_func=lambda i: f"layer {i}" + (" (5x5 conv)" if i == 0 else " (separable: depthwise + pointwise)"))
+    st.caption(f"Neuron {neuron_id}'s own model, layer {layer}: **{compact.arch.channels[layer]} filters** "
+               f"(filters per layer {list(compact.arch.channels)}); BatchNorm folded into the weights it multiplies by.")
     st.plotly_chart(student_layer_figure(compact, layer), key="lw_chart", width="stretch")
-    st.caption(f"Neuron {neuron_id}'s own model; BatchNorm folded into the weights it multiplies by.")
 else:
     big = teacher(run)
     convs = {name: m for name, m in big.named_modules() if hasattr(m, "weight") and getattr(m, "weight", None) is not None

@@ -59,19 +59,55 @@ def figure_data(at: AppTest, index: int) -> str:
     return json.dumps(figures(at)[index]["data"], sort_keys=True)
 
 
-def _page_student_and_image(at: AppTest):
-    """The compact model and held-out image the page shows at its defaults (first image), read through the library."""
+def _page_student_and_image(at: AppTest, slider: str = "graph_image_index"):
+    """The compact model and held-out image the page shows (its image slider's choice), read through the library."""
     run = Run.open(RUN)
     neuron_id = at.sidebar.selectbox(key="neuron").value
     model = run.load_student(neuron_id)
     data = neuron_data(run.heldout(), neuron_id)
-    return model, fit_images(data.images[:1], model.arch.input_size[0])[0]
+    index = at.sidebar.slider(key=slider).value
+    return model, fit_images(data.images[index:index + 1], model.arch.input_size[0])[0]
 
 
 def _png(width: int = 40, height: int = 30) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_gallery_lists_every_neuron_with_its_type_size_and_accuracy(open_page):
+    at = open_page("gallery")
+    table = at.dataframe[0].value
+    run = Run.open(RUN)
+    assert list(table["neuron"]) == run.student_ids()
+    truth = {str(r["neuron_id"]): r["cell_type"] for r in run.ground_truth()}
+    assert [t.replace(" ", "_").lower() for t in table["type"]] == [truth[n].lower() for n in table["neuron"]]
+    assert (table["parameters"] > 0).all() and table["noise ceiling"].between(0, 1).all()
+    assert table["top image"].str.startswith("data:image/png").all()
+    assert "synthesised" not in table, "synthesis waits for the button"
+    population = figures(at)[0]
+    assert "noise ceiling" in population["layout"]["yaxis"]["title"]["text"]
+    at.button(key="gallery_synthesise").click().run()
+    assert at.dataframe[0].value["synthesised"].str.startswith("data:image/png").all()
+
+
+def test_profile_gathers_one_neuron(open_page):
+    at = open_page("profile")
+    labels = {m.label: m.value for m in at.metric}
+    neuron_id = at.sidebar.selectbox(key="neuron").value
+    model = Run.open(RUN).load_student(neuron_id)
+    assert labels["Parameters"] == f"{model.n_parameters():,}"
+    assert {"r, compact model", "r, teacher", "Noise ceiling"} <= set(labels)
+    rf, graph = figures(at)
+    assert rf["data"][0]["type"] == "heatmap" and "readout" in rf["data"][0]["colorbar"]["title"]["text"]
+    assert any(t.get("name") == "filters" for t in graph["data"])
+    assert at.get("download_button"), "the compact model can be downloaded"
+    assert any("preferred orientation" in m.value for m in at.markdown)
+    other = Run.open(RUN).student_ids()[3]
+    at.sidebar.selectbox(key="neuron").set_value(other).run()
+    assert at.sidebar.selectbox(key="neuron").value == other
+    assert at.query_params["neuron"] in (other, [other]), "the URL names the neuron shown"
+    assert at.sidebar.selectbox(key="neuron").options[3].startswith(f"{other} · "), "the picker shows the cell type"
 
 
 def test_home_summarises_the_run(open_page):
@@ -123,9 +159,14 @@ def test_attributions_method_and_image_change_the_maps(open_page):
     at.button(key="attr_compute").click().run()
     ig = figure_data(at, 0)
     assert any(m.label.startswith("Teacher–student map similarity") for m in at.metric)
-    at.sidebar.slider(key="attr_image_index").set_value(1).run()
+    index = at.sidebar.slider(key="attr_image_index")
+    index.set_value(index.min if index.value != index.min else index.min + 1).run()
     at.button(key="attr_compute").click().run()
     assert figure_data(at, 0) != ig
+    # Filter conductance routes through each model's strongest filter; it used to end in a traceback.
+    at.selectbox(key="attr_method").set_value("neuron_conductance").run()
+    at.button(key="attr_compute").click().run()
+    assert not at.exception and at.get("plotly_chart")
 
 
 def test_attributions_refuse_a_bad_upload_and_use_a_good_one(open_page):
@@ -138,33 +179,49 @@ def test_attributions_refuse_a_bad_upload_and_use_a_good_one(open_page):
     assert not at.sidebar.error and at.get("plotly_chart"), "a good upload is attributed"
 
 
+def _graph_nodes(at: AppTest) -> list[tuple[int, int]]:
+    graph = figures(at)[0]
+    filters = next(t for t in graph["data"] if t.get("name") == "filters")
+    return [tuple(int(v) for v in row) for row in decode(filters["customdata"]).reshape(-1, 2)]
+
+
 def test_neuron_graph_node_choice_and_ablation(open_page):
     at = open_page("neuron_graph")
-    graph = figures(at)[0]
-    filters = next(t for t in graph["data"] if t.get("customdata") is not None and t.get("name") == "filters")
-    custom = decode(filters["customdata"]).reshape(-1, 2)
-    assert len(custom) == len(at.selectbox(key="graph_node").options)
+    model, image = _page_student_and_image(at)
+    graph = neuron_graph(model, image)
+    options = at.selectbox(key="graph_node").options
+    shown = _graph_nodes(at)
+    assert set(shown) <= {n.id for n in graph.nodes} and len(options) == len(graph.nodes)
+    strongest = max(graph.nodes, key=lambda n: abs(n.ablation_delta))
+    assert strongest.id in shown, "the important paths hold the filter that matters most"
+    assert at.selectbox(key="graph_node").value == strongest.id, "the most important filter is selected first"
+    at.toggle(key="graph_full").set_value(True).run()
+    assert sorted(_graph_nodes(at)) == sorted(n.id for n in graph.nodes), "one toggle shows the full graph"
     detail = figure_data(at, 1)
-    nodes = at.selectbox(key="graph_node")
-    nodes.set_value(nodes.options[0] if isinstance(nodes.options[0], tuple) else tuple(int(v) for v in custom[0])).run()
+    other = next(n.id for n in graph.nodes if n.id != strongest.id)
+    at.selectbox(key="graph_node").set_value(other).run()
     assert figure_data(at, 1) != detail
     base = next(m for m in at.metric if m.label == "Response")
     # Switch off the filter whose loss moves the response most: the page must show exactly that move.
-    model, image = _page_student_and_image(at)
-    graph = neuron_graph(model, image)
-    strongest = max(graph.nodes, key=lambda n: abs(n.ablation_delta))
     assert abs(strongest.ablation_delta) > 0.01, "the bundled model has a filter that matters"
     at.multiselect(key="graph_ablate").set_value([strongest.id]).run()
     ablated = next(m for m in at.metric if m.label == "Response with these filters off")
     assert float(base.value) == pytest.approx(graph.response, abs=1e-3)
     assert float(ablated.value) == pytest.approx(graph.response + strongest.ablation_delta, abs=1e-3)
     assert float(ablated.delta) == pytest.approx(strongest.ablation_delta, abs=2e-3)
+    marks = next(t for t in figures(at)[0]["data"] if t.get("name") == "ablated")
+    assert len(decode(marks["x"])) == 1, "the ablated filter is marked in the graph"
+    # A new neuron starts with every filter on.
+    at.sidebar.selectbox(key="neuron").set_value(Run.open(RUN).student_ids()[1]).run()
+    assert at.multiselect(key="graph_ablate").value == []
+    assert not any(t.get("name") == "ablated" for t in figures(at)[0]["data"])
 
 
 def test_neuron_graph_image_changes_activations(open_page):
     at = open_page("neuron_graph")
     before = figure_data(at, 0)
-    at.sidebar.slider(key="graph_image_index").set_value(2).run()
+    index = at.sidebar.slider(key="graph_image_index")
+    index.set_value(index.min if index.value != index.min else index.min + 1).run()
     assert figure_data(at, 0) != before
 
 

@@ -86,6 +86,11 @@ def test_filter_contributions_add_up_and_route_through_their_filter():
     for c in range(3):
         pix = attribute(model, imgs, 1, "neuron_conductance", layer=2, channel=c, n_steps=64).reshape(2, -1).sum(1)
         np.testing.assert_allclose(pix, per_filter[:, c], atol=0.05 * np.abs(per_filter).max())
+    # Without a named filter it routes through the one carrying most of the response (the app's default).
+    strongest = int(np.abs(per_filter).mean(0).argmax())
+    default = attribute(model, imgs, 1, "neuron_conductance", layer=2, n_steps=64)
+    np.testing.assert_allclose(default, attribute(model, imgs, 1, "neuron_conductance", layer=2, channel=strongest,
+                                                  n_steps=64), atol=1e-6)
 
 
 def test_noise_methods_are_seeded_and_scaled_to_the_image_range():

@@ -30,7 +30,7 @@ RUN = Path(os.environ.get("COMPACTVISION_RUN", ROOT / "assets" / "default_run"))
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-PAGES = ["Home", "Gabor bank", "Layer weights", "Attributions", "Neuron graph", "Teacher vs student",
+PAGES = ["Home", "Gallery", "Profile", "Gabor bank", "Layer weights", "Attributions", "Neuron graph", "Teacher vs student",
          "Preferred stimuli", "Robustness", "Train"]
 TIMEOUT_MS = 120_000
 
@@ -135,7 +135,7 @@ def explore(page, shots: Path) -> dict[str, str]:
     neuron_box.click()
     options = page.locator('[role="option"]')
     second = options.nth(1 if options.count() > 1 else 0)
-    seen["neuron"] = second.inner_text().strip()
+    seen["neuron"] = second.inner_text().strip().split(" · ")[0]  # the picker shows "id · cell type"
     second.click()
     wait_idle(page)
     expect(page.get_by_text(f"Neuron {seen['neuron']}", exact=False).first).to_be_visible(timeout=TIMEOUT_MS)
@@ -187,8 +187,8 @@ def test_browser_tour(tmp_path):
             other.goto(url, timeout=TIMEOUT_MS)
             wait_idle(other)
             go_to(other, "Neuron graph")
-            other_neuron = selected(other, "Neuron")
-            first_neuron = selected(page, "Neuron")
+            other_neuron = selected(other, "Neuron").split(" · ")[0]
+            first_neuron = selected(page, "Neuron").split(" · ")[0]
         finally:
             browser.close()
     assert seen["node_after"] != seen["node_before"], "clicking a node selects it"
@@ -197,6 +197,51 @@ def test_browser_tour(tmp_path):
     assert "rank correlation" in seen["attribution_title"] and "Integrated Gradients" in seen["attribution_title"]
     assert first_neuron == seen["neuron"] != other_neuron, "each session keeps its own neuron"
     assert len(list(tmp_path.glob("*.png"))) == len(PAGES) + 2
+
+
+def click_gallery_row(page, row: int) -> None:
+    """Select row `row` of the gallery's table: its row marker, at the left edge of the data grid's canvas."""
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.wait_for(timeout=TIMEOUT_MS)
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    header, row_height = 35, 64  # Streamlit's header row; the gallery's row_height
+    page.mouse.click(box["x"] + 18, box["y"] + header + row_height * row + row_height / 2)
+    wait_idle(page)
+
+
+def test_gallery_opens_a_profile_and_a_reload_keeps_it(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with streamlit_server(RUN) as url, sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"{url}/gallery", timeout=TIMEOUT_MS)
+            wait_idle(page)
+            expect_title(page, "Gallery")
+            page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
+            click_gallery_row(page, 2)
+            expect_title(page, "Profile")
+            picked = selected(page, "Neuron").split(" · ")[0]
+            expect(page.locator("h3", has_text=picked).first).to_be_visible(timeout=TIMEOUT_MS)
+            assert page.get_by_role("button", name=re.compile("Download this compact model")).count() == 1
+            assert "neuron=" + picked in page.url, page.url
+            page.screenshot(path=str(tmp_path / "profile.png"), full_page=True)
+            # A reload (or the link sent to a colleague) opens the same neuron on the same page.
+            page.reload(timeout=TIMEOUT_MS)
+            wait_idle(page)
+            expect_title(page, "Profile")
+            assert selected(page, "Neuron").split(" · ")[0] == picked
+            fresh = browser.new_page(viewport={"width": 1400, "height": 1100})
+            fresh.goto(page.url, timeout=TIMEOUT_MS)
+            wait_idle(fresh)
+            assert selected(fresh, "Neuron").split(" · ")[0] == picked, "a shared link opens the same neuron"
+        finally:
+            browser.close()
+    from compactvision.artifacts import list_students
+
+    assert picked == list_students(RUN)[2], "the clicked row, not the default, chose the neuron"
 
 
 def test_deep_link_on_a_fresh_server(tmp_path):

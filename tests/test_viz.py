@@ -89,6 +89,42 @@ def test_graph_figure_has_one_selectable_point_per_filter():
     assert len(fig.layout.images) == len(graph.nodes)
     detail = node_detail_figure(graph, 4, 1)
     assert _types(detail) == ["Bar", "Heatmap", "Heatmap", "Heatmap"]  # weights, kernel, activation, readout
+    bars = [t.colorbar for t in detail.data[1:]]
+    assert [b.title.text for b in bars] == ["weight", "activation (a.u.)", "readout weight"], "every map has units"
+    assert len({round(b.x, 3) for b in bars}) == 3, "each colour bar beside its own map"
+
+
+def test_graph_shows_important_paths_and_marks_ablations():
+    from compactvision.interpret.graph import important_paths, importance, most_important
+
+    student = _student()
+    image = (np.random.default_rng(1).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    graph = neuron_graph(student, image)
+    view = important_paths(graph, share=0.6, max_per_layer=2, edges_per_node=2)
+    assert view.hidden_nodes == len(graph.nodes) - len(view.graph.nodes) > 0
+    for layer in range(graph.n_layers):
+        kept = {n.id for n in view.graph.layer_nodes(layer)}
+        ranked = sorted(graph.layer_nodes(layer), key=importance, reverse=True)
+        assert kept == {n.id for n in ranked[:len(kept)]} and 1 <= len(kept) <= 2, "the top filters of each layer"
+    assert all(e.src in {n.id for n in view.graph.nodes} | {(-1, 0), (-1, 1), (-1, 2)} for e in view.graph.edges)
+    best = most_important(graph)
+    assert importance(graph.node(*best)) == max(importance(n) for n in graph.nodes)
+    fig = neuron_graph_figure(view.graph, ablated=[best], hidden=(view.hidden_nodes, view.hidden_edges))
+    marks = next(t for t in fig.data if t.name == "ablated")
+    assert len(marks.x) == 1
+    assert f"{view.hidden_nodes} filters" in fig.layout.title.text and "switched off" in fig.layout.title.text
+
+
+def test_response_maps_and_one_by_one_kernels_read_as_what_they_are():
+    from compactvision.viz.filters import response_maps_figure
+
+    maps = np.random.default_rng(0).random((4, 20, 20))
+    fig = response_maps_figure(maps, [f"cell {i}" for i in range(4)], "maps", border=3)
+    assert fig.data[0].colorbar.title.text == "response / its peak" and fig.data[0].zmin == 0.0
+    assert np.nanmax(fig.data[0].z) == pytest.approx(1.0)
+    assert np.asarray(fig.data[0].z).shape[0] == 14, "the padded border is cropped"
+    mixing = kernel_grid_figure(np.random.default_rng(0).standard_normal((6, 4, 1, 1)))
+    assert _types(mixing) == ["Heatmap"] and np.asarray(mixing.data[0].z).shape == (6, 4)
 
 
 def test_tuning_figures():

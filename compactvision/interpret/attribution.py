@@ -79,7 +79,7 @@ OPTIONS: dict[str, str] = {
     "stride": "occlusion stride in pixels (default half the window)",
     "perturbations_per_eval": "occlusion patches per forward pass (default 32)",
     "layer": "layer methods' layer: a module, a dotted name or a student layer index",
-    "channel": "neuron_conductance's filter of the layer",
+    "channel": "neuron_conductance's filter of the layer (default: the one carrying most of the response)",
     "relu": "Grad-CAM's positive part only (default False)",
 }
 #: Captum's own names for the same options, accepted so its documentation's calls work here too.
@@ -234,7 +234,10 @@ def _run_method(model: nn.Module, x: torch.Tensor, neuron: int, method: str, opt
     if method == "neuron_conductance":
         channel = opts.get("channel")
         if channel is None:
-            raise ValueError("neuron_conductance needs channel= (the filter of the layer to route through)")
+            # Default: the filter that carries most of the response for these images (largest |layer conductance|).
+            flow = ca.LayerConductance(model, layer).attribute(x, baselines=baseline, target=neuron, n_steps=steps,
+                                                                internal_batch_size=ibs)
+            channel = int(flow.sum(dim=(2, 3)).abs().mean(0).argmax())
         return _channel_conductance(model, layer, int(channel), x, baseline, neuron, steps, ibs)
     raise ValueError(f"unknown attribution method {method!r}; known: {sorted(METHODS)}")
 

@@ -261,3 +261,51 @@ def expanded_weights(graph: NeuronGraph, src_layer: int, dst_layer: int) -> tupl
             gain[r_index[e.dst[1]], c_index[e.src[1]]] = e.weight
         total = gain @ total
     return total, channels(dst_layer), src_ch
+
+
+# ------------------------------------------------------------ reading it
+def importance(node: GraphNode) -> float:
+    """How much the response depends on a filter: |exact ablation change|, else |contribution|, else 0."""
+    for v in (node.ablation_delta, node.contribution):
+        if v is not None and np.isfinite(v):
+            return abs(float(v))
+    return 0.0
+
+
+def most_important(graph: NeuronGraph) -> NodeId:
+    """The filter the response depends on most (the last layer's first filter when nothing is measured)."""
+    return max(graph.nodes, key=importance).id if any(importance(n) for n in graph.nodes) else graph.nodes[-1].id
+
+
+@dataclass
+class PathView:
+    """The part of a graph worth reading first, and how much of it was left out."""
+
+    graph: NeuronGraph
+    hidden_nodes: int
+    hidden_edges: int
+
+
+def important_paths(graph: NeuronGraph, share: float = 0.9, max_per_layer: int = 8, edges_per_node: int = 3) -> PathView:
+    """The filters that carry `share` of each layer's importance (at most `max_per_layer`), and their strongest links.
+
+    Each layer's filters are ranked by `importance`; the smallest top set
+    holding `share` of the layer's total is kept. Each kept filter keeps its
+    `edges_per_node` strongest inputs among kept sources (the image channels
+    always count as kept), and the last layer keeps its links to the response.
+    Nothing is recomputed: the kept nodes carry their full-graph numbers.
+    """
+    kept: set[NodeId] = {(INPUT_LAYER, c) for c in range(len(INPUT_CHANNELS))} | {graph.output_id}
+    for layer in range(graph.n_layers):
+        nodes = sorted(graph.layer_nodes(layer), key=importance, reverse=True)
+        scores = np.array([importance(n) for n in nodes])
+        total = scores.sum()
+        k = len(nodes) if total <= 0 else int(np.searchsorted(np.cumsum(scores) / total, share - 1e-12) + 1)
+        kept |= {n.id for n in nodes[:max(1, min(k, max_per_layer))]}
+    edges = []
+    for dst in kept:
+        into = sorted((e for e in graph.edges if e.dst == dst and e.src in kept), key=lambda e: e.strength, reverse=True)
+        edges += into if dst == graph.output_id else into[:edges_per_node]
+    nodes = [n for n in graph.nodes if n.id in kept]
+    sub = NeuronGraph(nodes, edges, graph.n_layers, graph.neuron, graph.readout_bias, graph.response, graph.image_size)
+    return PathView(sub, len(graph.nodes) - len(nodes), len(graph.edges) - len(edges))

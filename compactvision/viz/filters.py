@@ -6,7 +6,7 @@ hovering anywhere on a tile shows that filter's parameters.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -32,10 +32,14 @@ def _tile_markers(n: int, n_cols: int, h: int, w: int, gap: int, text: list[str]
                       hovertemplate="%{text}<extra></extra>", showlegend=False, name="filters")
 
 
-def _mosaic_figure(tiles: np.ndarray, text: list[str], n_cols: int, title: str, colorbar: str) -> go.Figure:
+def _mosaic_figure(tiles: np.ndarray, text: list[str], n_cols: int, title: str, colorbar: str,
+                   signed: bool = True) -> go.Figure:
     gap = 1
     grid, _ = mosaic(tiles, n_cols, gap)
-    fig = go.Figure([signed_heatmap(grid, "kernels", colorbar, limit=1.0, hoverinfo="skip"),
+    heat = (signed_heatmap(grid, "kernels", colorbar, limit=1.0, hoverinfo="skip") if signed else
+            go.Heatmap(z=grid, colorscale="Viridis", zmin=0.0, zmax=1.0, hoverinfo="skip", name="maps",
+                       colorbar={"title": {"text": colorbar}}))
+    fig = go.Figure([heat,
                      _tile_markers(len(tiles), n_cols, tiles.shape[1], tiles.shape[2], gap, text, np.arange(len(tiles)))])
     fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False, showgrid=False, zeroline=False)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
@@ -168,6 +172,13 @@ def kernel_grid_figure(weights: np.ndarray, title: str = "Convolution kernels", 
         fig.update_layout(hovermode="closest", hoverdistance=-1)
         return finish(fig, f"{title}: {len(w)} filters (RGB; grey = 0, each scaled to its peak)",
                       height=int(140 + 560 * grid.shape[0] / grid.shape[1]))
+    if w.shape[2:] == (1, 1):
+        # 1x1 kernels have no spatial pattern: they are a channel-mixing matrix, and are drawn as one.
+        fig = go.Figure(signed_heatmap(w[:, :, 0, 0], "weights", "weight",
+                                       hovertemplate="output %{y}, input %{x}<br>weight %{z:.3g}<extra></extra>"))
+        fig.update_yaxes(autorange="reversed", title_text="output filter")
+        fig.update_xaxes(title_text="input channel")
+        return finish(fig, f"{title}: 1x1 convolution, {w.shape[0]} outputs x {w.shape[1]} inputs", height=480)
     tiles = w.sum(1)
     text = [f"filter {i}<br>peak |w| {np.abs(w[i]).max():.3g}" for i in range(len(w))]
     return _mosaic_figure(_normalise_each(tiles), text, n_cols,
@@ -217,3 +228,36 @@ def student_layer_figure(student: Any, layer: int) -> go.Figure:
         return kernel_grid_figure(pw, title)
     dw = lay.depthwise.weight.detach().cpu().numpy()[:, 0]
     return separable_layer_figure(dw, pw[:, :, 0, 0], title, bias=lay.pointwise.bias.detach().cpu().numpy())
+
+
+def response_maps_figure(maps: np.ndarray, names: Sequence[str], title: str, border: int = 0,
+                         n_cols: int = 8) -> go.Figure:
+    """Feature maps (F x h x w, non-negative responses), each scaled to its own peak.
+
+    `border` px are cropped from every edge: there the filters overhang the
+    zero-padded image, and the maps show the padding rather than the image.
+    """
+    m = np.asarray(maps, np.float64)
+    if border and min(m.shape[1:]) > 2 * border + 1:
+        m = m[:, border:-border, border:-border]
+    peak = m.reshape(len(m), -1).max(1)
+    tiles = m / np.where(peak > 0, peak, 1.0)[:, None, None]
+    text = [f"{n}<br>peak response {p:.3g}" for n, p in zip(names, peak)]
+    return _mosaic_figure(tiles, text, n_cols, title, "response / its peak", signed=False)
+
+
+def readout_map_figure(weight_map: np.ndarray, image_size: int, title: str = "Receptive field (readout map)") -> go.Figure:
+    """Where the neuron's response comes from: |readout weight| summed over filters, on image coordinates.
+
+    The readout grid is coarser than the image (stride 4 in the compact
+    models), so its axes are drawn in image pixels for reading against stimuli.
+    """
+    z = np.asarray(weight_map, np.float64)
+    step = image_size / z.shape[1]
+    centres = (np.arange(z.shape[1]) + 0.5) * step
+    fig = go.Figure(go.Heatmap(z=z, x=centres, y=(np.arange(z.shape[0]) + 0.5) * step, colorscale="Viridis",
+                               colorbar={"title": {"text": "|readout weight|<br>(sum over filters)", "side": "right"}},
+                               hovertemplate="x %{x:.0f} px, y %{y:.0f} px<br>weight %{z:.3g}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (px)", range=[image_size, 0])
+    fig.update_xaxes(title_text="x (px)", range=[0, image_size])
+    return finish(fig, title, height=360)

@@ -11,11 +11,13 @@ customdata [layer, channel], so a plotly selection event names the filter.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from compactvision.interpret.graph import INPUT_CHANNELS, INPUT_LAYER, GraphNode, NeuronGraph
+from compactvision.interpret.graph import INPUT_CHANNELS, INPUT_LAYER, GraphNode, NeuronGraph, NodeId
 from compactvision.viz.layout import (DIVERGING, NEGATIVE_COLOUR, POSITIVE_COLOUR, finish, png_data_uri,
                                       signed_heatmap, signed_to_rgb, symmetric_limit)
 
@@ -128,16 +130,27 @@ def _filters_trace(graph: NeuronGraph, pos: dict[tuple[int, int], tuple[float, f
 
 
 def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbnails: bool = True,
-                        width: int = 1000) -> go.Figure:
-    """The layered graph of `graph` (from `interpret.graph.neuron_graph`), ready for selection events."""
+                        width: int = 1000, ablated: Sequence[NodeId] = (), hidden: tuple[int, int] | None = None,
+                        height: int | None = None) -> go.Figure:
+    """The layered graph of `graph` (from `interpret.graph.neuron_graph`), ready for selection events.
+
+    `ablated` filters are crossed out. `hidden` = (nodes, edges) left out of
+    `graph` by `interpret.graph.important_paths`, which the title reports.
+    """
     pos = _positions(graph)
     biggest = max([len(graph.layer_nodes(i)) for i in range(graph.n_layers)] + [3])
-    height = int(min(max(480, 16 * biggest + 160), 1400))
+    height = height or int(min(max(520, 16 * biggest + 160), 1400))
     plot_h = height - 160
-    node_px = float(np.clip(0.8 * plot_h / biggest, 8, 40))
+    node_px = float(np.clip(0.8 * plot_h / biggest, 8, 72))
     kept, strongest = _kept_edges(graph, edge_threshold)
-    fig = go.Figure(_edge_traces(graph, kept, strongest, pos)
-                    + [_ends_trace(graph, pos), _filters_trace(graph, pos, node_px, thumbnails)])
+    traces = _edge_traces(graph, kept, strongest, pos) + [_ends_trace(graph, pos),
+                                                          _filters_trace(graph, pos, node_px, thumbnails)]
+    off = [n for n in ablated if n in pos]
+    if off:
+        traces.append(go.Scatter(x=[pos[n][0] for n in off], y=[pos[n][1] for n in off], mode="markers",
+                                 marker={"symbol": "x-thin", "size": node_px, "line": {"width": 4, "color": "#111111"}},
+                                 hoverinfo="skip", showlegend=False, name="ablated"))
+    fig = go.Figure(traces)
 
     if thumbnails:
         plot_w = width - 140
@@ -157,9 +170,15 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
     title = f"Computation graph of neuron {graph.neuron}: {len(graph.nodes)} filters, {len(graph.edges)} connections"
     if graph.response is not None:
         title += f"; response {graph.response:.3g}"
+    notes = []
+    if hidden is not None and any(hidden):
+        notes.append(f"important paths only: {hidden[0]} filters and {hidden[1]} connections hidden")
     if len(kept) < len(graph.edges):
-        title += (f"<br><sup>{len(graph.edges) - len(kept)} edges weaker than {edge_threshold:.0%} of their layer's "
-                  "strongest are hidden; red excitatory, blue inhibitory, width = gain</sup>")
+        notes.append(f"{len(graph.edges) - len(kept)} edges weaker than {edge_threshold:.0%} of their layer's strongest hidden")
+    if off:
+        notes.append(f"{len(off)} filter{'s' if len(off) > 1 else ''} switched off (✕)")
+    notes.append("red excitatory, blue inhibitory, width = gain")
+    title += "<br><sup>" + "; ".join(notes) + "</sup>"
     return finish(fig, title, height=height)
 
 
@@ -173,37 +192,44 @@ def _label(node: tuple[int, int], graph: NeuronGraph) -> str:
 
 
 def node_detail_figure(graph: NeuronGraph, layer: int, channel: int) -> go.Figure:
-    """One filter up close: its incoming weights, its kernel, its activation map and (last layer) its readout map."""
+    """One filter up close: its incoming gains, its kernel, its activation map and (last layer) its readout map.
+
+    Every map has its own colour bar with units; panels sit in one row with
+    room for their titles, so the figure reads at full page width.
+    """
     n = graph.node(layer, channel)
-    panels = ["incoming weights", "effective kernel (summed over inputs)"]
+    panels = ["incoming gains", "kernel (sum over inputs)"]
     if n.activation is not None:
-        panels.append("activation map")
+        panels.append("activation for this image")
     if n.readout_map is not None:
         panels.append("readout weights")
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
-    incoming = graph.edges_into(layer)
-    incoming = [e for e in incoming if e.dst == n.id]
+    gap = 0.1
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=gap)
+    incoming = [e for e in graph.edges_into(layer) if e.dst == n.id]
     fig.add_trace(go.Bar(x=[_label(e.src, graph) for e in incoming], y=[e.weight for e in incoming],
                          marker_color=[POSITIVE_COLOUR if e.weight >= 0 else NEGATIVE_COLOUR for e in incoming],
                          hovertemplate="%{x}: gain %{y:+.3g}<extra></extra>", name="incoming gains"), row=1, col=1)
-    fig.update_yaxes(title_text="gain", row=1, col=1)
-    col = 2
-    fig.add_trace(signed_heatmap(n.kernel.sum(0), "kernel", showscale=False,
-                                 hovertemplate="x %{x}, y %{y}<br>weight %{z:.3g}<extra></extra>"), row=1, col=col)
-    fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col}", row=1, col=col)
+    fig.update_yaxes(title_text="gain (a.u. per unit input)", row=1, col=1)
+    maps = [(n.kernel.sum(0), "kernel", "weight", True)]
     if n.activation is not None:
-        col += 1
-        fig.add_trace(go.Heatmap(z=n.activation, colorscale="Viridis", showscale=False, name="activation",
-                                 hovertemplate="x %{x}, y %{y}<br>activation %{z:.3g}<extra></extra>"), row=1, col=col)
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col}", row=1, col=col)
+        maps.append((n.activation, "activation", "activation (a.u.)", False))
     if n.readout_map is not None:
-        col += 1
-        fig.add_trace(signed_heatmap(n.readout_map, "readout", showscale=False,
-                                     hovertemplate="x %{x}, y %{y}<br>readout weight %{z:.3g}<extra></extra>"), row=1, col=col)
+        maps.append((n.readout_map, "readout", "readout weight", True))
+    width = (1.0 - gap * (len(panels) - 1)) / len(panels)
+    for col, (z, name, unit, signed) in enumerate(maps, start=2):
+        bar = {"title": {"text": unit, "side": "right"}, "thickness": 10, "len": 0.75,
+               "x": (col - 1) * (width + gap) + width + 0.01}
+        hover = f"x %{{x}}, y %{{y}}<br>{unit} %{{z:.3g}}<extra></extra>"
+        trace = (signed_heatmap(z, name, colorbar=bar, hovertemplate=hover) if signed else
+                 go.Heatmap(z=z, colorscale="Viridis", name=name, colorbar=bar, hovertemplate=hover))
+        fig.add_trace(trace, row=1, col=col)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col}", row=1, col=col)
     title = f"Layer {layer}, filter {channel}"
     if n.contribution is not None:
         title += f": contribution {n.contribution:+.3g}"
     if n.ablation_delta is not None:
         title += f", response change if ablated {n.ablation_delta:+.3g}"
-    return finish(fig, title, height=360)
+    fig = finish(fig, title, height=380)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(margin={"t": 90})
+    return fig

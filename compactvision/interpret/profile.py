@@ -1,0 +1,111 @@
+"""A neuron at a glance: what the gallery and the profile page show, computed from a run.
+
+A neuroscientist scanning a population wants, per neuron, the same few
+facts side by side: what it is (the twin's cell type, or the recording
+session), how big its compact model is and whether it consolidated, how well
+it predicts against what is predictable at all (the noise ceiling, from
+repeats), and what drives it (its top held-out image). `neuron_card` gathers
+these for one neuron from plain inputs; the readout map is the receptive
+field the model reads, straight from its last layer.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from compactvision.interpret.attribution import response
+from compactvision.metrics import pearson_r
+from compactvision.models.student import CompactStudent
+
+if TYPE_CHECKING:
+    from compactvision.runs import Run
+
+#: A model consolidates when some layer after the first keeps at most this many filters (Cowley et al. 2026).
+CONSOLIDATED_MAX = 5
+
+
+def cell_label(neuron_id: str, ground_truth: Mapping[str, Any] | None = None, session: str | None = None) -> str:
+    """How people name the neuron: the twin's cell type ("V1 simple"), else its session."""
+    if ground_truth and ground_truth.get("cell_type"):
+        return str(ground_truth["cell_type"]).replace("_", " ").replace("v1 ", "V1 ")
+    return f"session {session}" if session else ""
+
+
+def consolidation_layer(channels: Sequence[int]) -> int | None:
+    """The first layer after the input layer with at most `CONSOLIDATED_MAX` filters, or None."""
+    return next((i for i, c in enumerate(channels) if i > 0 and c <= CONSOLIDATED_MAX), None)
+
+
+@dataclass
+class NeuronCard:
+    """One gallery row: identity, size, accuracy and the image that drives the neuron hardest."""
+
+    neuron_id: str
+    label: str
+    n_parameters: int
+    channels: list[int]
+    total_filters: int
+    consolidated: bool
+    r_student: float | None          # vs the measured held-out responses
+    r_teacher: float | None
+    ceiling: float | None            # the best r the repeats allow
+    normalised: float | None         # r_student / ceiling, the Brain-Score style accuracy
+    r_truth: float | None            # vs the twin's noise-free rates, twin runs only
+    top_image: int | None            # index into the neuron's held-out images
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def neuron_card(neuron_id: str, student: CompactStudent, images: np.ndarray | None = None,
+                responses: np.ndarray | None = None, truth: np.ndarray | None = None, ceiling: float | None = None,
+                r_teacher: float | None = None, label: str = "") -> NeuronCard:
+    """The card of one neuron; without held-out images only its size and identity are known."""
+    r_student = r_truth = top = None
+    if images is not None and len(images):
+        pred = np.asarray(response(student.fused(), images)[:, 0], np.float64)  # BN folded: same function, faster
+        top = int(np.argmax(pred))
+        if responses is not None:
+            r_student = _finite(pearson_r(pred, np.asarray(responses, np.float64))[0])
+        if truth is not None:
+            r_truth = _finite(pearson_r(pred, np.asarray(truth, np.float64))[0])
+    ceiling = _finite(ceiling) if ceiling is not None else None
+    normalised = r_student / ceiling if r_student is not None and ceiling else None
+    channels = [int(c) for c in student.arch.channels]
+    return NeuronCard(neuron_id, label, student.n_parameters(), channels, sum(channels),
+                      consolidation_layer(channels) is not None, r_student, r_teacher, ceiling, normalised, r_truth, top)
+
+
+def _finite(x: float | np.floating) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def readout_map(student: CompactStudent, output: int = 0) -> np.ndarray:
+    """The receptive field the model reads: readout weight magnitude over its last feature map, (h, w).
+
+    The readout is a dense layer over (h, w, channels); summing |w| over
+    channels says where in the image the neuron's response comes from.
+    """
+    h, w = student.arch.readout_hw
+    weight = student.readout.weight.detach().view(student.arch.n_outputs, h, w, -1)[output]
+    return weight.abs().sum(-1).cpu().numpy()
+
+
+def run_cards(run: "Run") -> list[NeuronCard]:
+    """Every compact model's card, in the run's neuron order (milliseconds per neuron at the bundle's size)."""
+    from compactvision.runs import neuron_data
+
+    heldout, truth = run.heldout(), run.ground_truth()
+    teacher_r = run.teacher_scores().get("r_heldout", {})
+    cards = []
+    for nid in run.student_ids():
+        data = neuron_data(heldout, nid, truth)
+        kw: dict[str, Any] = {}
+        if data is not None:
+            kw = dict(images=data.images, responses=data.responses, truth=data.truth, ceiling=data.ceiling,
+                      label=cell_label(nid, data.ground_truth, data.session))
+        cards.append(neuron_card(nid, run.load_student(nid), r_teacher=teacher_r.get(nid), **kw))
+    return cards

@@ -1,0 +1,79 @@
+"""Gallery: every neuron of the run at a glance, sortable; a click on a row opens its profile."""
+from __future__ import annotations
+
+import streamlit as st
+
+from compactvision.viz.layout import png_data_uri
+from compactvision.viz.performance import accuracy_by_neuron_figure
+from app_support.caches import cards, neuron_data, require_run, synthesised
+from app_support.entry import run_through_app
+from app_support.locations import PROFILE_PAGE
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
+
+st.title("Gallery")
+run = require_run()
+rows = cards(run)
+if not rows:
+    st.info("This run has no compact models yet.")
+    st.stop()
+st.caption(f"{len(rows)} neurons. Sort by any column; click a row to open that neuron's profile. "
+           "*r* is against the measured held-out responses; the noise ceiling is the best *r* the repeats allow.")
+
+if st.session_state.get("gallery_synth") != run.fingerprint:
+    if st.button("Synthesise every neuron's preferred image", key="gallery_synthesise",
+                 help="Gradient ascent on each compact model (96 steps, seed 0); cached for this run."):
+        bar = st.progress(0.0, text="Synthesising…")
+        for k, row in enumerate(rows):
+            synthesised(run, row["neuron_id"])
+            bar.progress((k + 1) / len(rows), text=f"Synthesised {k + 1} of {len(rows)}: {row['neuron_id']}")
+        st.session_state["gallery_synth"] = run.fingerprint
+        st.rerun()
+show_synth = st.session_state.get("gallery_synth") == run.fingerprint
+
+
+def _top_image(row: dict) -> str | None:
+    data = neuron_data(run, row["neuron_id"])
+    return None if data is None or row["top_image"] is None else png_data_uri(data.images[row["top_image"]])
+
+
+table = {
+    "neuron": [r["neuron_id"] for r in rows],
+    "type": [r["label"] for r in rows],
+    "top image": [_top_image(r) for r in rows],
+    **({"synthesised": [png_data_uri(synthesised(run, r["neuron_id"])) for r in rows]} if show_synth else {}),
+    "parameters": [r["n_parameters"] for r in rows],
+    "filters per layer": [" · ".join(map(str, r["channels"])) for r in rows],
+    "consolidated": [r["consolidated"] for r in rows],
+    "r compact": [r["r_student"] for r in rows],
+    "r teacher": [r["r_teacher"] for r in rows],
+    "noise ceiling": [r["ceiling"] for r in rows],
+    "r / ceiling": [r["normalised"] for r in rows],
+}
+number = st.column_config.NumberColumn
+event = st.dataframe(
+    table, key="gallery_table", on_select="rerun", selection_mode="single-row", hide_index=True, width="stretch",
+    row_height=64,
+    column_config={
+        "top image": st.column_config.ImageColumn("top image", help="the held-out image the compact model rates highest"),
+        "synthesised": st.column_config.ImageColumn("synthesised", help="the image made to drive the compact model"),
+        "parameters": number(format="%d"),
+        "consolidated": st.column_config.CheckboxColumn(help="some layer after the first keeps at most 5 filters"),
+        "r compact": number(format="%.2f"), "r teacher": number(format="%.2f"),
+        "noise ceiling": number(format="%.2f"), "r / ceiling": number(format="%.2f"),
+    })
+picked = event.selection.rows if event else []
+if picked:
+    st.session_state["neuron"] = st.session_state["neuron_kept"] = rows[picked[0]]["neuron_id"]
+    st.switch_page(PROFILE_PAGE)
+
+if any(r["normalised"] is not None for r in rows):
+    st.subheader("Population: accuracy against the noise ceiling")
+    scores = {"compact model": [r["normalised"] for r in rows]}
+    if any(r["r_teacher"] is not None for r in rows):
+        scores["teacher"] = [None if r["r_teacher"] is None or not r["ceiling"] else r["r_teacher"] / r["ceiling"]
+                             for r in rows]
+    names = [f"{r['neuron_id']} · {r['label']}" if r["label"] else r["neuron_id"] for r in rows]
+    st.plotly_chart(accuracy_by_neuron_figure({k: [float("nan") if v is None else v for v in vs]
+                                               for k, vs in scores.items()}, names, metric="r / noise ceiling"),
+                    key="gallery_population", width="stretch")

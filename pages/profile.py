@@ -1,0 +1,89 @@
+"""Profile: one neuron on one screen: what it is, where it looks, what drives it, how well it is predicted."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from compactvision.artifacts import export_compact
+from compactvision.interpret.graph import neuron_graph
+from compactvision.interpret.profile import readout_map
+from compactvision.interpret.stimuli import orientation_sf_tuning
+from compactvision.viz.filters import readout_map_figure
+from compactvision.viz.graph import neuron_graph_figure
+from app_support.caches import cards, model_lock, synthesised
+from app_support.entry import run_through_app
+from app_support.widgets import neuron_page
+
+run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
+
+run, neuron_id, compact, big, t_index, data = neuron_page("Profile")
+card = next(c for c in cards(run) if c["neuron_id"] == neuron_id)
+size = compact.arch.input_size[0]
+gt = data.ground_truth if data is not None else None
+
+st.markdown(f"### {neuron_id}" + (f" · {card['label']}" if card["label"] else ""))
+if gt:
+    facts = [f"a simulated **{card['label']}** cell"]
+    if gt.get("preferred_orientation_deg") is not None:
+        facts.append(f"preferred orientation {gt['preferred_orientation_deg']:.0f}°")
+    if gt.get("preferred_size_px") is not None:
+        facts.append(f"preferred size {gt['preferred_size_px']:.1f} px")
+    st.caption("Ground truth (digital twin): " + ", ".join(facts) + ".")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+m = st.columns(6)
+m[0].metric("Parameters", f"{card['n_parameters']:,}")
+m[1].metric("Filters per layer", " · ".join(map(str, card["channels"])))
+m[2].metric("r, compact model", _fmt(card["r_student"]), help="against the measured held-out responses")
+m[3].metric("r, teacher", _fmt(card["r_teacher"]))
+m[4].metric("Noise ceiling", _fmt(card["ceiling"]), help="the best r the repeats allow (split-half reliability)")
+m[5].metric("r vs truth" if card["r_truth"] is not None else "r / ceiling",
+            _fmt(card["r_truth"] if card["r_truth"] is not None else card["normalised"]),
+            help="against the twin's noise-free rates" if card["r_truth"] is not None else "Brain-Score style")
+
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(readout_map_figure(readout_map(compact), size), key="profile_rf", width="stretch")
+with right:
+    st.markdown("**Preferred stimuli**")
+    images, captions = [], []
+    if data is not None and card["top_image"] is not None:
+        images.append(data.images[card["top_image"]])
+        captions.append(f"top held-out image (#{card['top_image']})")
+    with st.spinner("Synthesising the preferred image…"):
+        images.append(synthesised(run, neuron_id))
+    captions.append("synthesised (96 steps)")
+    st.image(images, caption=captions, width=180)
+
+    @st.cache_data(show_spinner="Measuring orientation tuning…", max_entries=64)
+    def _orientation(path: str, fingerprint: str, neuron_id: str) -> dict:
+        with model_lock(run, compact):
+            t = orientation_sf_tuning(compact, 0, size=size, center=tuple(gt["rf_center"]) if gt else None)
+        return t.preferred
+
+    tuning = _orientation(str(run.path), run.fingerprint, neuron_id)
+    line = (f"Tuning (gratings): preferred orientation **{tuning['orientation_deg']:.0f}°**, "
+            f"selectivity {tuning['orientation_selectivity']:.2f}, spatial frequency {tuning['sf_cpp']:.3f} c/px")
+    if gt and gt.get("preferred_orientation_deg") is not None:
+        line += f" (truth {gt['preferred_orientation_deg']:.0f}°)"
+    st.markdown(line + ". Full curves: **Preferred stimuli**.")
+
+st.markdown("**Its computation, in miniature** (strongest connections; the full view is on **Neuron graph**)")
+image = data.images[card["top_image"]] if data is not None and card["top_image"] is not None else \
+    np.full((size, size, 3), 128, np.uint8)
+graph = neuron_graph(compact, image)
+st.plotly_chart(neuron_graph_figure(graph, thumbnails=False, width=900, edge_threshold=0.2),
+                key="profile_graph", width="stretch")
+
+with tempfile.TemporaryDirectory() as tmp:
+    payload = export_compact(run.path, neuron_id, Path(tmp) / f"{neuron_id}.safetensors").read_bytes()
+st.download_button("Download this compact model (.safetensors)", payload, file_name=f"{neuron_id}.safetensors",
+                   mime="application/octet-stream", key="profile_download",
+                   help="One self-describing file: weights, architecture and metrics; `compactvision.artifacts.load_compact` reads it.")
