@@ -53,7 +53,7 @@ table = {
 number = st.column_config.NumberColumn
 event = st.dataframe(
     table, key="gallery_table", on_select="rerun", selection_mode="single-row", hide_index=True, width="stretch",
-    row_height=64,
+    row_height=64, height=min(38 + 64 * len(rows), 38 + 64 * 10),
     column_config={
         "top image": st.column_config.ImageColumn("top image", help="the held-out image the compact model rates highest"),
         "synthesised": st.column_config.ImageColumn("synthesised", help="the image made to drive the compact model"),

@@ -53,8 +53,13 @@ full = st.toggle("Show the full graph", key="graph_full",
                  help="By default only the filters that carry 90% of each layer's effect on the response, "
                       "and their strongest connections, are drawn.")
 view = None if full else important_paths(graph)
+if st.session_state.get("graph_node") not in node_ids:
+    from_url = st.session_state.pop("graph_node_url", None)
+    wanted = tuple(int(v) for v in from_url.split("-")) if from_url and from_url.count("-") == 1 else None
+    st.session_state["graph_node"] = wanted if wanted in node_ids else most_important(graph)
 shown = graph if view is None else view.graph
-figure = neuron_graph_figure(shown, ablated=off, hidden=None if view is None else (view.hidden_nodes, view.hidden_edges))
+figure = neuron_graph_figure(shown, ablated=off, hidden=None if view is None else (view.hidden_nodes, view.hidden_edges),
+                             selected=st.session_state["graph_node"])
 filters_trace = next(i for i, t in enumerate(figure.data) if t.name == "filters")
 event = st.plotly_chart(figure, key="graph_chart", on_select="rerun", selection_mode="points", width="stretch")
 # A click on a node selects it; the selectbox below is the keyboard / fallback way and follows the click.
@@ -64,10 +69,7 @@ clicked = next((tuple(int(v) for v in p["customdata"][:2]) for p in points
 if clicked in node_ids and clicked != st.session_state.get("graph_last_click"):
     st.session_state["graph_last_click"] = clicked
     st.session_state["graph_node"] = clicked
-if st.session_state.get("graph_node") not in node_ids:
-    from_url = st.session_state.pop("graph_node_url", None)
-    wanted = tuple(int(v) for v in from_url.split("-")) if from_url and from_url.count("-") == 1 else None
-    st.session_state["graph_node"] = wanted if wanted in node_ids else most_important(graph)
+    st.rerun()  # redraw the graph with the new filter ringed
 
 left, right = st.columns([2, 1])
 with left:

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from compactvision.artifacts import export_compact
-from compactvision.interpret.graph import neuron_graph
+from compactvision.interpret.graph import important_paths, neuron_graph
 from compactvision.interpret.profile import readout_map
 from compactvision.interpret.stimuli import orientation_sf_tuning
 from compactvision.viz.filters import readout_map_figure
@@ -25,6 +25,9 @@ size = compact.arch.input_size[0]
 gt = data.ground_truth if data is not None else None
 
 st.markdown(f"### {neuron_id}" + (f" · {card['label']}" if card["label"] else ""))
+consolidated = " (consolidated)" if card["consolidated"] else ""
+st.caption(f"Filters per layer {' · '.join(map(str, card['channels']))}{consolidated}: "
+           f"{card['total_filters']} filters, {card['n_parameters']:,} parameters.")
 if gt:
     facts = [f"a simulated **{card['label']}** cell"]
     if gt.get("preferred_orientation_deg") is not None:
@@ -38,13 +41,12 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-m = st.columns(6)
-m[0].metric("Parameters", f"{card['n_parameters']:,}")
-m[1].metric("Filters per layer", " · ".join(map(str, card["channels"])))
-m[2].metric("r, compact model", _fmt(card["r_student"]), help="against the measured held-out responses")
-m[3].metric("r, teacher", _fmt(card["r_teacher"]))
-m[4].metric("Noise ceiling", _fmt(card["ceiling"]), help="the best r the repeats allow (split-half reliability)")
-m[5].metric("r vs truth" if card["r_truth"] is not None else "r / ceiling",
+m = st.columns(5)
+m[0].metric("Parameters", f"{card['n_parameters']:,}", help="filters per layer: " + " · ".join(map(str, card["channels"])))
+m[1].metric("r, compact model", _fmt(card["r_student"]), help="against the measured held-out responses")
+m[2].metric("r, teacher", _fmt(card["r_teacher"]))
+m[3].metric("Noise ceiling", _fmt(card["ceiling"]), help="the best r the repeats allow (split-half reliability)")
+m[4].metric("r vs truth" if card["r_truth"] is not None else "r / ceiling",
             _fmt(card["r_truth"] if card["r_truth"] is not None else card["normalised"]),
             help="against the twin's noise-free rates" if card["r_truth"] is not None else "Brain-Score style")
 
@@ -78,8 +80,9 @@ with right:
 st.markdown("**Its computation, in miniature** (strongest connections; the full view is on **Neuron graph**)")
 image = data.images[card["top_image"]] if data is not None and card["top_image"] is not None else \
     np.full((size, size, 3), 128, np.uint8)
-graph = neuron_graph(compact, image)
-st.plotly_chart(neuron_graph_figure(graph, thumbnails=False, width=900, edge_threshold=0.2),
+view = important_paths(neuron_graph(compact, image))
+st.plotly_chart(neuron_graph_figure(view.graph, thumbnails=False, width=900, height=420,
+                                    hidden=(view.hidden_nodes, view.hidden_edges)),
                 key="profile_graph", width="stretch")
 
 with tempfile.TemporaryDirectory() as tmp:

@@ -147,10 +147,13 @@ def explore(page, shots: Path) -> dict[str, str]:
     points = graph.locator(".scatterlayer .trace").last.locator(".points path")
     boxes = [b for b in (points.nth(i).bounding_box() for i in range(points.count())) if b and b["width"] > 0]
     assert boxes, "no clickable node in the graph"
-    target = min(boxes, key=lambda b: (round(b["x"]), b["y"]))
-    page.mouse.click(target["x"] + target["width"] / 2, target["y"] + target["height"] / 2)
-    wait_idle(page)
-    after = selected(page, "Filter")
+    # The most important filter is selected first; click the first layer-0 filter, or the next if that was it.
+    for target in sorted(boxes, key=lambda b: (round(b["x"]), b["y"]))[:2]:
+        page.mouse.click(target["x"] + target["width"] / 2, target["y"] + target["height"] / 2)
+        wait_idle(page)
+        after = selected(page, "Filter")
+        if after != before:
+            break
     seen["node_before"], seen["node_after"] = before, after
     detail_title = charts(page).nth(1).locator(".gtitle").first.text_content()
     seen["detail_title"] = detail_title

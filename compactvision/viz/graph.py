@@ -131,10 +131,10 @@ def _filters_trace(graph: NeuronGraph, pos: dict[tuple[int, int], tuple[float, f
 
 def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbnails: bool = True,
                         width: int = 1000, ablated: Sequence[NodeId] = (), hidden: tuple[int, int] | None = None,
-                        height: int | None = None) -> go.Figure:
+                        height: int | None = None, selected: NodeId | None = None) -> go.Figure:
     """The layered graph of `graph` (from `interpret.graph.neuron_graph`), ready for selection events.
 
-    `ablated` filters are crossed out. `hidden` = (nodes, edges) left out of
+    `ablated` filters are crossed out and the `selected` one is ringed in gold. `hidden` = (nodes, edges) left out of
     `graph` by `interpret.graph.important_paths`, which the title reports.
     """
     pos = _positions(graph)
@@ -143,13 +143,19 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
     plot_h = height - 160
     node_px = float(np.clip(0.8 * plot_h / biggest, 8, 72))
     kept, strongest = _kept_edges(graph, edge_threshold)
-    traces = _edge_traces(graph, kept, strongest, pos) + [_ends_trace(graph, pos),
-                                                          _filters_trace(graph, pos, node_px, thumbnails)]
+    # The selectable "filters" trace stays last; the marks around it go first (layout images cover traces,
+    # so marks are drawn larger than a thumbnail to show around it).
+    traces = _edge_traces(graph, kept, strongest, pos) + [_ends_trace(graph, pos)]
     off = [n for n in ablated if n in pos]
     if off:
         traces.append(go.Scatter(x=[pos[n][0] for n in off], y=[pos[n][1] for n in off], mode="markers",
-                                 marker={"symbol": "x-thin", "size": node_px, "line": {"width": 4, "color": "#111111"}},
+                                 marker={"symbol": "x-thin", "size": node_px + 16, "line": {"width": 5, "color": "#111111"}},
                                  hoverinfo="skip", showlegend=False, name="ablated"))
+    if selected in pos:
+        traces.append(go.Scatter(x=[pos[selected][0]], y=[pos[selected][1]], mode="markers", hoverinfo="skip",
+                                 marker={"symbol": "square-open", "size": node_px + 14, "line": {"width": 4, "color": "#f1c40f"}},
+                                 showlegend=False, name="selected"))
+    traces.append(_filters_trace(graph, pos, node_px, thumbnails))
     fig = go.Figure(traces)
 
     if thumbnails:
@@ -158,7 +164,8 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
         sy = node_px / plot_h * 1.1 * 0.9
         fig.update_layout(images=[{"source": png_data_uri(_thumbnail(n)), "xref": "x", "yref": "y",
                                    "x": pos[n.id][0], "y": pos[n.id][1], "sizex": sx, "sizey": sy,
-                                   "xanchor": "center", "yanchor": "middle", "sizing": "stretch", "layer": "above"}
+                                   "xanchor": "center", "yanchor": "middle", "sizing": "stretch", "layer": "above",
+                                   "opacity": 0.3 if n.id in off else 1.0}
                                   for n in graph.nodes])
     ticks = ["image"] + [f"layer {i}<br>{len(graph.layer_nodes(i))} filters" for i in range(graph.n_layers)] + ["response"]
     fig.update_xaxes(tickvals=list(range(graph.n_layers + 2)), ticktext=ticks, range=[-0.5, graph.n_layers + 1.5],
@@ -167,7 +174,7 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
     # Pan, not box-select, as the drag mode: Streamlit disables click-to-select under a
     # selection drag mode, and a click on a filter is how the app picks it.
     fig.update_layout(hovermode="closest", dragmode="pan", clickmode="event+select", width=width)
-    title = f"Computation graph of neuron {graph.neuron}: {len(graph.nodes)} filters, {len(graph.edges)} connections"
+    title = f"Computation graph: {len(graph.nodes)} filters, {len(graph.edges)} connections"
     if graph.response is not None:
         title += f"; response {graph.response:.3g}"
     notes = []
