@@ -6,7 +6,7 @@ import streamlit as st
 
 from compactvision.interpret.stimuli import (bar_length_tuning, curvature_tuning, dot_size_tuning,
                                              orientation_sf_tuning, synthesise_preferred, top_images)
-from compactvision.viz.tuning import tuning_figure
+from compactvision.viz.tuning import tuning_figure, tuning_overlay_figure
 from app_support.caches import model_lock, twin
 from app_support.widgets import neuron_page
 from app_support.entry import run_through_app
@@ -89,7 +89,8 @@ if st.button("Measure tuning", key="ps_measure"):
     st.session_state["ps_tuning_result"] = {"inputs": tuning_inputs, "curves": curves}
 result = st.session_state.get("ps_tuning_result")
 if result and result["inputs"] == tuning_inputs:
-    for (label, tuning), col in zip(result["curves"].items(), st.columns(len(result["curves"]))):
-        with col:
+    st.plotly_chart(tuning_overlay_figure(result["curves"]), key="ps_tuning_overlay", width="stretch")
+    with st.expander("Each model's full response map"):
+        for label, tuning in result["curves"].items():
             st.markdown(f"**{label}**")
             st.plotly_chart(tuning_figure(tuning), key=f"ps_tuning_{label}", width="stretch")

@@ -287,6 +287,10 @@ def test_preferred_stimuli_tuning_follows_the_stimulus(open_page):
     assert not at.get("plotly_chart"), "a new stimulus waits for the button"
     at.button(key="ps_measure").click().run()
     assert figure_data(at, 0) != gratings
+    overlay = figures(at)[0]
+    names = {t["legendgroup"] for t in overlay["data"] if t.get("legendgroup")}
+    assert {"compact model", "teacher", "ground truth (twin)"} <= names, "every model on the one figure"
+    assert overlay["layout"]["yaxis"]["range"] == [-1.05, 1.05], "one normalised scale"
 
 
 def test_robustness_runs_and_follows_the_perturbation(open_page):

@@ -54,6 +54,25 @@ def test_pgd_beats_random_noise_of_the_same_size():
     assert attacked["delta"][0] > 2 * noisy["delta"][0]
 
 
+def test_pgd_through_v1_noise_averages_its_gradients():
+    """With V1 noise on, one noisy gradient per step is a weak attack; averaged over draws it is not hidden."""
+    from compactvision.interpret.robustness import is_stochastic, pgd_attack, vone_noise
+
+    model = VOneModel().eval()
+    x = torch.as_tensor(_images(8)).permute(0, 3, 1, 2).float() / 255.0
+    eps = 4 / 255
+    with vone_noise(model, True):
+        assert is_stochastic(model)
+        torch.manual_seed(0)
+        adv = pgd_attack(model, x, eps, generator=torch.Generator().manual_seed(0))
+    assert (adv - x).abs().max() <= eps + 1e-6
+    sign = torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(1))) * eps
+    with torch.no_grad():  # judged on the noise-free response: the attack moved what the noise hides
+        clean, attacked, noisy = model(x), model(adv), model((x + sign).clamp(0, 1))
+    assert (attacked - clean).abs().mean() > 2 * (noisy - clean).abs().mean()
+    assert not is_stochastic(model), "the noise is off again"
+
+
 def test_curves_against_targets_are_seeded_and_intact_at_level_zero():
     model, imgs = _student(), _images()
     targets = np.random.default_rng(1).standard_normal((len(imgs), 2))

@@ -127,6 +127,24 @@ def test_response_maps_and_one_by_one_kernels_read_as_what_they_are():
     assert _types(mixing) == ["Heatmap"] and np.asarray(mixing.data[0].z).shape == (6, 4)
 
 
+def test_tuning_overlay_puts_every_model_on_one_normalised_scale():
+    from compactvision.viz.tuning import tuning_overlay_figure
+
+    axes = {"orientation_deg": np.array([0.0, 45.0, 90.0, 135.0]), "sf_cpp": np.array([0.05, 0.1, 0.2])}
+    a = Tuning("orientation_sf", 0, (15.5, 15.5), axes, np.arange(12.0).reshape(4, 3), 1.0, {})
+    b = Tuning("orientation_sf", 0, (15.5, 15.5), axes, 100 * np.arange(12.0).reshape(4, 3)[::-1], 0.0, {})
+    fig = tuning_overlay_figure({"model": a, "truth": b})
+    assert [t.name for t in fig.data] == ["model", "model", "truth", "truth"]  # orientation and sf slices each
+    for t in fig.data:
+        assert np.max(np.asarray(t.y)) <= 1.0 + 1e-9
+    assert np.asarray(fig.data[1].y)[-1] == pytest.approx(1.0), "each model's peak reads 1"
+    dots = Tuning("dot_size", 0, (15.5, 15.5), {"polarity": np.array([1, -1]), "diameter_px": np.array([2.0, 4.0, 8.0])},
+                  np.array([[1.0, 3.0, 2.0], [0.0, -1.0, 0.5]]), 0.0, {})
+    fig = tuning_overlay_figure({"model": dots})
+    assert [t.name for t in fig.data] == ["model (white)", "model (black)"]
+    assert fig.data[1].line.dash == "dash"
+
+
 def test_tuning_figures():
     grid = Tuning("orientation_sf", 0, (15.5, 15.5), {"orientation_deg": np.array([0.0, 45.0, 90.0, 135.0]),
                                                       "sf_cpp": np.array([0.05, 0.1, 0.2])},

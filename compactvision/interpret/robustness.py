@@ -71,28 +71,38 @@ def perturb(x: torch.Tensor, perturbation: str, level: float, generator: torch.G
     raise ValueError(f"unknown perturbation {perturbation!r}; known: {sorted(PERTURBATIONS)}")
 
 
+def is_stochastic(model: nn.Module) -> bool:
+    """Whether two forward passes of `model` can differ: a VOneBlock with noise on and no fixed noise seed."""
+    return any(b.noise is not None and b.noise_seed is None for b in _vone_blocks(model))
+
+
 def pgd_attack(model: nn.Module, x: torch.Tensor, epsilon: float, neurons: Sequence[int] | None = None,
-               steps: int = 10, step_size: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+               steps: int = 10, step_size: float | None = None, generator: torch.Generator | None = None,
+               eot_samples: int | None = None) -> torch.Tensor:
     """L-infinity PGD pushing the predicted responses of `neurons` (default all) away from their clean values.
 
     Maximises sum (f(x') - f(x))^2 over |x' - x|_inf <= epsilon, x' in [0, 1].
     The gradient of that loss vanishes at x' = x, so the attack starts from a
     random point of the ball (seeded by `generator`); steps are sign-gradient
     of size `step_size` (default 2.5 epsilon / steps), each followed by
-    projection and clamping.
+    projection and clamping. For a stochastic model (V1 noise on) every step
+    averages the gradient over `eot_samples` noise draws (default 8; 1 for a
+    deterministic model), the expectation over transformation of Athalye et
+    al. (2018), so noise cannot hide the gradient; the clean reference is the
+    mean response over as many draws.
     """
     if epsilon <= 0:
         return x.clone()
+    samples = (8 if is_stochastic(model) else 1) if eot_samples is None else max(1, int(eot_samples))
     step_size = 2.5 * epsilon / steps if step_size is None else step_size
+    pick = (lambda out: out) if neurons is None else (lambda out: out[:, list(neurons)])
     with torch.no_grad():
-        clean = model(x)
-        clean = clean if neurons is None else clean[:, list(neurons)]
+        clean = torch.stack([pick(model(x)) for _ in range(samples)]).mean(0)
     start = (torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1) * epsilon
     adv = (x + start).clamp(0.0, 1.0)
     for _ in range(steps):
         adv.requires_grad_(True)
-        out = model(adv)
-        out = out if neurons is None else out[:, list(neurons)]
+        out = torch.stack([pick(model(adv)) for _ in range(samples)]).mean(0)
         (grad,) = torch.autograd.grad((out - clean).pow(2).sum(), adv)
         with torch.no_grad():
             adv = adv + step_size * grad.sign()

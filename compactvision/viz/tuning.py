@@ -1,6 +1,8 @@
 """Tuning curves from in-silico stimuli: orientation x spatial frequency, dot size, bar length, curvature."""
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -83,3 +85,56 @@ def tuning_figure(tuning: Tuning) -> go.Figure:
                                         f"{pref['length_px']:.3g} px (end-stopping index "
                                         f"{pref['end_stopping_index']:.2f})")
     raise ValueError(f"no figure for stimulus {tuning.stimulus!r}")
+
+
+def _normalised(tuning: Tuning) -> np.ndarray:
+    """Response above the grey screen, as a fraction of the peak's: 1 at the peak, 0 at grey."""
+    r = np.asarray(tuning.response, np.float64) - tuning.blank
+    peak = np.abs(r).max()
+    return r / peak if peak > 0 else r
+
+
+def tuning_overlay_figure(tunings: Mapping[str, Tuning]) -> go.Figure:
+    """Several models' tuning to one stimulus family on shared, normalised axes (model vs teacher vs truth).
+
+    Each curve is the model's response above the grey screen divided by its
+    own peak, so models with different response units read on one scale. For
+    a 2-D family (gratings, arcs) each panel is the slice through that model's
+    own peak; for dots and bars, solid lines are the first polarity and dashed
+    the second.
+    """
+    first = next(iter(tunings.values()))
+    axes = list(first.axes)
+    two_d = first.stimulus in ("orientation_sf", "curvature")
+    panels = [AXIS_TITLES[a] for a in axes] if two_d else [AXIS_TITLES[axes[1]]]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[f"response vs {p}" for p in panels],
+                        horizontal_spacing=0.1)
+    for k, (name, t) in enumerate(tunings.items()):
+        r = _normalised(t)
+        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
+        if two_d:
+            iy, ix = np.unravel_index(int(np.argmax(r)), r.shape)
+            for col, (axis, curve) in enumerate(((axes[0], r[:, ix]), (axes[1], r[iy])), start=1):
+                fig.add_trace(go.Scatter(x=t.axes[axis], y=curve, mode="lines+markers", name=name, legendgroup=name,
+                                         showlegend=col == 1, line_color=colour,
+                                         hovertemplate=f"{name}<br>{AXIS_TITLES[axis]} %{{x:.3g}}<br>"
+                                                       "normalised response %{y:.2f}<extra></extra>"), row=1, col=col)
+        else:
+            for j, p in enumerate(t.axes[axes[0]]):
+                label = _POLARITY.get(int(p), f"{p:g}")
+                fig.add_trace(go.Scatter(x=t.axes[axes[1]], y=r[j], mode="lines+markers", name=f"{name} ({label})",
+                                         legendgroup=name, line={"color": colour, "dash": "solid" if j == 0 else "dash"},
+                                         hovertemplate=f"{name}, {label}<br>{AXIS_TITLES[axes[1]]} %{{x:.3g}}<br>"
+                                                       "normalised response %{y:.2f}<extra></extra>"), row=1, col=1)
+    for col, axis in enumerate(axes if two_d else axes[1:], start=1):
+        fig.update_xaxes(title_text=AXIS_TITLES[axis], type="log" if axis in _LOG_AXES else "linear", row=1, col=col)
+        fig.update_yaxes(title_text="response above grey / peak" if col == 1 else None, range=[-1.05, 1.05],
+                         row=1, col=col)
+        fig.add_hline(y=0.0, line_dash="dot", line_color="grey", row=1, col=col)
+    fig.update_layout(legend={"orientation": "h", "y": -0.25})
+    return finish(fig, f"{FAMILY_TITLES.get(first.stimulus, first.stimulus)}: every model on one normalised scale",
+                  height=460)
+
+
+FAMILY_TITLES = {"orientation_sf": "Gratings", "curvature": "Curved arcs", "dot_size": "Dots at the RF centre",
+                 "bar_length": "Bars (end-stopping)"}
