@@ -163,6 +163,9 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (worth it on a GPU)")
+    p.add_argument("--front-end", choices=["vone", "conv"], default="vone",
+                   help="vone: the fixed V1 Gabor bank (default); conv: a learned convolution of the same shape, "
+                        "the standard-CNN control for robustness comparisons")
     p.add_argument("--protocol", default="split", choices=["split", "cowley"],
                    help="split: held-out test images per session; cowley: the paper's held-out sessions")
     p.add_argument("--test-sessions", nargs="+", metavar="ID",
@@ -192,7 +195,8 @@ def _teacher(args: argparse.Namespace) -> None:
               if args.data == "twin" else {})
     manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
-                             progress=reporter(args.progress), config_overrides={"compile": True} if args.compile else None,
+                             progress=reporter(args.progress),
+                             config_overrides={"front_end": args.front_end, **({"compile": True} if args.compile else {})},
                              backbone=args.backbone, backbone_stage=args.backbone_stage,
                              backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone,
                              test_sessions=tuple(args.test_sessions or COWLEY_TEST_SESSIONS))

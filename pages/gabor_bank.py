@@ -21,8 +21,9 @@ if not run.has_teacher:
 big = teacher(run)
 vone = big.vone
 if vone is None:
-    st.info("This teacher sees pixels through the stem of a pretrained ResNet checkpoint, not through a VOneBlock, "
-            "so it has no Gabor bank to show.")
+    how = ("a learned convolution (the standard-CNN control); its filters are on **Layer weights**"
+           if big.front is not None else "the stem of a pretrained ResNet checkpoint")
+    st.info(f"This teacher sees pixels through {how}, not through a VOneBlock, so it has no Gabor bank to show.")
     st.stop()
 params = vone.parameters_table()
 kernels = vone.kernels()

@@ -105,3 +105,28 @@ def test_tiny_preset_learns_the_twin_via_the_cli(tmp_path: Path) -> None:
     assert not (out / "checkpoints").exists()
     teacher = load_teacher(out)
     assert teacher.sessions["twin"] == data["sessions"]["twin"]["neuron_ids"]
+
+
+@pytest.mark.parametrize("front_end", ["vone", "conv"])
+def test_the_control_front_end_trains_on_the_twin_like_the_vone_block(tmp_path: Path, front_end: str) -> None:
+    """The standard-CNN control: a learned conv where the VOneBlock stands, everything else the same."""
+    out = tmp_path / front_end
+    code = main(["teacher", "--data", "twin", "--preset", "tiny", "--out", str(out), "--neurons", "8",
+                 "--images", "600", "--repeats", "4", "--progress", "none", "--front-end", front_end])
+    assert code == 0
+    assert read_manifest(out)["metrics"]["teacher"]["r"]["median"] >= 0.3
+    teacher = load_teacher(out)
+    assert (teacher.vone is None) == (front_end == "conv") and (teacher.front is None) == (front_end == "vone")
+    if front_end == "conv":
+        assert teacher.front.conv.weight.requires_grad and teacher.front.out_channels == teacher.config.n_simple * 2
+        size = teacher.config.image_size
+        assert teacher.features(torch.rand(1, 3, size, size)).shape[-1] == teacher.front.output_size()
+
+
+def test_a_noise_free_teacher_is_deterministic() -> None:
+    teacher = build_teacher(SMALL, {"s": ["a", "b"]}).eval()
+    x = torch.rand(4, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(teacher(x), teacher(x))
+    with pytest.raises(ValueError, match="front_end"):
+        TeacherConfig(front_end="resnet")

@@ -38,7 +38,7 @@ from compactvision.errors import ArtifactError
 from compactvision.models.bank import BANK_FORMAT, StudentBank, load_bank
 from compactvision.models.backbone import ResNetSpec, ResNetTrunk
 from compactvision.models.readouts import FactorisedReadout
-from compactvision.models.vone import DEFAULT_VISUAL_DEGREES, VOneBlock
+from compactvision.models.vone import DEFAULT_STRIDE, DEFAULT_VISUAL_DEGREES, VOneBlock
 from compactvision.train import TrainConfig
 
 TEACHER_DIR = "teacher"
@@ -47,10 +47,46 @@ ARCHITECTURE = "architecture.json"
 FORMAT = "compactvision.teacher/1"
 
 
+FRONT_ENDS = ("vone", "conv")
+
+
+class LearnedFrontEnd(nn.Module):
+    """A trained convolution standing where the VOneBlock stands: same output channels, kernel, stride and map size.
+
+    Conv -> BatchNorm -> ReLU on the same [-1, 1] pixel scale the VOneBlock
+    sees. With everything else equal, it is the control that says whether the
+    fixed, V1-like front end (not the architecture around it) makes a model
+    harder to break.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int, image_size: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.image_size = int(kernel_size), int(stride), int(image_size)
+        self.padding = self.kernel_size // 2
+        self.conv = nn.Conv2d(3, channels, self.kernel_size, stride=self.stride, padding=self.padding, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    def output_size(self) -> int:
+        return (self.image_size + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.relu(self.bn(self.conv(x * 2.0 - 1.0)))
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     """Architecture plus the training schedule that suits it."""
 
+    # front end: "vone", the fixed VOneBlock; or "conv", a learned convolution of the same shape (the
+    # "standard CNN" control of the robustness claim: same channels, kernel, stride, back end and budget)
+    front_end: str = "vone"
     # VOneBlock front end
     n_simple: int = 48
     n_complex: int = 48
@@ -87,6 +123,10 @@ class TeacherConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def __post_init__(self) -> None:
+        if self.front_end not in FRONT_ENDS:
+            raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {self.front_end!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TeacherConfig":
@@ -182,9 +222,18 @@ class Teacher(nn.Module):
             _check_session_id(s)
         backbone = dict(config.backbone) if config.backbone else None
         self.vone: VOneBlock | None = None
+        self.front: LearnedFrontEnd | None = None
         self.adapter: nn.Module | None = None
         self.trunk: ResNetTrunk | None = None
-        if backbone is None or backbone["stem"] == "vone":
+        if config.front_end == "conv":
+            if backbone is not None:
+                raise ValueError("a learned front end and a pretrained trunk do not combine; choose one")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.front = LearnedFrontEnd(config.n_simple + config.n_complex, config.kernel_size, DEFAULT_STRIDE,
+                                             config.image_size)
+            channels, side = self.front.out_channels, self.front.output_size()
+        elif backbone is None or backbone["stem"] == "vone":
             self.vone = VOneBlock(config.n_simple, config.n_complex, image_size=config.image_size,
                                   visual_degrees=config.visual_degrees, kernel_size=config.kernel_size,
                                   k_exc=config.k_exc, noise=config.noise, noise_seed=seed if config.noise else None,
@@ -232,6 +281,8 @@ class Teacher(nn.Module):
         """What every member sees: the VOneBlock's maps, or a pretrained trunk's (behind the VOneBlock or not)."""
         if self.vone is not None:
             x = self.vone(x)
+        if self.front is not None:
+            x = self.front(x)
         if self.adapter is not None:
             x = self.adapter(x)
         if self.trunk is not None:
@@ -241,7 +292,7 @@ class Teacher(nn.Module):
     @property
     def attribution_layer(self) -> nn.Module:
         """The stage all members share, where Grad-CAM and conductance look by default."""
-        return self.trunk if self.trunk is not None else self.vone  # type: ignore[return-value]
+        return self.trunk if self.trunk is not None else (self.vone or self.front)  # type: ignore[return-value]
 
     def predict_all_sessions(self, x: torch.Tensor) -> torch.Tensor:
         """All sessions' neurons at once (N x total neurons), sharing the front end and back ends."""

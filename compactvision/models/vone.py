@@ -33,6 +33,8 @@ from torch import nn
 
 #: Cowley et al. V4 images are 112 px; taken to span about 5.6 deg (20 px/deg).
 DEFAULT_VISUAL_DEGREES = 5.6
+#: Pixels between neighbouring V1 units (VOneNet's stride 4).
+DEFAULT_STRIDE = 4
 PARAMETER_NAMES = ("orientation_deg", "sf_cpd", "phase_deg", "nx", "ny")
 
 
@@ -208,7 +210,7 @@ class VOneBlock(nn.Module):
     """
 
     def __init__(self, n_simple: int = 256, n_complex: int = 256, image_size: int = 112,
-                 visual_degrees: float = DEFAULT_VISUAL_DEGREES, stride: int = 4, kernel_size: int = 25,
+                 visual_degrees: float = DEFAULT_VISUAL_DEGREES, stride: int = DEFAULT_STRIDE, kernel_size: int = 25,
                  k_exc: float = 25.0, noise: str | None = None, noise_seed: int | None = None,
                  sampler: str = "v1", seed: int = 0, eps: float = 1e-6) -> None:
         super().__init__()
