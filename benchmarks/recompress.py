@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -81,6 +82,10 @@ def print_table(rows: list[dict[str, float | str]]) -> None:
           f"<= 15 min per neuron: {med['seconds'] <= 900}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--release", type=Path, default=DEFAULT_RELEASE, help="the V4 release folder")
@@ -90,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="recompress", choices=COMPRESS_PRESETS)
     ap.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     args = ap.parse_args(argv)
+    # Ctrl-C and SIGTERM stop the workers and keep every finished neuron, as `compactvision compress` does.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     per_session = None if args.all or torch.cuda.is_available() else args.per_session
     imported, run = args.work / f"imported_{per_session or 'all'}", args.work / f"ours_{per_session or 'all'}"
     print(f"sample: {'every published model' if per_session is None else f'neurons 0-{per_session - 1}'} "
@@ -103,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except CompactVisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished neurons are kept; run the same command again to continue", file=sys.stderr)
+        return 130
     rows = neuron_rows(imported, run)
     print_table(rows)
     out = args.work / f"recompress_{per_session or 'all'}.csv"

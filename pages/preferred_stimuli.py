@@ -6,6 +6,7 @@ import streamlit as st
 
 from compactvision.interpret.stimuli import (bar_length_tuning, curvature_tuning, dot_size_tuning,
                                              orientation_sf_tuning, synthesise_preferred, top_images)
+from compactvision.interpret.profile import ground_truth_facts
 from compactvision.viz.tuning import tuning_figure, tuning_overlay_figure
 from app_support.caches import model_lock, twin
 from app_support.widgets import neuron_page
@@ -26,11 +27,7 @@ if truth_model is not None:
 
 if data is not None and data.ground_truth is not None:
     gt = data.ground_truth
-    facts = [f"cell type **{gt['cell_type']}**"]
-    if gt.get("preferred_orientation_deg") is not None:
-        facts.append(f"preferred orientation {gt['preferred_orientation_deg']:.0f}°")
-    if gt.get("preferred_size_px") is not None:
-        facts.append(f"preferred size {gt['preferred_size_px']:.1f} px")
+    facts = [f"cell type **{gt['cell_type']}**", *ground_truth_facts(gt)]
     st.info("This neuron is simulated, so its true computation is known: " + ", ".join(facts) + ".")
 
 # ------------------------------------------------------------ top images

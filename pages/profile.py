@@ -9,7 +9,7 @@ import streamlit as st
 
 from compactvision.artifacts import export_compact
 from compactvision.interpret.graph import important_paths, neuron_graph
-from compactvision.interpret.profile import readout_map
+from compactvision.interpret.profile import ground_truth_facts, readout_map
 from compactvision.interpret.stimuli import orientation_sf_tuning
 from compactvision.viz.filters import readout_map_figure
 from compactvision.viz.graph import neuron_graph_figure
@@ -29,11 +29,7 @@ consolidated = " (consolidated)" if card["consolidated"] else ""
 st.caption(f"Filters per layer {' · '.join(map(str, card['channels']))}{consolidated}: "
            f"{card['total_filters']} filters, {card['n_parameters']:,} parameters.")
 if gt:
-    facts = [f"a simulated **{card['label']}** cell"]
-    if gt.get("preferred_orientation_deg") is not None:
-        facts.append(f"preferred orientation {gt['preferred_orientation_deg']:.0f}°")
-    if gt.get("preferred_size_px") is not None:
-        facts.append(f"preferred size {gt['preferred_size_px']:.1f} px")
+    facts = [f"a simulated **{card['label']}** cell", *ground_truth_facts(gt)]
     st.caption("Ground truth (digital twin): " + ", ".join(facts) + ".")
 
 

@@ -33,6 +33,16 @@ def cell_label(neuron_id: str, ground_truth: Mapping[str, Any] | None = None, se
     return f"session {session}" if session else ""
 
 
+def ground_truth_facts(ground_truth: Mapping[str, Any]) -> list[str]:
+    """The twin's known preferences, as short phrases ("preferred orientation 45°", ...)."""
+    facts = []
+    if ground_truth.get("preferred_orientation_deg") is not None:
+        facts.append(f"preferred orientation {ground_truth['preferred_orientation_deg']:.0f}°")
+    if ground_truth.get("preferred_size_px") is not None:
+        facts.append(f"preferred size {ground_truth['preferred_size_px']:.1f} px")
+    return facts
+
+
 def consolidation_layer(channels: Sequence[int]) -> int | None:
     """The first layer after the input layer with at most `CONSOLIDATED_MAX` filters, or None."""
     return next((i for i, c in enumerate(channels) if i > 0 and c <= CONSOLIDATED_MAX), None)
