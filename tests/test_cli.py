@@ -20,7 +20,8 @@ def _choices(command: str, option: str = "--preset") -> list[str]:
 def test_preset_choices_are_the_preset_tables():
     assert _choices("teacher") == list(TEACHER_PRESETS)
     assert _choices("pipeline") == list(PIPELINE_PRESETS)
-    assert _choices("compress") == list(COMPRESS_PRESETS) == [*PIPELINE_PRESETS, "paper"]
+    assert _choices("compress") == list(COMPRESS_PRESETS) == [*PIPELINE_PRESETS, "paper", "recompress"]
+    assert _choices("recompress") == list(COMPRESS_PRESETS)
 
 
 def test_compress_defaults_to_the_reference_width():
