@@ -165,21 +165,28 @@ def synthesised(run: Run, neuron_id: str, steps: int = 96, seed: int = 0) -> np.
     return _synthesised(str(run.path), run.fingerprint, neuron_id, steps, seed)
 
 
+@st.cache_data(show_spinner=False, max_entries=512)
+def _card(path: str, fingerprint: str, neuron_id: str) -> dict:
+    run = _open_run(path, fingerprint)
+    data = _neuron_data(_heldout(path, fingerprint), neuron_id, _ground_truth(path, fingerprint))
+    kw = {} if data is None else dict(images=data.images, responses=data.responses, truth=data.truth,
+                                      ceiling=data.ceiling, label=cell_label(neuron_id, data.ground_truth, data.session))
+    r_teacher = run.teacher_scores().get("r_heldout", {}).get(neuron_id)
+    return neuron_card(neuron_id, _student(path, fingerprint, neuron_id), r_teacher=r_teacher, **kw).to_dict()
+
+
+def profile_card(run: Run, neuron_id: str) -> dict:
+    """One neuron's card (`interpret.profile.NeuronCard` as a dict), computed once per run and neuron."""
+    return _card(str(run.path), run.fingerprint, neuron_id)
+
+
 @st.cache_data(show_spinner="Profiling every neuron…", max_entries=8)
 def _cards(path: str, fingerprint: str) -> list[dict]:
-    run = _open_run(path, fingerprint)
-    teacher_r = run.teacher_scores().get("r_heldout", {})
-    out = []
-    for nid in _student_ids(path, fingerprint):
-        data = _neuron_data(_heldout(path, fingerprint), nid, _ground_truth(path, fingerprint))
-        kw = {} if data is None else dict(images=data.images, responses=data.responses, truth=data.truth,
-                                          ceiling=data.ceiling, label=cell_label(nid, data.ground_truth, data.session))
-        out.append(neuron_card(nid, _student(path, fingerprint, nid), r_teacher=teacher_r.get(nid), **kw).to_dict())
-    return out
+    return [_card(path, fingerprint, nid) for nid in _student_ids(path, fingerprint)]
 
 
 def cards(run: Run) -> list[dict]:
-    """Every neuron's gallery card (`interpret.profile.NeuronCard` as a dict), computed once per run."""
+    """Every neuron's card, in the run's neuron order."""
     return _cards(str(run.path), run.fingerprint)
 
 

@@ -13,14 +13,14 @@ from compactvision.interpret.profile import ground_truth_facts, readout_map
 from compactvision.interpret.stimuli import orientation_sf_tuning
 from compactvision.viz.filters import readout_map_figure
 from compactvision.viz.graph import neuron_graph_figure
-from app_support.caches import cards, model_lock, synthesised
+from app_support.caches import model_lock, profile_card, synthesised
 from app_support.entry import run_through_app
 from app_support.widgets import neuron_page
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
 run, neuron_id, compact, big, t_index, data = neuron_page("Profile")
-card = next(c for c in cards(run) if c["neuron_id"] == neuron_id)
+card = profile_card(run, neuron_id)
 size = compact.arch.input_size[0]
 gt = data.ground_truth if data is not None else None
 
