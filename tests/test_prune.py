@@ -149,8 +149,20 @@ def test_a_second_visit_only_cuts_further_and_records_only_real_cuts():
         w = m.readout.weight.view(1, *m.arch.readout_hw, -1)
         w[..., 2:] = 0
     labels = responses(m, x)
-    once, path1 = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=1))
-    twice, path2 = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=2))
+
+    def refit_readout(model: CompactStudent, layer: int) -> CompactStudent:
+        """A stand-in for fine-tuning: the readout refitted to the labels, which wins back accuracy after a cut."""
+        with torch.no_grad():
+            feats = model.features(x)[-1].permute(0, 2, 3, 1).reshape(len(x), -1).double()
+            design = torch.cat([feats, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+            ridge = 1e-3 * torch.eye(design.shape[1], dtype=torch.float64)
+            coef = torch.linalg.solve(design.T @ design + ridge, design.T @ torch.as_tensor(labels))
+            model.readout.weight.copy_(coef[:-1].float().view_as(model.readout.weight))
+            model.readout.bias.fill_(float(coef[-1]))
+        return model
+
+    once, path1 = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=1), finetune=refit_readout)
+    twice, path2 = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=2), finetune=refit_readout)
     assert [s.to_dict() for s in path2[:len(path1)]] == [s.to_dict() for s in path1], "the first visit is the same"
     assert len(path2) > len(path1) and sum(twice.arch.channels) < sum(once.arch.channels)
     for before, step in zip(path2[len(path1) - 1:], path2[len(path1):]):
