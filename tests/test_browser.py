@@ -228,7 +228,10 @@ def test_gallery_opens_a_profile_and_a_reload_keeps_it(tmp_path):
             expect_title(page, "Profile")
             picked = selected(page, "Neuron").split(" · ")[0]
             expect(page.locator("h3", has_text=picked).first).to_be_visible(timeout=TIMEOUT_MS)
-            assert page.get_by_role("button", name=re.compile("Download this compact model")).count() == 1
+            # The page is drawn top-down; its last element, the download, means the run is complete.
+            expect(page.get_by_role("button", name=re.compile("Download this compact model"))).to_be_visible(
+                timeout=TIMEOUT_MS)
+            wait_idle(page)
             assert "neuron=" + picked in page.url, page.url
             page.screenshot(path=str(tmp_path / "profile.png"), full_page=True)
             # A reload (or the link sent to a colleague) opens the same neuron on the same page.
