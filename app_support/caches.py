@@ -202,3 +202,19 @@ def neuron_label(run: Run, neuron_id: str) -> str:
     """The neuron as the picker shows it: id and cell type (twin) or session (recordings); from files only."""
     label = _labels(str(run.path), run.fingerprint).get(neuron_id, "")
     return f"{neuron_id} · {label}" if label else neuron_id
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _compact_file(path: str, fingerprint: str, neuron_id: str) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from compactvision.artifacts import export_compact
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return export_compact(path, neuron_id, Path(tmp) / f"{neuron_id}.safetensors").read_bytes()
+
+
+def compact_file(run: Run, neuron_id: str) -> bytes:
+    """The neuron's exported `.safetensors` file, made once per run and neuron (not on every page render)."""
+    return _compact_file(str(run.path), run.fingerprint, neuron_id)

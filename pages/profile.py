@@ -1,19 +1,15 @@
 """Profile: one neuron on one screen: what it is, where it looks, what drives it, how well it is predicted."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import streamlit as st
 
-from compactvision.artifacts import export_compact
 from compactvision.interpret.graph import important_paths, neuron_graph
 from compactvision.interpret.profile import ground_truth_facts, readout_map
 from compactvision.interpret.stimuli import orientation_sf_tuning
 from compactvision.viz.filters import readout_map_figure
 from compactvision.viz.graph import neuron_graph_figure
-from app_support.caches import model_lock, profile_card, synthesised
+from app_support.caches import compact_file, model_lock, profile_card, synthesised
 from app_support.entry import run_through_app
 from app_support.widgets import neuron_page
 
@@ -81,8 +77,6 @@ st.plotly_chart(neuron_graph_figure(view.graph, thumbnails=False, width=900, hei
                                     hidden=(view.hidden_nodes, view.hidden_edges)),
                 key="profile_graph", width="stretch")
 
-with tempfile.TemporaryDirectory() as tmp:
-    payload = export_compact(run.path, neuron_id, Path(tmp) / f"{neuron_id}.safetensors").read_bytes()
-st.download_button("Download this compact model (.safetensors)", payload, file_name=f"{neuron_id}.safetensors",
+st.download_button("Download this compact model (.safetensors)", compact_file(run, neuron_id), file_name=f"{neuron_id}.safetensors",
                    mime="application/octet-stream", key="profile_download",
                    help="One self-describing file: weights, architecture and metrics; `compactvision.artifacts.load_compact` reads it.")
