@@ -8,6 +8,7 @@ each other's choices, and a rewritten run is a new cache entry.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -59,12 +60,17 @@ def _lock(path: str, fingerprint: str, model: str) -> threading.Lock:
     return threading.Lock()
 
 
+def open_run(path: str | Path) -> Run:
+    """Any run directory, opened (and verified) once per manifest content."""
+    return _open_run(str(path), run_fingerprint(path))
+
+
 def current_run() -> Run | None:
     """The run picked in the sidebar, opened (and verified) through the cache."""
     path = st.session_state.get("run_path")
     if not path or not is_run_dir(path):
         return None
-    return _open_run(path, run_fingerprint(path))
+    return open_run(path)
 
 
 def require_run() -> Run:
@@ -207,7 +213,6 @@ def neuron_label(run: Run, neuron_id: str) -> str:
 @st.cache_data(show_spinner=False, max_entries=64)
 def _compact_file(path: str, fingerprint: str, neuron_id: str) -> bytes:
     import tempfile
-    from pathlib import Path
 
     from compactvision.artifacts import export_compact
 

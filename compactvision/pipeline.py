@@ -82,23 +82,30 @@ def _stage_done(out: Path, kinds: tuple[str, ...]) -> bool:
     return read_json(out / MANIFEST).get("kind") in kinds
 
 
-def run_pipeline(preset: str | PipelinePreset, out: str | Path, seed: int = 0, progress: Progress = silent,
-                 backend: str = "local", workers: int | None = None, address: str | None = None,
-                 device: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the whole chain into `out`; returns the final manifest."""
+def pipeline_teacher(p: PipelinePreset, out: Path, seed: int = 0, progress: Progress = silent,
+                     device: str | None = None) -> None:
+    """The first stage alone: the preset's twin data and its teacher in `out` (skipped once done, resumed if cut)."""
     from compactvision.data.twin import make_twin_dataset
     from compactvision.teacher_stage import train_teacher
 
-    name = preset if isinstance(preset, str) else "custom"
-    p = PRESETS[preset] if isinstance(preset, str) else preset
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if not _stage_done(out, ("teacher", "compressed", "pipeline")):
         dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
         train_teacher(dataset, out, preset=p.teacher_preset, seed=seed, device=device, resume=True,
                       config_overrides={"image_size": p.image_size, **p.teacher_overrides}, progress=progress)
+
+
+def run_pipeline(preset: str | PipelinePreset, out: str | Path, seed: int = 0, progress: Progress = silent,
+                 backend: str = "local", workers: int | None = None, address: str | None = None,
+                 device: str | None = None, neurons: list[int] | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole chain into `out` (`neurons`: compress only those indices); returns the manifest."""
+    name = preset if isinstance(preset, str) else "custom"
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline_teacher(p, out, seed, progress, device)
     config = replace(p.compress, seed=seed)
-    compress_run(out, config, backend=backend, workers=workers, address=address, progress=progress, device=device)
+    compress_run(out, config, backend=backend, workers=workers, address=address, neurons=neurons, progress=progress,
+                 device=device)
     manifest = read_manifest(out, verify=False)
     cfg = dict(manifest["config"])
     cfg["pipeline"] = {"preset": name, **p.to_dict()}

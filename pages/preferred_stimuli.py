@@ -9,6 +9,7 @@ from compactvision.interpret.stimuli import (bar_length_tuning, curvature_tuning
 from compactvision.interpret.profile import ground_truth_facts
 from compactvision.viz.tuning import tuning_figure, tuning_overlay_figure
 from app_support.caches import model_lock, twin
+from app_support.long_work import long_work
 from app_support.widgets import neuron_page
 from app_support.entry import run_through_app
 
@@ -55,17 +56,23 @@ st.caption("Gradient ascent on the predicted response from faint noise, kept nat
 c1, c2 = st.columns(2)
 steps = c1.slider("Steps", 32, 256, 96, step=32, key="ps_steps")
 seed = c2.number_input("Seed", 0, 10_000, 0, key="ps_seed")
-synth_inputs = (run.fingerprint, neuron_id, steps, seed)
-if st.button("Synthesise", key="ps_synthesise"):
+
+
+def _synthesise_all(progress) -> dict:
+    """Every model's synthesised image; one progress count over all of their steps."""
     images = {}
-    with st.spinner("Ascending the gradient…"):
-        for label, model, j in models:
-            with model_lock(run, model):
-                images[label] = synthesise_preferred(model, j, size=size, steps=steps, seed=int(seed))
-    st.session_state["ps_synth"] = {"inputs": synth_inputs, "images": images}
-synth = st.session_state.get("ps_synth")
-if synth and synth["inputs"] == synth_inputs:
-    st.image(list(synth["images"].values()), caption=list(synth["images"]), width=160)
+    for k, (label, model, j) in enumerate(models):
+        with model_lock(run, model):
+            images[label] = synthesise_preferred(model, j, size=size, steps=steps, seed=int(seed),
+                                                 progress=lambda _s, d, _t, k=k: progress("", k * steps + d,
+                                                                                          len(models) * steps))
+    return images
+
+
+synth = long_work(run, "ps_synth", ("synthesis", neuron_id, steps, int(seed)), "Ascending the gradient",
+                  _synthesise_all, button="Synthesise")
+if synth is not None:
+    st.image(list(synth.values()), caption=list(synth), width=160)
 
 # ------------------------------------------------------------ tuning
 st.subheader("Tuning curves")
@@ -76,18 +83,23 @@ TUNINGS = {"orientation_sf": ("Gratings: orientation × spatial frequency", orie
 kind = st.selectbox("Stimulus", list(TUNINGS), format_func=lambda t: TUNINGS[t][0], key="ps_tuning")
 # Stimuli go to the true receptive-field centre when the twin knows it, else each model estimates its own.
 center = tuple(data.ground_truth["rf_center"]) if data is not None and data.ground_truth else None
-tuning_inputs = (run.fingerprint, neuron_id, kind)
-if st.button("Measure tuning", key="ps_measure"):
+
+
+def _tune_all(progress) -> dict:
+    """Every model's tuning to the chosen stimuli, one model at a time."""
     curves = {}
-    with st.spinner("Showing the stimuli to each model…"):
-        for label, model, j in models:
-            with model_lock(run, model):
-                curves[label] = TUNINGS[kind][1](model, j, size=size, center=center)
-    st.session_state["ps_tuning_result"] = {"inputs": tuning_inputs, "curves": curves}
-result = st.session_state.get("ps_tuning_result")
-if result and result["inputs"] == tuning_inputs:
-    st.plotly_chart(tuning_overlay_figure(result["curves"]), key="ps_tuning_overlay", width="stretch")
+    for k, (label, model, j) in enumerate(models):
+        with model_lock(run, model):
+            curves[label] = TUNINGS[kind][1](model, j, size=size, center=center)
+        progress("", k + 1, len(models))
+    return curves
+
+
+curves = long_work(run, "ps_tuning_job", ("tuning", neuron_id, kind), "Showing the stimuli to each model",
+                   _tune_all, button="Measure tuning")
+if curves is not None:
+    st.plotly_chart(tuning_overlay_figure(curves), key="ps_tuning_overlay", width="stretch")
     with st.expander("Each model's full response map"):
-        for label, tuning in result["curves"].items():
+        for label, tuning in curves.items():
             st.markdown(f"**{label}**")
             st.plotly_chart(tuning_figure(tuning), key=f"ps_tuning_{label}", width="stretch")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from compactvision.inputs import as_model_input
 from compactvision.interpret.attribution import eval_mode, model_device, seeded
 from compactvision.metrics import pearson_r
 from compactvision.models.vone import VOneBlock
+from compactvision.progress import Progress, silent
 
 PERTURBATIONS: dict[str, dict[str, Any]] = {
     "gaussian_noise": {"label": "Gaussian noise s.d. (fraction of pixel range)",
@@ -113,7 +114,7 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, epsilon: float, neurons: Seque
 def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targets: np.ndarray | None = None,
                       neuron: int | Sequence[int] | None = None, perturbation: str = "gaussian_noise",
                       levels: Sequence[float] | None = None, seed: int = 0, batch_size: int = 32,
-                      pgd_steps: int = 10) -> dict[str, Any]:
+                      pgd_steps: int = 10, progress: Progress = silent) -> dict[str, Any]:
     """Accuracy and response change of `model` at each level of one perturbation.
 
     `images`: uint8 N x H x W x C (or model-layout tensors). `targets`:
@@ -124,7 +125,9 @@ def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targe
     name and axis `label`, and the `neurons` used. Seeded: the same call
     gives the same numbers; a noisy model (VOneBlock noise on) sees the same
     noise draws in the clean and the perturbed pass, so `delta` measures the
-    perturbation, not the noise.
+    perturbation, not the noise. Per-neuron values are in `r_per_neuron` and
+    `delta_rel_per_neuron` (levels x neurons), for confidence intervals over
+    neurons. `progress(perturbation, batches done, batches in all)` reports.
     """
     if perturbation not in PERTURBATIONS:
         raise ValueError(f"unknown perturbation {perturbation!r}; known: {sorted(PERTURBATIONS)}")
@@ -144,8 +147,9 @@ def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targe
         if len(ref) != len(clean):
             raise ValueError(f"{len(ref)} target rows for {len(clean)} images")
     spread = clean.std(0)
-    r, delta, delta_rel = [], [], []
-    for level in levels:
+    r, delta, delta_rel, r_each, rel_each = [], [], [], [], []
+    n_batches = -(-len(x_all) // batch_size)
+    for k, level in enumerate(levels):
         gen = torch.Generator().manual_seed(seed)
         preds = []
         with eval_mode(model), seeded(seed):
@@ -157,14 +161,18 @@ def robustness_curves(model: nn.Module, images: np.ndarray | torch.Tensor, targe
                     x = perturb(x, perturbation, float(level), gen)
                 with torch.no_grad():
                     preds.append(model(x)[:, neurons].cpu())
+                progress(perturbation, k * n_batches + i // batch_size + 1, len(levels) * n_batches)
         pred = torch.cat(preds).numpy().astype(np.float64)
         change = np.abs(pred - clean)
-        r.append(float(np.nanmedian(pearson_r(pred.T, ref.T))))
+        r_each.append(pearson_r(pred.T, ref.T))
+        r.append(float(np.nanmedian(r_each[-1])))
         delta.append(float(change.mean()))
         with np.errstate(invalid="ignore", divide="ignore"):
-            delta_rel.append(float(np.nanmean(change.mean(0) / np.where(spread > 0, spread, np.nan))))
+            rel_each.append(change.mean(0) / np.where(spread > 0, spread, np.nan))
+        delta_rel.append(float(np.nanmean(rel_each[-1])))
     return {"perturbation": perturbation, "label": PERTURBATIONS[perturbation]["label"], "levels": levels,
-            "r": np.asarray(r), "delta": np.asarray(delta), "delta_rel": np.asarray(delta_rel), "neurons": neurons}
+            "r": np.asarray(r), "delta": np.asarray(delta), "delta_rel": np.asarray(delta_rel), "neurons": neurons,
+            "r_per_neuron": np.asarray(r_each), "delta_rel_per_neuron": np.asarray(rel_each)}
 
 
 # --------------------------------------------------------- VOneBlock noise
@@ -197,20 +205,119 @@ def vone_noise(model: nn.Module, enabled: bool) -> Iterator[nn.Module]:
 def robustness_comparison(models: Mapping[str, nn.Module], images: np.ndarray | torch.Tensor,
                           targets: np.ndarray | None = None, neuron: int | Sequence[int] | None = None,
                           perturbation: str = "gaussian_noise", levels: Sequence[float] | None = None,
-                          noise_settings: Sequence[bool] = (False, True), **options: Any) -> dict[str, dict[str, Any]]:
+                          noise_settings: Sequence[bool] = (False, True), progress: Progress = silent,
+                          **options: Any) -> dict[str, dict[str, Any]]:
     """`robustness_curves` for each named model (e.g. teacher and student).
 
     A model with a VOneBlock is run once per entry of `noise_settings`, its
     label suffixed "(V1 noise on)" / "(V1 noise off)"; others run once.
     `neuron` indexes each model's outputs, so give models with the same outputs.
+    `progress` reports each model's curve under the model's label.
     """
     out: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
-        if not has_vone_noise(model):
-            out[name] = robustness_curves(model, images, targets, neuron, perturbation, levels, **options)
-            continue
-        for on in noise_settings:
-            with vone_noise(model, on):
-                label = f"{name} (V1 noise {'on' if on else 'off'})"
-                out[label] = robustness_curves(model, images, targets, neuron, perturbation, levels, **options)
+        settings = [(name, None)] if not has_vone_noise(model) else \
+            [(f"{name} (V1 noise {'on' if on else 'off'})", on) for on in noise_settings]
+        for label, on in settings:
+            with contextlib.nullcontext(model) if on is None else vone_noise(model, on):
+                out[label] = robustness_curves(model, images, targets, neuron, perturbation, levels,
+                                               progress=lambda _s, d, t, label=label: progress(label, d, t), **options)
+    return out
+
+
+# ------------------------------------------------------ across neurons
+def stack_neurons(curves: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One population curve from several models' curves (e.g. one compact model per neuron), same levels.
+
+    Per-neuron values are concatenated; the summary lines are recomputed as
+    `robustness_curves` computes them (median r, mean relative change).
+    """
+    if not curves:
+        raise ValueError("no curves to stack")
+    first = curves[0]
+    if any(not np.array_equal(c["levels"], first["levels"]) or c["perturbation"] != first["perturbation"]
+           for c in curves):
+        raise ValueError("curves to stack must share the perturbation and its levels")
+    r_each = np.concatenate([c["r_per_neuron"] for c in curves], axis=1)
+    rel_each = np.concatenate([c["delta_rel_per_neuron"] for c in curves], axis=1)
+    return {**first, "r": np.nanmedian(r_each, 1), "delta_rel": np.nanmean(rel_each, 1),
+            "delta": np.asarray([np.mean([c["delta"][k] for c in curves]) for k in range(len(first["levels"]))]),
+            "neurons": [n for c in curves for n in c["neurons"]], "r_per_neuron": r_each,
+            "delta_rel_per_neuron": rel_each}
+
+
+def area_under_curve(values_per_level: np.ndarray) -> np.ndarray:
+    """Area under each neuron's curve over the level index (trapezoid, divided by the span: the mean height).
+
+    Levels of one sweep are spaced unevenly (epsilon doubles), so the index,
+    not the level, is the axis: every level weighs the same.
+    """
+    v = np.asarray(values_per_level, np.float64)
+    if len(v) < 2:
+        return v[0].copy()
+    return ((v[1:] + v[:-1]) / 2).sum(0) / (len(v) - 1)
+
+
+def population_summary(curve: Mapping[str, Any], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Median over neurons with a bootstrap 95% CI, per level and for the area under the curve.
+
+    Returns {"levels", "r": (median, low, high) arrays per level, "delta_rel":
+    likewise, "r_auc": (median, low, high), "delta_rel_auc": likewise, "n"}.
+    """
+    from compactvision.metrics import bootstrap_median_ci
+
+    out: dict[str, Any] = {"levels": np.asarray(curve["levels"]), "n": int(curve["r_per_neuron"].shape[1])}
+    for key in ("r", "delta_rel"):
+        each = np.asarray(curve[f"{key}_per_neuron"], np.float64)
+        out[key] = np.asarray([bootstrap_median_ci(row, n_boot, seed=seed) for row in each]).T
+        out[f"{key}_auc"] = bootstrap_median_ci(area_under_curve(each), n_boot, seed=seed)
+    return out
+
+
+def population_robustness(heldout: Mapping[str, Any], neuron_ids: Sequence[str],
+                          student: Callable[[str], nn.Module], teacher: nn.Module | None = None,
+                          perturbation: str = "gaussian_noise", n_images: int = 64,
+                          levels: Sequence[float] | None = None, progress: Progress = silent,
+                          **options: Any) -> dict[str, dict[str, Any]]:
+    """The teacher's and the compact models' curves over `neuron_ids`, each one population curve.
+
+    `heldout`: `Run.heldout()`; `student(neuron_id)` gives that neuron's
+    compact model; `teacher` (optional) predicts every neuron of the run. The
+    first `n_images` held-out images of each session are perturbed, and r is
+    taken against their measured responses. Returns {"teacher": ...,
+    "compact models": ...}, curves with per-neuron values (`stack_neurons`),
+    for `population_summary` and error bars over neurons.
+    """
+    from compactvision.runs import teacher_view
+
+    teacher_curves, student_curves = [], []
+    jobs = len(neuron_ids) + (1 if teacher is not None else 0)
+    step = [0]
+
+    def report(label: str) -> Progress:
+        step[0] += 1
+        k = step[0]
+        return lambda _s, d, t: progress(f"{label}, {k}/{jobs}", d, t)
+
+    by_session: dict[str, list[str]] = {}
+    for nid in neuron_ids:
+        sid = next((s for s, d in heldout["sessions"].items() if nid in d["neuron_ids"]), None)
+        if sid is None:
+            raise ValueError(f"no held-out data for neuron {nid!r}")
+        by_session.setdefault(sid, []).append(nid)
+    for sid, ids in by_session.items():
+        s = heldout["sessions"][sid]
+        rows = [list(s["neuron_ids"]).index(n) for n in ids]
+        images, responses = s["images"][:n_images], np.asarray(s["responses"])[rows][:, :n_images]
+        if teacher is not None:
+            view, _ = teacher_view(teacher, ids[0])
+            outputs = [teacher_view(teacher, n)[1] for n in ids]
+            teacher_curves.append(robustness_curves(view, images, responses.T, outputs, perturbation, levels,
+                                                    progress=report("teacher"), **options))
+        for nid, resp in zip(ids, responses):
+            student_curves.append(robustness_curves(student(nid), images, resp, 0, perturbation, levels,
+                                                    progress=report(f"compact model {nid}"), **options))
+    out = {"compact models": stack_neurons(student_curves)}
+    if teacher_curves:
+        out = {"teacher": stack_neurons(teacher_curves), **out}
     return out

@@ -28,6 +28,7 @@ from compactvision.inputs import as_model_input
 from compactvision.interpret.attribution import eval_mode, model_device, response
 from compactvision.interpret.robustness import gaussian_blur
 from compactvision.metrics import pearson_r
+from compactvision.progress import Progress, silent
 
 Point = tuple[float, float]
 
@@ -61,7 +62,8 @@ def top_images(model: nn.Module, images: np.ndarray, neuron: int, k: int = 9,
 # --------------------------------------------------------------- synthesis
 def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: int = 128, lr: float = 0.05,
                          seed: int = 0, jitter: int = 4, blur: float = 0.5, blur_every: int = 4,
-                         norm_bound: float = 0.25, grayscale: bool = False, n_starts: int = 8) -> np.ndarray:
+                         norm_bound: float = 0.25, grayscale: bool = False, n_starts: int = 8,
+                         progress: Progress = silent) -> np.ndarray:
     """The image maximising `neuron`'s predicted response, by regularised gradient ascent.
 
     Starts from the best of `n_starts` faint smooth-noise images about grey
@@ -72,6 +74,7 @@ def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: 
     `blur_every` steps, suppressing pixel-level noise) and `norm_bound` (the
     RMS contrast about grey, in [0, 1] units, never exceeds it). All
     randomness comes from `seed`: the same call gives the same image.
+    `progress("synthesis", step, steps)` is called as the ascent goes.
     Returns uint8 size x size x 3.
     """
     device = model_device(model)
@@ -101,6 +104,7 @@ def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: 
                 if rms > norm_bound:
                     delta.mul_(norm_bound / rms)
                 delta.clamp_(-0.5, 0.5)
+            progress("synthesis", step + 1, steps)
     img = (0.5 + delta.detach()).clamp(0.0, 1.0).expand(-1, 3, -1, -1)[0].permute(1, 2, 0).cpu().numpy()
     return np.rint(img * 255.0).astype(np.uint8)
 

@@ -95,6 +95,8 @@ class TeacherConfig:
     visual_degrees: float = DEFAULT_VISUAL_DEGREES
     k_exc: float = 25.0
     noise: str | None = None
+    # s.d. of the V1 noise in units of VOneNet's sqrt(rate + 1); on in training and at test time alike
+    noise_level: float = 1.0
     sampler: str = "v1"
     # back end, per ensemble member
     width: int = 48
@@ -236,7 +238,7 @@ class Teacher(nn.Module):
         elif backbone is None or backbone["stem"] == "vone":
             self.vone = VOneBlock(config.n_simple, config.n_complex, image_size=config.image_size,
                                   visual_degrees=config.visual_degrees, kernel_size=config.kernel_size,
-                                  k_exc=config.k_exc, noise=config.noise, noise_seed=seed if config.noise else None,
+                                  k_exc=config.k_exc, noise=config.noise, noise_level=config.noise_level,
                                   sampler=config.sampler, seed=seed)
             channels, side = self.vone.out_channels, self.vone.output_size()
         else:

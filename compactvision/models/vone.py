@@ -206,18 +206,24 @@ class VOneBlock(nn.Module):
     k_exc * sqrt(q0^2 + q1^2 + eps) / sqrt(2), the eps keeping gradients finite
     where both phases vanish (Captum's black baselines). Noise, when on, adds
     Gaussian noise whose variance grows with the rate (VOneNet's "neuronal"
-    mode); a fixed `noise_seed` makes it the same on every call.
+    mode): s.d. `noise_level` * sqrt(ReLU(rate) + 1). A fixed `noise_seed` makes
+    it the same on every call (for display); without one every call draws
+    afresh from torch's global generator, as training needs (a frozen draw is
+    a fixed perturbation, not noise), and a seeded caller is reproducible.
     """
 
     def __init__(self, n_simple: int = 256, n_complex: int = 256, image_size: int = 112,
                  visual_degrees: float = DEFAULT_VISUAL_DEGREES, stride: int = DEFAULT_STRIDE, kernel_size: int = 25,
                  k_exc: float = 25.0, noise: str | None = None, noise_seed: int | None = None,
-                 sampler: str = "v1", seed: int = 0, eps: float = 1e-6) -> None:
+                 noise_level: float = 1.0, sampler: str = "v1", seed: int = 0, eps: float = 1e-6) -> None:
         super().__init__()
         if noise not in (None, "poisson"):
             raise ValueError(f"noise must be 'poisson' or None, got {noise!r}")
         if not k_exc > 0:  # the gain is folded into the kernels, which needs ReLU(k q) = k ReLU(q)
             raise ValueError(f"k_exc must be positive, got {k_exc}")
+        if not noise_level >= 0:
+            raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+        self.noise_level = float(noise_level)
         self.n_simple, self.n_complex = int(n_simple), int(n_complex)
         self.k_exc, self.noise, self.noise_seed, self.eps = float(k_exc), noise, noise_seed, float(eps)
         self.sampler, self.seed = sampler, int(seed)
@@ -260,7 +266,7 @@ class VOneBlock(nn.Module):
         complex_ = torch.sqrt(torch.addcmul(energy, maps[:, ns + nc:], maps[:, ns + nc:]))
         out = torch.cat([simple, complex_], dim=1)  # complex = k_exc * sqrt(q0^2 + q1^2 + eps) / sqrt(2)
         if self.noise == "poisson":
-            out = out + torch.sqrt(F.relu(out) + 1.0) * self._noise_like(out)
+            out = out + self.noise_level * torch.sqrt(F.relu(out) + 1.0) * self._noise_like(out)
         return out
 
     def dense_kernels(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -298,7 +304,7 @@ class VOneBlock(nn.Module):
         complex_ = torch.sqrt(q0[:, ns:] ** 2 + q1[:, ns:] ** 2 + self.eps) / math.sqrt(2.0)
         out = self.k_exc * torch.cat([simple, complex_], dim=1)
         if noise is not None:
-            out = out + torch.sqrt(F.relu(out) + 1.0) * noise
+            out = out + self.noise_level * torch.sqrt(F.relu(out) + 1.0) * noise
         return out
 
     def _noise_like(self, out: torch.Tensor) -> torch.Tensor:
@@ -321,4 +327,5 @@ class VOneBlock(nn.Module):
         return {"n_simple": self.n_simple, "n_complex": self.n_complex, "image_size": b.image_size,
                 "visual_degrees": b.visual_degrees, "stride": b.stride, "kernel_size": b.kernel_size,
                 "k_exc": self.k_exc, "noise": self.noise, "noise_seed": self.noise_seed,
+                "noise_level": self.noise_level,
                 "sampler": self.sampler, "seed": self.seed, "eps": self.eps}
