@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -11,6 +13,7 @@ from compactvision.runs import find_runs, is_run_dir
 
 from app_support.caches import current_run_or_none, neuron_label, student_ids
 from app_support.jobs import PipelineJob
+from app_support.long_work import eta_text
 from app_support.locations import BUNDLED_RUN, COWLEY_DEFAULT, RUNS_DIR
 
 
@@ -36,9 +39,41 @@ def _start_import(release: str) -> None:
         st.session_state["import_error"] = f"{weights} not found: point at the release folder that holds compact_models/."
         return
     out = RUNS_DIR / "cowley-v4"
-    argv = [sys.executable, "-m", "compactvision.cli", "import-cowley", str(weights), "--out", str(out)]
+    if is_run_dir(out):
+        st.session_state["import_error"] = f"{out} already holds an import; it is in the Run list."
+        return
+    if out.is_dir():  # a cancelled import of ours (no manifest yet): it starts again from scratch
+        shutil.rmtree(out)
+    argv = [sys.executable, "-m", "compactvision.cli", "import-cowley", str(weights), "--out", str(out),
+            "--progress-format", "lines"]
     st.session_state.pop("import_error", None)
     st.session_state["import_job"] = PipelineJob.start(argv, out)
+    st.session_state["import_started"] = time.monotonic()
+
+
+@st.fragment(run_every=1.0)
+def _import_panel() -> None:
+    """The running import's progress with an estimate and Cancel, redrawn every second on its own."""
+    job: PipelineJob | None = st.session_state.get("import_job")
+    if job is None:
+        return
+    status = job.status
+    prog = job.progress()
+    if status == "running":
+        done, total = prog.stages.get("import-cowley", (0, 0))
+        elapsed = time.monotonic() - st.session_state.get("import_started", time.monotonic())
+        st.progress(done / total if total else 0.0,
+                    text=eta_text("Importing published models", done, total, elapsed) if total
+                    else f"Importing: starting… {elapsed:.0f} s")
+        if st.button("Cancel import", key="cowley_import_cancel"):
+            job.cancel()
+    elif status == "finished" and not st.session_state.get("import_announced"):
+        st.session_state["import_announced"] = True
+        st.rerun(scope="app")  # the new run joins the Run list
+    elif status == "cancelled":
+        st.warning("Import cancelled. Press **Import** to start it again.")
+    elif status == "failed":
+        st.error("Import failed:\n\n" + "\n".join(prog.last_lines(5)))
 
 
 def run_sidebar() -> None:
@@ -77,15 +112,15 @@ def run_sidebar() -> None:
         release = st.text_input("V4 release folder", value=str(COWLEY_DEFAULT) if COWLEY_DEFAULT.is_dir() else "",
                                 key="cowley_release")
         job: PipelineJob | None = st.session_state.get("import_job")
-        if job is not None and job.status == "running":
-            st.caption("Importing… it appears in the Run list when done.")
-        elif st.button("Import", key="cowley_import", disabled=not release):
+        if (job is None or job.status != "running") and st.button("Import", key="cowley_import", disabled=not release):
             _start_import(release)
-            st.rerun()
-        if job is not None and job.status == "failed":
-            st.error("Import failed:\n\n" + "\n".join(job.progress().last_lines(5)))
+            st.session_state.pop("import_announced", None)
+        _import_panel()
         if err := st.session_state.get("import_error"):
             st.error(err)
+    sb.radio("Chart downloads", ["PNG", "SVG"], key="figure_format", horizontal=True,
+             help="What the camera button in each chart's toolbar saves. Every table downloads as CSV from its "
+                  "own toolbar.")
 
 
 def neuron_sidebar() -> None:

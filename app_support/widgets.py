@@ -48,3 +48,16 @@ def image_picker(images: np.ndarray, key: str, size: int) -> np.ndarray | None:
     default = int(np.argmax(np.asarray(images, np.float32).reshape(len(images), -1).std(1))) if len(images) else 0
     idx = st.slider("Held-out image", 0, len(images) - 1, default, key=f"{key}_index")
     return fit_images(images[idx], size)
+
+
+def show_figure(fig, key: str, where=None, **kwargs):
+    """`st.plotly_chart` with the toolbar's camera button saving PNG or SVG (the sidebar's choice), named `key`.
+
+    `where`: a container or column to draw in (default: the page). Returns
+    what `plotly_chart` returns (the selection event, with `on_select`).
+    """
+    kwargs.setdefault("width", "stretch")
+    fmt = str(st.session_state.get("figure_format", "png")).lower()
+    kwargs["config"] = {"toImageButtonOptions": {"format": fmt, "filename": key, "scale": 2 if fmt == "png" else 1},
+                        "displaylogo": False}
+    return (where or st).plotly_chart(fig, key=key, **kwargs)

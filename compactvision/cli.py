@@ -231,16 +231,18 @@ def add_import_cowley(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-evaluate", action="store_true",
                    help="skip scoring on the session's images even when the release has them")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--progress-format", choices=["bar", "lines", "none"], default="bar",
+                   help="a bar for people; 'lines' prints PROGRESS lines for the app (default: bar)")
     p.set_defaults(func=_import_cowley)
 
 
 def _import_cowley(args: argparse.Namespace) -> None:
     from compactvision.artifacts import read_manifest
     from compactvision.cowley import import_cowley
-    from compactvision.progress import tqdm_reporter
+    from compactvision.progress import reporter
 
     run = import_cowley(args.weights_dir, args.out, sessions=args.sessions, evaluate=not args.no_evaluate,
-                        progress=tqdm_reporter(), device=args.device, per_session=args.per_session)
+                        progress=reporter(args.progress_format), device=args.device, per_session=args.per_session)
     metrics = read_manifest(run, verify=False)["metrics"]
     summary = metrics["compression"]
     print(f"{run}: {summary['n_students']} students, median {summary['n_parameters']['median']:.0f} parameters")

@@ -8,7 +8,7 @@ from compactvision.hashing import sha256_bytes
 from compactvision.interpret.attribution import METHODS, attribute, map_similarity
 from compactvision.viz.attribution import attribution_figure
 from app_support.caches import model_lock
-from app_support.widgets import image_picker, neuron_page
+from app_support.widgets import image_picker, neuron_page, show_figure
 from app_support.entry import run_through_app
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
@@ -53,6 +53,6 @@ with st.spinner(f"{METHODS[method].label}…"):
 if result["similarity"] is not None:
     st.metric("Teacher–student map similarity (Spearman rank correlation)", f"{result['similarity']:.2f}",
               help="1: both models rank the pixels the same way; 0: unrelated maps")
-st.plotly_chart(attribution_figure(image, result["maps"], similarity=result["similarity"],
+show_figure(attribution_figure(image, result["maps"], similarity=result["similarity"],
                                    title=f"{METHODS[method].label}, neuron {neuron_id}"),
                 key="attr_chart", width="stretch")

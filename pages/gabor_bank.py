@@ -8,7 +8,7 @@ import torch
 from compactvision.models.vone import PARAMETER_NAMES
 from compactvision.viz.filters import gabor_bank_figure, gabor_parameter_histograms, response_maps_figure
 from app_support.caches import heldout, model_lock, require_run, teacher
-from app_support.widgets import image_picker
+from app_support.widgets import image_picker, show_figure
 from app_support.entry import run_through_app
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
@@ -35,9 +35,9 @@ c1, c2 = st.columns(2)
 shown = c1.slider("Filters shown", 8, len(kernels), min(64, len(kernels)), step=8 if len(kernels) >= 16 else 1,
                   key="gb_shown")
 order = c2.selectbox("Ordered by", PARAMETER_NAMES, key="gb_order")
-st.plotly_chart(gabor_bank_figure(kernels, params, max_filters=shown, sort_by=order), key="gb_bank", width="stretch")
+show_figure(gabor_bank_figure(kernels, params, max_filters=shown, sort_by=order), key="gb_bank", width="stretch")
 
-st.plotly_chart(gabor_parameter_histograms(params), key="gb_hist", width="stretch")
+show_figure(gabor_parameter_histograms(params), key="gb_hist", width="stretch")
 
 st.subheader("The bank's response to an image")
 held = heldout(run)
@@ -53,7 +53,7 @@ if image is not None:
     c1, c2 = st.columns([1, 3])
     c1.image(image, caption="input", width="stretch")
     offset = 0 if cells == "simple" else vone.n_simple
-    c2.plotly_chart(response_maps_figure(maps[strongest], [f"{cells} cell {offset + i}" for i in strongest],
+    show_figure(response_maps_figure(maps[strongest], [f"{cells} cell {offset + i}" for i in strongest],
                                          title=f"The 32 most active {cells} cells' response maps",
                                          border=-(-vone.bank.padding // vone.bank.stride)),
-                    key="gb_maps", width="stretch")
+                    "gb_maps", where=c2)

@@ -8,6 +8,7 @@ from compactvision.viz.performance import accuracy_by_neuron_figure
 from app_support.caches import cards, neuron_data, require_run, synthesised
 from app_support.entry import run_through_app
 from app_support.locations import PROFILE_PAGE
+from app_support.widgets import show_figure
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
@@ -74,6 +75,6 @@ if any(r["normalised"] is not None for r in rows):
         scores["teacher"] = [None if r["r_teacher"] is None or not r["ceiling"] else r["r_teacher"] / r["ceiling"]
                              for r in rows]
     names = [f"{r['neuron_id']} · {r['label']}" if r["label"] else r["neuron_id"] for r in rows]
-    st.plotly_chart(accuracy_by_neuron_figure({k: [float("nan") if v is None else v for v in vs]
+    show_figure(accuracy_by_neuron_figure({k: [float("nan") if v is None else v for v in vs]
                                                for k, vs in scores.items()}, names, metric="r / noise ceiling"),
                     key="gallery_population", width="stretch")

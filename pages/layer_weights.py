@@ -6,6 +6,7 @@ import streamlit as st
 from compactvision.viz.filters import kernel_grid_figure, student_layer_figure
 from app_support.caches import current_neuron, require_run, student, teacher
 from app_support.entry import run_through_app
+from app_support.widgets import show_figure
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
@@ -22,7 +23,7 @@ if which == "compact model":
                          format_func=lambda i: f"layer {i}" + (" (5x5 conv)" if i == 0 else " (separable: depthwise + pointwise)"))
     st.caption(f"Neuron {neuron_id}'s own model, layer {layer}: **{compact.arch.channels[layer]} filters** "
                f"(filters per layer {list(compact.arch.channels)}); BatchNorm folded into the weights it multiplies by.")
-    st.plotly_chart(student_layer_figure(compact, layer), key="lw_chart", width="stretch")
+    show_figure(student_layer_figure(compact, layer), key="lw_chart", width="stretch")
 else:
     big = teacher(run)
     convs = {name: m for name, m in big.named_modules() if hasattr(m, "weight") and getattr(m, "weight", None) is not None
@@ -30,5 +31,5 @@ else:
     name = st.selectbox("Layer", list(convs), key="lw_teacher_layer",
                         format_func=lambda n: f"{n}  ({tuple(convs[n].weight.shape)})")
     max_filters = st.slider("Filters shown", 8, 128, 64, step=8, key="lw_max_filters")
-    st.plotly_chart(kernel_grid_figure(convs[name].weight.detach().cpu().numpy(), title=f"Teacher {name}",
+    show_figure(kernel_grid_figure(convs[name].weight.detach().cpu().numpy(), title=f"Teacher {name}",
                                        max_filters=max_filters), key="lw_chart", width="stretch")

@@ -8,7 +8,7 @@ from compactvision.hashing import sha256_bytes
 from compactvision.interpret.graph import ablate, important_paths, most_important, neuron_graph
 from compactvision.viz.graph import neuron_graph_figure, node_detail_figure
 from app_support.caches import current_neuron, neuron_data, require_run, student
-from app_support.widgets import image_picker
+from app_support.widgets import image_picker, show_figure
 from app_support.entry import run_through_app
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
@@ -61,7 +61,7 @@ shown = graph if view is None else view.graph
 figure = neuron_graph_figure(shown, ablated=off, hidden=None if view is None else (view.hidden_nodes, view.hidden_edges),
                              selected=st.session_state["graph_node"])
 filters_trace = next(i for i, t in enumerate(figure.data) if t.name == "filters")
-event = st.plotly_chart(figure, key="graph_chart", on_select="rerun", selection_mode="points", width="stretch")
+event = show_figure(figure, key="graph_chart", on_select="rerun", selection_mode="points", width="stretch")
 # A click on a node selects it; the selectbox below is the keyboard / fallback way and follows the click.
 points = event.get("selection", {}).get("points", []) if event else []
 clicked = next((tuple(int(v) for v in p["customdata"][:2]) for p in points
@@ -82,7 +82,7 @@ with right:
     st.metric("Response change when this filter is off", f"{node.ablation_delta:+.4f}",
               help="exact: the model rerun with this filter's output set to zero")
     st.metric("Contribution (gradient × activation)", f"{node.contribution:+.4f}")
-st.plotly_chart(node_detail_figure(graph, *picked), key="node_detail", width="stretch")
+show_figure(node_detail_figure(graph, *picked), key="node_detail", width="stretch")
 
 st.markdown("**Ablate several filters** (crossed out in the graph)")
 off = st.multiselect("Filters switched off", node_ids, key="graph_ablate", format_func=lambda n: f"L{n[0]}·f{n[1]}")

@@ -10,7 +10,7 @@ from compactvision.interpret.profile import ground_truth_facts
 from compactvision.viz.tuning import tuning_figure, tuning_overlay_figure
 from app_support.caches import model_lock, twin
 from app_support.long_work import long_work
-from app_support.widgets import neuron_page
+from app_support.widgets import neuron_page, show_figure
 from app_support.entry import run_through_app
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
@@ -98,8 +98,8 @@ def _tune_all(progress) -> dict:
 curves = long_work(run, "ps_tuning_job", ("tuning", neuron_id, kind), "Showing the stimuli to each model",
                    _tune_all, button="Measure tuning")
 if curves is not None:
-    st.plotly_chart(tuning_overlay_figure(curves), key="ps_tuning_overlay", width="stretch")
+    show_figure(tuning_overlay_figure(curves), key="ps_tuning_overlay", width="stretch")
     with st.expander("Each model's full response map"):
         for label, tuning in curves.items():
             st.markdown(f"**{label}**")
-            st.plotly_chart(tuning_figure(tuning), key=f"ps_tuning_{label}", width="stretch")
+            show_figure(tuning_figure(tuning), key=f"ps_tuning_{label}", width="stretch")

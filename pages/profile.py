@@ -11,7 +11,7 @@ from compactvision.viz.filters import readout_map_figure
 from compactvision.viz.graph import neuron_graph_figure
 from app_support.caches import compact_file, model_lock, profile_card, synthesised
 from app_support.entry import run_through_app
-from app_support.widgets import neuron_page
+from app_support.widgets import neuron_page, show_figure
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
@@ -44,7 +44,7 @@ m[4].metric("r vs truth" if card["r_truth"] is not None else "r / ceiling",
 
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(readout_map_figure(readout_map(compact), size), key="profile_rf", width="stretch")
+    show_figure(readout_map_figure(readout_map(compact), size), key="profile_rf", width="stretch")
 with right:
     st.markdown("**Preferred stimuli**")
     images, captions = [], []
@@ -73,7 +73,7 @@ st.markdown("**Its computation, in miniature** (strongest connections; the full 
 image = data.images[card["top_image"]] if data is not None and card["top_image"] is not None else \
     np.full((size, size, 3), 128, np.uint8)
 view = important_paths(neuron_graph(compact, image))
-st.plotly_chart(neuron_graph_figure(view.graph, thumbnails=False, width=900, height=420,
+show_figure(neuron_graph_figure(view.graph, thumbnails=False, width=900, height=420,
                                     hidden=(view.hidden_nodes, view.hidden_edges)),
                 key="profile_graph", width="stretch")
 

@@ -12,7 +12,7 @@ from app_support.caches import heldout, model_lock, open_run, student, student_i
 from app_support.entry import run_through_app
 from app_support.locations import BUNDLED_RUN, RUNS_DIR
 from app_support.long_work import cached_result, long_work
-from app_support.widgets import neuron_page
+from app_support.widgets import neuron_page, show_figure
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
@@ -63,9 +63,8 @@ if first is not None:
     chart = st.empty()  # the first answer stays drawn while the refinement runs below it
 
     def _draw(curves: dict, n: int, key: str) -> None:
-        chart.plotly_chart(robustness_figure(curves, title=f"Neuron {neuron_id}: robustness to "
-                                                           f"{perturbation.replace('_', ' ')} ({n} images)"),
-                           key=key, width="stretch")
+        show_figure(robustness_figure(curves, title=f"Neuron {neuron_id}: robustness to "
+                                                    f"{perturbation.replace('_', ' ')} ({n} images)"), key, where=chart)
 
     if full_key != quick_key and cached_result(run, full_key) is None:
         _draw(first, quick_n, "rb_chart_first")
@@ -113,6 +112,6 @@ pop_key = ("population", perturbation, n_pop, None if control is None else str(c
 population = long_work(run, "rb_population", pop_key, f"{len(ids)} neurons, {n_pop} images each", _population,
                        button="Compare")
 if population is not None:
-    st.plotly_chart(robustness_figure(population, title=f"Robustness to {perturbation.replace('_', ' ')} across "
+    show_figure(robustness_figure(population, title=f"Robustness to {perturbation.replace('_', ' ')} across "
                                                         f"{len(ids)} neurons"), key="rb_population_chart",
                     width="stretch")
