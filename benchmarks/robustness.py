@@ -31,15 +31,16 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from compactvision.metrics import bootstrap_median_ci
+from compactvision.interpret.robustness import PERTURBATIONS, population_robustness, population_summary, vone_noise
 from compactvision.pipeline import PRESETS, pipeline_teacher, run_pipeline
 from compactvision.progress import line_reporter
+from compactvision.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = PRESETS["demo"]
@@ -55,18 +56,89 @@ def build(work: Path, students: int) -> None:
     pipeline_teacher(noisy, work / "vone_noise", seed=0, progress=progress)
 
 
+def _fmt(ci: tuple[float, float, float]) -> str:
+    return f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]"
+
+
+def _level(p: str, v: float) -> str:
+    return f"{v * 255:.0f}/255" if p == "pgd" and v > 0 else f"{v:g}"
+
+
+def models_to_compare(bundle: Run, work: Path) -> list[tuple[str, Run, bool, bool]]:
+    """(name, run, teacher V1 noise on, with compact models) for every model the table compares."""
+    conv, noisy = Run.open(work / "conv"), Run.open(work / "vone_noise")
+    return [("VOneBlock teacher", bundle, False, False), ("VOneBlock teacher + V1 noise", noisy, True, False),
+            ("control teacher (learned conv)", conv, False, False),
+            ("VOneBlock compact models", bundle, False, True), ("control compact models", conv, False, True)]
+
+
+def evaluate(bundle: Run, work: Path, students: int, n_images: int, perturbations: list[str]) -> dict:
+    """Population curves of every model for every perturbation, with their medians, CIs and AUCs."""
+    heldout = bundle.heldout()
+    all_ids = bundle.student_ids()
+    compact_ids = [i for i in all_ids if i in set(Run.open(work / "conv").student_ids())][:students]
+    results: dict[str, dict] = {}
+    for p in perturbations:
+        results[p] = {}
+        for name, run, noise_on, compact in models_to_compare(bundle, work):
+            t0 = time.perf_counter()
+            if compact:
+                curves = population_robustness(heldout, compact_ids, run.load_student, None, p, n_images)
+            else:
+                teacher = run.load_teacher()
+                with vone_noise(teacher, noise_on):
+                    curves = population_robustness(heldout, all_ids, None, teacher, p, n_images)
+            curve = next(iter(curves.values()))
+            results[p][name] = {"curve": curve, "summary": population_summary(curve),
+                                "seconds": time.perf_counter() - t0}
+            print(f"  {p}: {name} done in {results[p][name]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    return results
+
+
+def print_tables(results: dict) -> None:
+    for p, by_model in results.items():
+        levels = next(iter(by_model.values()))["summary"]["levels"]
+        print(f"\n== {p}: {PERTURBATIONS[p]['label']} ==")
+        head = " ".join(f"{_level(p, v):>8}" for v in levels)
+        print(f"{'model':34} {'n':>3} | r at each level:  {head}")
+        for name, res in by_model.items():
+            s = res["summary"]
+            print(f"{name:34} {s['n']:>3} | {'':17} " + " ".join(f"{v:8.3f}" for v in s["r"][0]))
+        print(f"{'':38} | change at each level: " + " ".join(f"{_level(p, v):>8}" for v in levels)[5:])
+        for name, res in by_model.items():
+            s = res["summary"]
+            print(f"{name:34} {s['n']:>3} | {'':17} " + " ".join(f"{v:8.3f}" for v in s["delta_rel"][0]))
+        print(f"{'model':34} {'n':>3} | {'AUC of r (higher: robust)':>28} | {'AUC of change (lower: robust)':>30}")
+        for name, res in by_model.items():
+            s = res["summary"]
+            print(f"{name:34} {s['n']:>3} | {_fmt(s['r_auc']):>28} | {_fmt(s['delta_rel_auc']):>30}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=str(ROOT / "assets" / "default_run"), help="the VOneBlock run (default: the bundle)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "robustness"), help="where the control runs are built")
     ap.add_argument("--students", type=int, default=8, help="compact models per teacher (the first neurons)")
     ap.add_argument("--images", type=int, default=128, help="held-out images perturbed")
+    ap.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=list(PERTURBATIONS))
     ap.add_argument("--build-only", action="store_true", help="build the control runs, print nothing else")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped build resumes from its checkpoints
-    build(Path(args.work), args.students)
+    work = Path(args.work)
+    build(work, args.students)
     if args.build_only:
         return
+    torch.manual_seed(0)
+    bundle = Run.open(args.run)
+    print(f"VOneBlock run {args.run}; control runs in {work}; {args.images} held-out images; "
+          f"V1 noise level {NOISE_LEVEL} (in training and at test)")
+    results = evaluate(bundle, work, args.students, args.images, args.perturbations)
+    clean = {name: res["summary"]["r"][:, 0] for name, res in next(iter(results.values())).items()}
+    ref, noisy = clean["VOneBlock teacher"][0], clean["VOneBlock teacher + V1 noise"][0]
+    print(f"\nclean accuracy (median r, no perturbation): VOneBlock teacher {ref:.3f}, with V1 noise trained and on "
+          f"{noisy:.3f}, control {clean['control teacher (learned conv)'][0]:.3f}; the noisy teacher is "
+          f"{'within' if ref - noisy <= 0.05 else 'NOT within'} 0.05 of the noise-free one")
+    print_tables(results)
 
 
 if __name__ == "__main__":

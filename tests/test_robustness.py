@@ -121,3 +121,20 @@ def test_comparison_runs_noise_on_and_off_for_vone_models_only():
         assert curves["delta"][0] == pytest.approx(0.0, abs=1e-6)
     # ...while the noise does change what the perturbation does.
     assert abs(res["teacher (V1 noise on)"]["delta"][1] - res["teacher (V1 noise off)"]["delta"][1]) > 1e-4
+
+
+def test_population_curves_keep_each_neuron_and_their_cis_cover_the_median():
+    from compactvision.interpret.robustness import area_under_curve, population_summary, stack_neurons
+
+    students = [_student(), _student()]
+    curves = [robustness_curves(m, _images(), neuron=j, perturbation="blur", levels=[0.0, 1.0, 2.0])
+              for j, m in enumerate(students)]
+    both = stack_neurons(curves)
+    assert both["r_per_neuron"].shape == (3, 2) and both["neurons"] == [0, 1]
+    np.testing.assert_allclose(both["r"], np.median(both["r_per_neuron"], 1))
+    s = population_summary(both)
+    med, lo, hi = s["delta_rel"]
+    assert np.all(lo <= med) and np.all(med <= hi) and s["n"] == 2
+    assert area_under_curve(np.array([[0.0], [1.0], [1.0]]))[0] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="share"):
+        stack_neurons([curves[0], robustness_curves(students[0], _images(), neuron=0, perturbation="contrast")])

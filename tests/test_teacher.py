@@ -130,3 +130,23 @@ def test_a_noise_free_teacher_is_deterministic() -> None:
         assert torch.equal(teacher(x), teacher(x))
     with pytest.raises(ValueError, match="front_end"):
         TeacherConfig(front_end="resnet")
+
+
+def test_v1_noise_is_drawn_afresh_and_a_seeded_caller_reproduces_it() -> None:
+    """Noise trained in must be noise: a frozen draw would be a fixed perturbation the back end learns away."""
+    from dataclasses import replace
+
+    noisy = build_teacher(replace(SMALL, noise="poisson", noise_level=1.0), {"s": ["a", "b"]}).eval()
+    quiet = build_teacher(replace(SMALL, noise="poisson", noise_level=0.0), {"s": ["a", "b"]}).eval()
+    clean = build_teacher(SMALL, {"s": ["a", "b"]}).eval()
+    x = torch.rand(4, 3, 48, 48)
+    with torch.no_grad():
+        assert not torch.equal(noisy(x), noisy(x)), "two passes draw two noises"
+        torch.manual_seed(3)
+        a = noisy(x)
+        torch.manual_seed(3)
+        assert torch.equal(a, noisy(x)), "seeded, the noise is reproducible"
+        torch.testing.assert_close(quiet(x), clean(x))  # level 0 is the noise-free teacher
+    assert noisy.vone.config()["noise_level"] == 1.0 and noisy.vone.noise_seed is None
+    with pytest.raises(ValueError, match="noise_level"):
+        build_teacher(replace(SMALL, noise="poisson", noise_level=-1.0), {"s": ["a"]})

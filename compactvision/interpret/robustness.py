@@ -275,14 +275,15 @@ def population_summary(curve: Mapping[str, Any], n_boot: int = 2000, seed: int =
 
 
 def population_robustness(heldout: Mapping[str, Any], neuron_ids: Sequence[str],
-                          student: Callable[[str], nn.Module], teacher: nn.Module | None = None,
+                          student: Callable[[str], nn.Module] | None, teacher: nn.Module | None = None,
                           perturbation: str = "gaussian_noise", n_images: int = 64,
                           levels: Sequence[float] | None = None, progress: Progress = silent,
                           **options: Any) -> dict[str, dict[str, Any]]:
     """The teacher's and the compact models' curves over `neuron_ids`, each one population curve.
 
     `heldout`: `Run.heldout()`; `student(neuron_id)` gives that neuron's
-    compact model; `teacher` (optional) predicts every neuron of the run. The
+    compact model (None: no compact models); `teacher` (optional) predicts
+    every neuron of the run. The
     first `n_images` held-out images of each session are perturbed, and r is
     taken against their measured responses. Returns {"teacher": ...,
     "compact models": ...}, curves with per-neuron values (`stack_neurons`),
@@ -291,7 +292,7 @@ def population_robustness(heldout: Mapping[str, Any], neuron_ids: Sequence[str],
     from compactvision.runs import teacher_view
 
     teacher_curves, student_curves = [], []
-    jobs = len(neuron_ids) + (1 if teacher is not None else 0)
+    jobs = (len(neuron_ids) if student is not None else 0) + (1 if teacher is not None else 0)
     step = [0]
 
     def report(label: str) -> Progress:
@@ -314,10 +315,8 @@ def population_robustness(heldout: Mapping[str, Any], neuron_ids: Sequence[str],
             outputs = [teacher_view(teacher, n)[1] for n in ids]
             teacher_curves.append(robustness_curves(view, images, responses.T, outputs, perturbation, levels,
                                                     progress=report("teacher"), **options))
-        for nid, resp in zip(ids, responses):
+        for nid, resp in zip(ids, responses if student is not None else []):
             student_curves.append(robustness_curves(student(nid), images, resp, 0, perturbation, levels,
                                                     progress=report(f"compact model {nid}"), **options))
-    out = {"compact models": stack_neurons(student_curves)}
-    if teacher_curves:
-        out = {"teacher": stack_neurons(teacher_curves), **out}
-    return out
+    out = {"teacher": teacher_curves, "compact models": student_curves}
+    return {name: stack_neurons(curves) for name, curves in out.items() if curves}
