@@ -7,10 +7,12 @@ import streamlit as st
 from compactvision.errors import CompactVisionError
 from compactvision.interpret.attribution import response
 from compactvision.runs import prune_history
-from compactvision.viz.performance import accuracy_by_neuron_figure, predicted_vs_measured_figure, pruning_path_figure
+from compactvision.viz.performance import (accuracy_by_neuron_figure, predicted_vs_measured_figure, pruning_path_figure,
+                                          teacher_student_scatter_figure)
 from app_support.caches import (current_neuron, model_lock, neuron_data, require_run, student, student_ids,
                                 teacher_for)
 from app_support.entry import run_through_app
+from app_support.widgets import show_figure
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
 
@@ -49,9 +51,13 @@ else:
     against = st.radio("Compare with", list(targets), horizontal=True, key="tvs_target")
     preds = _predictions(str(run.path), run.fingerprint, neuron_id)
     measured = targets[against]
-    st.plotly_chart(predicted_vs_measured_figure(np.stack(list(preds.values()), 1),
+    density = st.toggle("Density", value=len(measured) * len(preds) > 2000, key="tvs_density",
+                        help="Contours of how many points fall where, instead of one marker per image and model "
+                             "(on by default above 2,000 points, where markers pile up).")
+    show_figure(predicted_vs_measured_figure(np.stack(list(preds.values()), 1),
                                                  np.repeat(measured[:, None], len(preds), 1), names=list(preds),
-                                                 title=f"Neuron {neuron_id}, held-out images: predicted vs {against}"),
+                                                 title=f"Neuron {neuron_id}, held-out images: predicted vs {against}",
+                                                 series="models", density=density),
                     key="tvs_scatter", width="stretch")
 
 # ------------------------------------------------------------ all neurons
@@ -68,14 +74,20 @@ if available:
     teacher_scores = run.teacher_scores()[metric]
     if teacher_scores:
         scores["teacher"] = np.array([teacher_scores.get(i, np.nan) for i in ids], float)
-    st.plotly_chart(accuracy_by_neuron_figure(scores, names=ids, metric=metric_names[metric]),
+    show_figure(accuracy_by_neuron_figure(scores, names=ids, metric=metric_names[metric]),
                     key="tvs_per_neuron", width="stretch")
+    if "teacher" in scores:
+        show_figure(teacher_student_scatter_figure(scores["teacher"], scores["compact model"], names=ids,
+                                                       current=neuron_id, metric=metric_names[metric]),
+                        key="tvs_neuron_scatter", width="stretch")
+        st.caption(f"Each point is one neuron; neuron {neuron_id} (picked in the sidebar) is the large marker. "
+                   "Points below the dashed line lost accuracy in compression.")
 
 # ------------------------------------------------------------ pruning path
 st.subheader(f"Neuron {neuron_id}: accuracy vs parameters while pruning")
 history = records.get(neuron_id)
 if history and history.get("path"):
-    st.plotly_chart(pruning_path_figure(history["path"]), key="tvs_path", width="stretch")
+    show_figure(pruning_path_figure(history["path"]), key="tvs_path", width="stretch")
     st.caption("Each point is the network after pruning one more layer (last layer first), then fine-tuning; "
                "accuracy is r against the teacher on validation images.")
 else:
@@ -99,7 +111,7 @@ with st.expander("Score the compact model on your own data (.npz)"):
                 compact = student(run, neuron_id)
                 pred = response(compact, fit_images(session.images, compact.arch.input_size[0]))[:, 0]
                 measured = session.mean_responses()[session.neuron_ids.index(neuron_id)]
-                st.plotly_chart(predicted_vs_measured_figure(pred, measured, names=["compact model"],
+                show_figure(predicted_vs_measured_figure(pred, measured, names=["compact model"],
                                                              title=f"Neuron {neuron_id} on {up.name}"),
                                 key="tvs_upload_scatter", width="stretch")
         except CompactVisionError as e:

@@ -250,6 +250,86 @@ def test_gallery_opens_a_profile_and_a_reload_keeps_it(tmp_path):
     assert picked == list_students(RUN)[2], "the clicked row, not the default, chose the neuron"
 
 
+def plotly_traces(page, chart_index: int = 0) -> list[dict]:
+    """The traces a chart really drew, read from Plotly's own figure in the page (names and point counts)."""
+    return page.evaluate(
+        """i => Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot'))[i].data
+             .map(t => ({name: t.name || '', n: (t.x && t.x.length) || 0}))""", chart_index)
+
+
+def test_ablating_a_node_marks_it_and_a_new_neuron_starts_intact(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with streamlit_server(RUN) as url, sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"{url}/neuron_graph", timeout=TIMEOUT_MS)
+            wait_idle(page)
+            charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+            before = [t for t in plotly_traces(page) if t["name"] == "ablated"]
+            chosen = selected(page, "Filter")  # the most important filter, selected first
+            node = re.search(r"layer (\d+), filter (\d+)", chosen).groups()
+            box = page.locator('[data-testid="stMultiSelect"]', has_text="Filters switched off").first
+            box.locator("input").first.click()
+            box.locator("input").first.fill(f"L{node[0]}")  # narrows the long option list to the filter's layer
+            page.get_by_role("option", name=f"L{node[0]}·f{node[1]}", exact=True).click()
+            page.keyboard.press("Escape")
+            wait_idle(page)
+            after = [t for t in plotly_traces(page) if t["name"] == "ablated"]
+            page.screenshot(path=str(tmp_path / "graph_ablated.png"), full_page=True)
+            # Another neuron: its graph starts with nothing switched off.
+            pick(page, "Neuron", "twin_003", scope='[data-testid="stSidebar"]')
+            charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+            expect(page.get_by_text("Neuron twin_003", exact=False).first).to_be_visible(timeout=TIMEOUT_MS)
+            next_neuron = [t for t in plotly_traces(page) if t["name"] == "ablated"]
+        finally:
+            browser.close()
+    assert sum(t["n"] for t in before) == 0
+    assert sum(t["n"] for t in after) == 1, after
+    assert sum(t["n"] for t in next_neuron) == 0, "ablations reset per neuron"
+
+
+def test_synthesis_shows_progress_and_can_be_cancelled(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with streamlit_server(RUN) as url, sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"{url}/preferred_stimuli", timeout=TIMEOUT_MS)
+            wait_idle(page)
+            images_before = page.locator('[data-testid="stImage"] img').count()
+            page.get_by_role("button", name="Synthesise").click()
+            bar = page.locator('[data-testid="stProgress"]')
+            expect(bar.first).to_be_visible(timeout=TIMEOUT_MS)
+            seen_bar = bar.first.inner_text()
+            wait_idle(page)
+            expect(page.locator('[data-testid="stImage"] img')).to_have_count(images_before + 3, timeout=TIMEOUT_MS)
+            page.screenshot(path=str(tmp_path / "synthesised.png"), full_page=True)
+            # Another seed, at the most steps, is cancelled while it runs.
+            slider = page.locator('[data-testid="stSlider"] input[type="range"][aria-label="Steps"]').first
+            slider.focus()
+            page.keyboard.press("End")
+            wait_idle(page)
+            seed = page.locator('[data-testid="stNumberInput"]', has_text="Seed").locator("input").first
+            seed.fill("7")
+            seed.press("Enter")
+            wait_idle(page)
+            page.get_by_role("button", name="Synthesise").click()
+            expect(bar.first).to_be_visible(timeout=TIMEOUT_MS)
+            page.get_by_role("button", name="Cancel").click()
+            wait_idle(page)
+            warning = page.locator('[data-testid="stAlert"]', has_text="stopped before it finished")
+            expect(warning.first).to_be_visible(timeout=TIMEOUT_MS)
+            images_after = page.locator('[data-testid="stImage"] img').count()
+            page.screenshot(path=str(tmp_path / "synthesis_cancelled.png"), full_page=True)
+        finally:
+            browser.close()
+    assert "Ascending the gradient" in seen_bar, seen_bar
+    assert images_after == images_before, "a cancelled synthesis draws nothing"
+
+
 def test_deep_link_on_a_fresh_server(tmp_path):
     """A fresh server's very first request is a deep link: the page comes with the app's sidebar and navigation."""
     from playwright.sync_api import sync_playwright

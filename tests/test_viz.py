@@ -15,7 +15,8 @@ from compactvision.viz.attribution import attribution_figure
 from compactvision.viz.filters import (gabor_bank_figure, gabor_parameter_histograms, kernel_grid_figure,
                                        student_layer_figure)
 from compactvision.viz.graph import neuron_graph_figure, node_detail_figure
-from compactvision.viz.performance import accuracy_by_neuron_figure, predicted_vs_measured_figure, pruning_path_figure
+from compactvision.viz.performance import (accuracy_by_neuron_figure, predicted_vs_measured_figure, pruning_path_figure,
+                                          teacher_student_scatter_figure)
 from compactvision.viz.robustness import robustness_figure
 from compactvision.viz.tuning import tuning_figure
 
@@ -166,7 +167,7 @@ def test_performance_figures():
     measured = rng.standard_normal((50, 2))
     fig = predicted_vs_measured_figure(measured * 2 + 1, measured, names=["a", "b"])
     assert _types(fig) == ["Scattergl", "Scattergl", "Scatter"]
-    assert "median r = 1.00" in fig.layout.title.text
+    assert "a r = 1.00, b r = 1.00" in fig.layout.title.text  # few columns: each one's r
     fig = accuracy_by_neuron_figure({"teacher": np.array([0.2, 0.8, 0.5]), "student": np.array([0.1, 0.7, 0.6])})
     assert list(fig.data[0].x) == ["neuron 1", "neuron 2", "neuron 0"]
     path = [PruneStep(None, [10, 10], 5000, None, 0.8), PruneStep(1, [10, 3], 2000, 0.95, 0.78),
@@ -188,3 +189,73 @@ def test_robustness_figure_draws_each_model_in_both_panels():
     assert fig.data[0].line.dash == "dash"
     with pytest.raises(ValueError, match="mix perturbations"):
         robustness_figure({"a": base, "b": {**base, "perturbation": "blur"}})
+
+
+def test_scatter_title_names_what_the_columns_are():
+    rng = np.random.default_rng(1)
+    measured = rng.standard_normal((60, 4))
+    predicted = measured + 0.5 * rng.standard_normal((60, 4))
+    many = predicted_vs_measured_figure(predicted, measured, series="models").layout.title.text
+    assert "over 4 models" in many and "neurons" not in many
+    assert "over 4 neurons" in predicted_vs_measured_figure(predicted, measured).layout.title.text
+    two = predicted_vs_measured_figure(predicted[:, :2], measured[:, :2], names=["compact model", "teacher"],
+                                       series="models").layout.title.text
+    r = [np.corrcoef(predicted[:, j], measured[:, j])[0, 1] for j in range(2)]
+    assert f"compact model r = {r[0]:.2f}, teacher r = {r[1]:.2f}" in two and "over" not in two
+
+
+def test_scatter_range_ignores_an_outlier_and_reports_it():
+    rng = np.random.default_rng(2)
+    # A bounded cloud near 0 (the 5% padding covers its edges) and one wild measurement.
+    measured = np.r_[rng.uniform(-0.1, 0.1, 200), 50.0]
+    predicted = np.r_[0.9 * measured[:200] + rng.uniform(-0.01, 0.01, 200), 0.0]
+    fig = predicted_vs_measured_figure(np.c_[predicted, predicted], np.c_[measured, measured],
+                                       names=["compact model", "teacher"], series="models")
+    lo, hi = fig.layout.xaxis.range
+    assert tuple(fig.layout.yaxis.range) == (lo, hi), "both axes share one range"
+    assert hi < 1 and lo > -1, (lo, hi)
+    assert lo < min(measured[:200].min(), predicted[:200].min()) and hi > max(measured[:200].max(),
+                                                                             predicted[:200].max())
+    assert "2 points outside" in fig.layout.title.subtitle.text  # the one outlier in each of the two models
+    assert 50.0 in fig.data[0].x, "the outlier stays in the data; plotly clips it"
+    one = predicted_vs_measured_figure(predicted, measured)
+    assert one.layout.title.subtitle.text.startswith("1 point outside")
+    clean = predicted_vs_measured_figure(predicted[:200], measured[:200])
+    assert not clean.layout.title.subtitle.text, "nothing to report without outliers"
+    identity = [t for t in fig.data if t.name == "identity"][0]
+    assert tuple(identity.x) == (lo, hi)
+
+
+def test_scatter_density_mode_draws_contours():
+    rng = np.random.default_rng(3)
+    measured = rng.standard_normal((3000, 2))
+    fig = predicted_vs_measured_figure(measured + 0.3 * rng.standard_normal((3000, 2)), measured,
+                                       names=["compact model", "teacher"], series="models", density=True)
+    assert _types(fig) == ["Histogram2dContour", "Histogram2dContour", "Scatter"]
+    assert fig.data[-1].name == "identity"
+    assert _types(predicted_vs_measured_figure(measured, measured)) == ["Scattergl", "Scattergl", "Scatter"]
+
+
+def test_teacher_student_scatter_highlights_the_current_neuron():
+    teacher = np.array([0.8, 0.6, 0.4, 0.7, np.nan])
+    student = np.array([0.6, 0.6, 0.2, 0.35, 0.5])
+    names = ["n0", "n1", "n2", "n3", "n4"]
+    fig = teacher_student_scatter_figure(teacher, student, names, current="n3", metric="r vs measured")
+    every = fig.data[0]
+    singles = [t for t in fig.data if len(t.x) == 1]
+    assert len(singles) == 1, "one trace holds just the current neuron"
+    current = singles[0]
+    assert list(every.customdata) == names and list(every.x[:4]) == list(teacher[:4])
+    assert (list(current.x), list(current.y), list(current.text)) == ([0.7], [0.35], ["n3"])
+    assert current.marker.size > every.marker.size and current.marker.color != every.marker.color
+    assert "%{customdata}" in every.hovertemplate and "teacher r vs measured" in every.hovertemplate
+    assert fig.layout.xaxis.title.text == "teacher r vs measured"
+    assert fig.layout.yaxis.title.text == "compact model r vs measured"
+    assert tuple(fig.layout.xaxis.range) == tuple(fig.layout.yaxis.range)
+    # Ratios 0.75, 1.0, 0.5, 0.5 (n4 has no teacher score): median 0.62.
+    assert "(4 neurons; median compact/teacher ratio 0.62)" in fig.layout.title.text
+    assert fig.data[-1].name == "identity"
+    plain = teacher_student_scatter_figure(teacher, student, names)
+    assert [t.name for t in plain.data] == ["neurons", "identity"], "no highlight without a current neuron"
+    with pytest.raises(ValueError, match="differ"):
+        teacher_student_scatter_figure(teacher, student, names[:3])
