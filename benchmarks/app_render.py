@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["home", "gabor_bank", "layer_weights", "attributions", "neuron_graph", "teacher_vs_student",
+PAGES = ["home", "gallery", "profile", "gabor_bank", "layer_weights", "attributions", "neuron_graph", "teacher_vs_student",
          "preferred_stimuli", "robustness", "train"]
 TARGET_S = 1.0
 

@@ -8,6 +8,7 @@ from compactvision.viz.performance import accuracy_by_neuron_figure
 from app_support.caches import cards, neuron_data, require_run, synthesised
 from app_support.entry import run_through_app
 from app_support.locations import PROFILE_PAGE
+from app_support.long_work import long_work
 from app_support.widgets import show_figure
 
 run_through_app()  # a deep link on a fresh server starts a page alone: lay it out through app.py
@@ -21,17 +22,19 @@ if not rows:
 st.caption(f"{len(rows)} neurons. Sort by any column; click a row to open that neuron's profile. "
            "*r* is against the measured held-out responses; the noise ceiling is the best *r* the repeats allow.")
 
-if st.session_state.get("gallery_synth") != run.fingerprint:
-    if st.button("Synthesise every neuron's preferred image", key="gallery_synthesise",
-                 help="Gradient ascent on each compact model (96 steps, seed 0); cached for this run."):
-        bar = st.progress(0.0, text="Synthesising…")
-        for k, row in enumerate(rows):
-            synthesised(run, row["neuron_id"])
-            bar.progress((k + 1) / len(rows), text=f"Synthesised {k + 1} of {len(rows)}: {row['neuron_id']}")
-        st.session_state["gallery_synth"] = run.fingerprint
-        st.rerun()
-show_synth = st.session_state.get("gallery_synth") == run.fingerprint
 
+
+def _synthesise_all(progress) -> dict:
+    """Every compact model's synthesised preferred image (each also cached for its profile)."""
+    out = {}
+    for k, row in enumerate(rows):
+        out[row["neuron_id"]] = png_data_uri(synthesised(run, row["neuron_id"]))
+        progress(row["neuron_id"], k + 1, len(rows))
+    return out
+
+
+synth = long_work(run, "gallery_synth", ("gallery synthesis",), "Synthesising every neuron's preferred image",
+                  _synthesise_all, button="Synthesise every neuron's preferred image")
 
 def _top_image(row: dict) -> str | None:
     data = neuron_data(run, row["neuron_id"])
@@ -42,7 +45,7 @@ table = {
     "neuron": [r["neuron_id"] for r in rows],
     "type": [r["label"] for r in rows],
     "top image": [_top_image(r) for r in rows],
-    **({"synthesised": [png_data_uri(synthesised(run, r["neuron_id"])) for r in rows]} if show_synth else {}),
+    **({"synthesised": [synth[r["neuron_id"]] for r in rows]} if synth is not None else {}),
     "parameters": [r["n_parameters"] for r in rows],
     "filters per layer": [" · ".join(map(str, r["channels"])) for r in rows],
     "consolidated": [r["consolidated"] for r in rows],
