@@ -81,12 +81,14 @@ def long_work(run: Run, name: str, key: Hashable, label: str, compute: Callable[
     if st.session_state.get(started_key) is not None:  # set by a run that never reached its end
         stopped = st.session_state.pop(started_key)
     # An automatic start is not repeated after a stop: the user's Cancel must hold.
-    go = (autostart and stopped != key) or st.button(button, key=f"{name}__start", type="primary")
+    slot = st.empty()  # the start button goes once the work starts, so a finished page shows no stale button
+    go = (autostart and stopped != key) or slot.button(button, key=f"{name}__start", type="primary")
     if not go:
         if stopped == key:
             st.warning(f"{label} was stopped before it finished (cancelled, or a setting changed). "
                        f"Press **{button}** to start again.")
         return None
+    slot.empty()
     st.session_state[started_key] = key
     cancel = st.empty()
     cancel.button("Cancel", key=f"{name}__cancel", help="Stops the computation; nothing is kept from it.")

@@ -10,9 +10,10 @@ adversarial attacks than a standard CNN. Tested here on the digital twin:
 * **VOneBlock teacher**: the bundled run's (`--run`), V1 noise off;
 * **VOneBlock + V1 noise**: the same recipe trained *and* tested with the
   VOneBlock's Poisson-like noise on, at `noise_level` 1 (VOneNet's "neuronal"
-  mode in our units), built into `WORK/vone_noise`;
+  mode in our units), built into `WORK/robustness-vone-noise`;
 * **control teacher**: the same data, back end, budget and seed with a learned
-  convolution of the VOneBlock's shape in its place, built into `WORK/conv`;
+  convolution of the VOneBlock's shape in its place, built into
+  `WORK/robustness-control` (the Robustness page can compare with it);
 * the **compact students** of the VOneBlock and control teachers (the first
   `--students` neurons, one per cell type, compressed with the same preset).
 
@@ -45,15 +46,17 @@ from compactvision.runs import Run
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = PRESETS["demo"]
 NOISE_LEVEL = 1.0
+#: The two runs built beside the user's other runs, so the app's Robustness page can pick the control.
+CONTROL, NOISY = "robustness-control", "robustness-vone-noise"
 
 
 def build(work: Path, students: int) -> None:
     """The control run (teacher and the first `students` compact models) and the V1-noise teacher, resumably."""
     progress = line_reporter()
     conv = replace(DEMO, teacher_overrides={**DEMO.teacher_overrides, "front_end": "conv"})
-    run_pipeline(conv, work / "conv", seed=0, progress=progress, neurons=list(range(students)))
+    run_pipeline(conv, work / CONTROL, seed=0, progress=progress, neurons=list(range(students)))
     noisy = replace(DEMO, teacher_overrides={**DEMO.teacher_overrides, "noise": "poisson", "noise_level": NOISE_LEVEL})
-    pipeline_teacher(noisy, work / "vone_noise", seed=0, progress=progress)
+    pipeline_teacher(noisy, work / NOISY, seed=0, progress=progress)
 
 
 def _fmt(ci: tuple[float, float, float]) -> str:
@@ -66,7 +69,7 @@ def _level(p: str, v: float) -> str:
 
 def models_to_compare(bundle: Run, work: Path) -> list[tuple[str, Run, bool, bool]]:
     """(name, run, teacher V1 noise on, with compact models) for every model the table compares."""
-    conv, noisy = Run.open(work / "conv"), Run.open(work / "vone_noise")
+    conv, noisy = Run.open(work / CONTROL), Run.open(work / NOISY)
     return [("VOneBlock teacher", bundle, False, False), ("VOneBlock teacher + V1 noise", noisy, True, False),
             ("control teacher (learned conv)", conv, False, False),
             ("VOneBlock compact models", bundle, False, True), ("control compact models", conv, False, True)]
@@ -76,7 +79,7 @@ def evaluate(bundle: Run, work: Path, students: int, n_images: int, perturbation
     """Population curves of every model for every perturbation, with their medians, CIs and AUCs."""
     heldout = bundle.heldout()
     all_ids = bundle.student_ids()
-    compact_ids = [i for i in all_ids if i in set(Run.open(work / "conv").student_ids())][:students]
+    compact_ids = [i for i in all_ids if i in set(Run.open(work / CONTROL).student_ids())][:students]
     results: dict[str, dict] = {}
     for p in perturbations:
         results[p] = {}
@@ -117,7 +120,8 @@ def print_tables(results: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=str(ROOT / "assets" / "default_run"), help="the VOneBlock run (default: the bundle)")
-    ap.add_argument("--work", default=str(ROOT / "runs" / "robustness"), help="where the control runs are built")
+    ap.add_argument("--work", default=str(ROOT / "runs"),
+                    help=f"where the runs {CONTROL} and {NOISY} are built (default: runs/)")
     ap.add_argument("--students", type=int, default=8, help="compact models per teacher (the first neurons)")
     ap.add_argument("--images", type=int, default=128, help="held-out images perturbed")
     ap.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=list(PERTURBATIONS))

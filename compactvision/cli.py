@@ -9,9 +9,12 @@ import argparse
 import importlib
 import signal
 import sys
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from compactvision.errors import CompactVisionError
+
+if TYPE_CHECKING:
+    from compactvision.progress import Progress
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -70,8 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_stop_requested = False
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    # Python drops an exception raised where it cannot propagate (a finaliser, an import's cleanup), so
+    # the request is also remembered and honoured at the next progress report (`_progress`).
+    global _stop_requested
+    _stop_requested = True
     raise KeyboardInterrupt
+
+
+def _progress(fmt: str) -> Progress:
+    """The `--progress` reporter, which also stops the command at a Ctrl-C or SIGTERM that was swallowed."""
+    from compactvision.progress import reporter
+
+
+    report = reporter(fmt)
+
+    def checked(stage: str, done: int, total: int) -> None:
+        if _stop_requested:
+            raise KeyboardInterrupt
+        report(stage, done, total)
+
+    return checked
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,14 +213,13 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
 
 
 def _teacher(args: argparse.Namespace) -> None:
-    from compactvision.progress import reporter
     from compactvision.teacher_stage import COWLEY_TEST_SESSIONS, train_teacher
 
     kwargs = ({"n_neurons": args.neurons, "n_images": args.images, "n_repeats": args.repeats, "seed": args.seed}
               if args.data == "twin" else {})
     manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
-                             progress=reporter(args.progress),
+                             progress=_progress(args.progress),
                              config_overrides={"front_end": args.front_end, **({"compile": True} if args.compile else {})},
                              backbone=args.backbone, backbone_stage=args.backbone_stage,
                              backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone,
@@ -239,10 +263,9 @@ def add_import_cowley(sub: argparse._SubParsersAction) -> None:
 def _import_cowley(args: argparse.Namespace) -> None:
     from compactvision.artifacts import read_manifest
     from compactvision.cowley import import_cowley
-    from compactvision.progress import reporter
 
     run = import_cowley(args.weights_dir, args.out, sessions=args.sessions, evaluate=not args.no_evaluate,
-                        progress=reporter(args.progress_format), device=args.device, per_session=args.per_session)
+                        progress=_progress(args.progress_format), device=args.device, per_session=args.per_session)
     metrics = read_manifest(run, verify=False)["metrics"]
     summary = metrics["compression"]
     print(f"{run}: {summary['n_students']} students, median {summary['n_parameters']['median']:.0f} parameters")
@@ -307,10 +330,9 @@ def _compression_config(args: argparse.Namespace):
 
 def _compress(args: argparse.Namespace) -> None:
     from compactvision.compress import compress_run
-    from compactvision.progress import reporter
 
     summary = compress_run(args.run, _compression_config(args), backend=args.backend, workers=args.workers,
-                           address=args.address, neurons=args.neurons, progress=reporter(args.progress_format),
+                           address=args.address, neurons=args.neurons, progress=_progress(args.progress_format),
                            device=args.device)
     _print_compression(summary)
 
@@ -336,12 +358,11 @@ def add_recompress(sub: argparse._SubParsersAction) -> None:
 def _recompress(args: argparse.Namespace) -> None:
     from compactvision.compress import compress_run
     from compactvision.cowley.recompress import prepare_recompress
-    from compactvision.progress import reporter
 
     run = prepare_recompress(args.imported, args.out, neurons=args.neurons, per_session=args.per_session,
                              sessions=args.sessions, release=args.release)
     summary = compress_run(run, _compression_config(args), backend=args.backend, workers=args.workers,
-                           address=args.address, progress=reporter(args.progress_format), device=args.device)
+                           address=args.address, progress=_progress(args.progress_format), device=args.device)
     _print_compression(summary)
 
 
@@ -371,11 +392,10 @@ def _pipeline(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from compactvision.pipeline import run_pipeline
-    from compactvision.progress import reporter
 
     if args.force and Path(args.out).exists():
         shutil.rmtree(args.out)
-    manifest = run_pipeline(args.preset, args.out, seed=args.seed, progress=reporter(args.progress_format),
+    manifest = run_pipeline(args.preset, args.out, seed=args.seed, progress=_progress(args.progress_format),
                             backend=args.backend, workers=args.workers, address=args.address, device=args.device)
     print(f"{args.out}: teacher median r {manifest['metrics']['teacher']['r']['median']:.3f}")
     _print_compression(manifest["metrics"]["compression"])

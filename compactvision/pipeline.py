@@ -88,10 +88,15 @@ def pipeline_teacher(p: PipelinePreset, out: Path, seed: int = 0, progress: Prog
     from compactvision.data.twin import make_twin_dataset
     from compactvision.teacher_stage import train_teacher
 
-    if not _stage_done(out, ("teacher", "compressed", "pipeline")):
-        dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
-        train_teacher(dataset, out, preset=p.teacher_preset, seed=seed, device=device, resume=True,
-                      config_overrides={"image_size": p.image_size, **p.teacher_overrides}, progress=progress)
+    if _stage_done(out, ("teacher", "compressed", "pipeline")):
+        progress("data", 1, 1)
+        return
+    # The first sign of life, before the simulation's seconds: a watcher (the app) shows a stage at once.
+    progress("data", 0, 1)
+    dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
+    progress("data", 1, 1)
+    train_teacher(dataset, out, preset=p.teacher_preset, seed=seed, device=device, resume=True,
+                  config_overrides={"image_size": p.image_size, **p.teacher_overrides}, progress=progress)
 
 
 def run_pipeline(preset: str | PipelinePreset, out: str | Path, seed: int = 0, progress: Progress = silent,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
@@ -46,8 +46,38 @@ def manifest_kind(path: str | Path) -> str:
     return str(m.get("kind", "unknown")) if isinstance(m, dict) else "unknown"
 
 
-def find_runs(bundled: Path, runs_dir: Path, extra: Sequence[str | Path] = ()) -> list[RunChoice]:
-    """The bundle first, then every run under `runs_dir` (newest first), then `extra` paths."""
+#: Kinds of a run that is complete as it stands: a pipeline's end, a compression, imported published models.
+FINISHED_KINDS = frozenset({"pipeline", "compressed", "imported-cowley"})
+#: Kinds one stage's own command finishes with: complete when made by that command (`compactvision teacher`),
+#: only a part when a launcher is building a whole pipeline into the folder.
+STAGE_KINDS = frozenset({"teacher"})
+#: `NAME.job.json` beside a run folder `NAME`: a launcher (the app's Train page) writes it when it starts
+#: building the run, so a run left incomplete by a kill or a restart can be told from a finished one.
+JOB_RECORD_SUFFIX = ".job.json"
+
+
+def _made_run_label(p: Path, kind: str, building: Collection[str]) -> str:
+    """A run under runs/ as the picker names it: an unfinished one says so, so nobody studies half a run.
+
+    Any other kind ("recompress", a pipeline's "teacher" stage, an unreadable
+    manifest) is a run some command has not finished yet.
+    """
+    if p.name in building:
+        return f"{p.name} (being built)"
+    if kind in FINISHED_KINDS:
+        return f"{p.name} (published V4 models)" if kind == "imported-cowley" else p.name
+    if kind in STAGE_KINDS and not p.with_name(p.name + JOB_RECORD_SUFFIX).is_file():
+        return p.name
+    return f"{p.name} (incomplete)"
+
+
+def find_runs(bundled: Path, runs_dir: Path, extra: Sequence[str | Path] = (),
+              building: Collection[str] = ()) -> list[RunChoice]:
+    """The bundle first, then every run under `runs_dir` (newest first), then `extra` paths.
+
+    `building` names runs under `runs_dir` that a job is writing right now
+    (the caller knows its jobs; this module does not).
+    """
     out: list[RunChoice] = []
     if is_run_dir(bundled):
         out.append(RunChoice("bundled default run", bundled, manifest_kind(bundled)))
@@ -55,8 +85,7 @@ def find_runs(bundled: Path, runs_dir: Path, extra: Sequence[str | Path] = ()) -
         made = [p for p in runs_dir.iterdir() if p.is_dir() and is_run_dir(p)]
         for p in sorted(made, key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True):
             kind = manifest_kind(p)
-            label = f"{p.name} (published V4 models)" if kind == "imported-cowley" else p.name
-            out.append(RunChoice(label, p, kind))
+            out.append(RunChoice(_made_run_label(p, kind, building), p, kind))
     seen = {c.path.resolve() for c in out}
     for e in extra:
         p = Path(e).expanduser()

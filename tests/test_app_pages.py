@@ -87,7 +87,7 @@ def test_gallery_lists_every_neuron_with_its_type_size_and_accuracy(open_page):
     assert "synthesised" not in table, "synthesis waits for the button"
     population = figures(at)[0]
     assert "noise ceiling" in population["layout"]["yaxis"]["title"]["text"]
-    at.button(key="gallery_synthesise").click().run()
+    at.button(key="gallery_synth__start").click().run()
     assert at.dataframe[0].value["synthesised"].str.startswith("data:image/png").all()
 
 
@@ -231,8 +231,21 @@ def test_teacher_vs_student_widgets(open_page):
     scatter = figures(at)[0]
     names = [t["name"] for t in scatter["data"]]
     assert any(n.startswith("compact model") for n in names) and any(n.startswith("teacher") for n in names)
+    assert "over 2 neurons" not in scatter["layout"]["title"]["text"], "the columns are models, not neurons"
+    density = at.toggle(key="tvs_density")
+    assert density.value is (len(decode(scatter["data"][0]["x"])) * 2 > 2000), "on by default only for large sets"
+    run = Run.open(RUN)
+    if any(run.teacher_scores().values()):
+        per_neuron = [f for f in figures(at) if f["layout"]["title"]["text"].startswith("Compact model vs teacher")]
+        assert len(per_neuron) == 1, "the per-neuron teacher-vs-student scatter is drawn"
+        current = at.sidebar.selectbox(key="neuron").value
+        picked = [t for t in per_neuron[0]["data"] if t.get("text") == [current]]
+        assert len(picked) == 1 and len(decode(picked[0]["x"])) == 1, "the current neuron is picked out"
+    for on, trace in ((True, "histogram2dcontour"), (False, "scattergl")):
+        at.toggle(key="tvs_density").set_value(on).run()
+        assert [t["type"] for t in figures(at)[0]["data"]].count(trace) == 2, (on, trace)
     target = at.radio(key="tvs_target")
-    twin_run = Run.open(RUN).data_info.get("source") == "twin"
+    twin_run = run.data_info.get("source") == "twin"
     assert len(target.options) == (2 if twin_run else 1), "a twin run also compares with the noise-free rates"
     if not twin_run:
         pytest.skip("the run is not the digital twin: no second target to switch to")
@@ -281,11 +294,11 @@ def test_teacher_vs_student_refuses_a_bad_dataset_upload(open_page):
 def test_preferred_stimuli_tuning_follows_the_stimulus(open_page):
     at = open_page("preferred_stimuli")
     assert len(at.image) > 0, "top images are shown on first render"
-    at.button(key="ps_measure").click().run()
+    at.button(key="ps_tuning_job__start").click().run()
     gratings = figure_data(at, 0)
     at.selectbox(key="ps_tuning").set_value("dot_size").run()
     assert not at.get("plotly_chart"), "a new stimulus waits for the button"
-    at.button(key="ps_measure").click().run()
+    at.button(key="ps_tuning_job__start").click().run()
     assert figure_data(at, 0) != gratings
     overlay = figures(at)[0]
     names = {t["legendgroup"] for t in overlay["data"] if t.get("legendgroup")}
@@ -296,10 +309,141 @@ def test_preferred_stimuli_tuning_follows_the_stimulus(open_page):
 def test_robustness_runs_and_follows_the_perturbation(open_page):
     at = open_page("robustness")
     at.slider(key="rb_images").set_value(16).run()
-    at.button(key="rb_run").click().run()
+    at.button(key="rb_quick__start").click().run()
     noise = figures(at)[0]
     assert any("compact model" in t["name"] for t in noise["data"])
     at.selectbox(key="rb_perturbation").set_value("blur").run()
-    at.button(key="rb_run").click().run()
+    at.button(key="rb_quick__start").click().run()
     blur = figures(at)[0]
     assert not np.array_equal(decode(blur["data"][0]["x"]), decode(noise["data"][0]["x"]))
+
+
+# ------------------------------------------------------------------ Train page
+# Its pipeline is a stand-in that takes the same arguments, starts slowly (as importing torch does) and never
+# finishes on its own; everything else (registry, records, resume, clashes) is the page's real code.
+_SLOW_START = ("import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); time.sleep(1.5); "
+               "print('PROGRESS data 0/1', flush=True); time.sleep(120)")
+
+
+@pytest.fixture
+def train_page(monkeypatch, tmp_path):
+    """(runs folder, open) for the Train page on a private runs/ folder; its jobs are stopped afterwards."""
+    import sys
+
+    import app_support.jobs as jobs
+    import app_support.locations as locations
+    import app_support.sidebar as sidebar
+
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(locations, "RUNS_DIR", runs)
+    monkeypatch.setattr(sidebar, "RUNS_DIR", runs)
+    monkeypatch.setattr(jobs, "pipeline_command", lambda preset, out, python=sys.executable: [
+        python, "-c", _SLOW_START, "pipeline", "--preset", preset, "--out", str(out), "--progress-format", "lines"])
+    monkeypatch.setenv("COMPACTVISION_RUN", str(RUN))
+
+    def _open() -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.switch_page("pages/train.py").run()
+        assert not at.exception, [e.message for e in at.exception]
+        return at
+
+    yield runs, _open
+    for path in runs.glob("*.job.json"):
+        if (record := jobs.JobRecord.read(path)) is not None:
+            record.cancel()
+
+
+def _rerun_until(at: AppTest, predicate, timeout: float = 20.0) -> AppTest:
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate(at) and time.time() < deadline:
+        time.sleep(0.2)
+        at.run()
+    assert predicate(at), [s.value for s in at.subheader]
+    return at
+
+
+def _progress_texts(at: AppTest) -> list[str]:
+    return [p.proto.text for p in at.get("progress")]
+
+
+def _incomplete_run(runs: Path, name: str) -> list[str]:
+    """A pipeline cut after its teacher stage, with the record the Train page leaves: returns its command."""
+    import sys
+
+    from app_support.jobs import JobRecord
+    from compactvision.artifacts import atomic_write_json, write_manifest
+
+    atomic_write_json(runs / name / "data.json", {"source": "twin"})
+    write_manifest(runs / name, kind="teacher", config={})
+    argv = [sys.executable, "-c", _SLOW_START, "pipeline", "--preset", "tiny", "--out", str(runs / name),
+            "--progress-format", "lines", "--force"]
+    JobRecord(runs / name, argv, "tiny", 0.0, pid=None).write()
+    return argv
+
+
+def test_train_page_shows_progress_at_once_and_every_session_sees_the_job(train_page):
+    runs, open_train = train_page
+    at = open_train()
+    name = at.text_input(key="train_name").value
+    at.get("form_submit_button")[0].click().run()
+    assert f"{name}: running" in [s.value for s in at.subheader]
+    texts = _progress_texts(at)
+    assert len(texts) == 1 and texts[0].startswith("starting: loading libraries… ") and texts[0].endswith(" s"), texts
+    assert (runs / f"{name}.job.json").is_file(), "the job is recorded on disk"
+    assert at.text_input(key="train_name").value not in ("", name), "the box offers a fresh name"
+    # A reload is a new browser session: the job is still there, and its progress arrives.
+    other = open_train()
+    assert f"{name}: running" in [s.value for s in other.subheader]
+    _rerun_until(other, lambda a: any(t.startswith("data: 0/1 · ") for t in _progress_texts(a)))
+
+
+def test_train_page_resumes_a_cancelled_job_with_its_command(train_page):
+    runs, open_train = train_page
+    at = open_train()
+    name = at.text_input(key="train_name").value
+    at.get("form_submit_button")[0].click().run()
+    original = at.session_state["train_jobs"][name]
+    at.button(key=f"cancel_{name}").click().run()
+    _rerun_until(at, lambda a: f"{name}: cancelled" in [s.value for s in a.subheader])
+    at.button(key=f"resume_{name}").click().run()
+    assert f"{name}: running" in [s.value for s in at.subheader]
+    resumed = at.session_state["train_jobs"][name]
+    assert resumed is not original and resumed.argv == original.argv and resumed.out_dir == runs / name
+    assert "--- resumed" in (runs / f"{name}.log").read_text(), "the same log, appended"
+
+
+def test_train_page_explains_name_clashes(train_page):
+    from compactvision.artifacts import atomic_write_json, write_manifest
+
+    runs, open_train = train_page
+    atomic_write_json(runs / "done" / "data.json", {"source": "twin"})
+    write_manifest(runs / "done", kind="pipeline", config={})
+    argv = _incomplete_run(runs, "half")
+    at = open_train()
+    at.text_input(key="train_name").set_value("done")
+    at.get("form_submit_button")[0].click().run()
+    assert [e.value for e in at.error] == ["runs/done already holds a finished run; pick another name."]
+    assert not at.session_state["train_jobs"], "no job starts on a taken name"
+    assert "train_clash_resume" not in [b.key for b in at.button], "a finished run is not resumed"
+    at.text_input(key="train_name").set_value("half")
+    at.get("form_submit_button")[0].click().run()
+    assert not at.error and any(w.value.startswith("runs/half holds an incomplete run") for w in at.warning)
+    at.button(key="train_clash_resume").click().run()
+    job = at.session_state["train_jobs"]["half"]
+    assert job.argv == [a for a in argv if a != "--force"], "the recorded command, without --force"
+    assert "half: running" in [s.value for s in at.subheader]
+
+
+def test_train_page_lists_and_resumes_an_incomplete_run_after_a_restart(train_page):
+    runs, open_train = train_page
+    argv = _incomplete_run(runs, "half")  # recorded by an earlier server: this one's registry is empty
+    at = open_train()
+    assert "half: incomplete" in [s.value for s in at.subheader]
+    picker = at.sidebar.selectbox(key="run_path")
+    assert picker.format_func(str(runs / "half")) == "half (incomplete)", "the picker says so too"
+    assert not at.session_state["train_jobs"]
+    at.button(key="resume_half").click().run()
+    assert [s.value for s in at.subheader].count("half: running") == 1, "listed once, as this server's job"
+    assert at.session_state["train_jobs"]["half"].argv == argv[:-1]

@@ -80,3 +80,18 @@ def test_every_option_says_what_it_does_and_its_default():
         if action.default is not None and action.default is not False:
             assert "default" in text, f"{command} {action.option_strings[0]} does not say its default"
     assert seen > 30
+
+
+def test_a_swallowed_interrupt_still_stops_at_the_next_progress_report(monkeypatch):
+    """Python drops a KeyboardInterrupt raised inside a finaliser; the command must still stop, and soon."""
+    import compactvision.cli as cli
+
+    monkeypatch.setattr(cli, "_stop_requested", False)
+    report = cli._progress("none")
+    report("teacher", 1, 8)  # no stop asked: it reports
+    try:
+        cli._interrupt(2, None)
+    except KeyboardInterrupt:
+        pass  # what a finaliser would have swallowed
+    with pytest.raises(KeyboardInterrupt):
+        report("teacher", 2, 8)

@@ -47,3 +47,21 @@ def test_run_open_verifies_hashes_and_fingerprint_tracks_content(tmp_path):
     assert Run.open(run_dir).fingerprint != run.fingerprint
     with pytest.raises(ArtifactError, match="no manifest"):
         Run.open(tmp_path)
+
+
+def test_find_runs_marks_unfinished_runs_and_keeps_finished_labels(tmp_path):
+    runs = tmp_path / "runs"
+    for name, kind in [("done", "pipeline"), ("compressed", "compressed"), ("cowley", "imported-cowley"),
+                       ("teacher-only", "teacher"), ("half", "teacher"), ("prepared", "recompress"),
+                       ("building", "teacher")]:
+        _make_run(runs / name, kind=kind)
+    # The Train page leaves NAME.job.json beside each run it starts: a "teacher" run is then a pipeline's part.
+    for name in ("half", "building", "done"):
+        atomic_write_json(runs / f"{name}.job.json", {"argv": ["x"], "preset": "tiny", "started": 0})
+    labels = {c.path.name: c.label for c in find_runs(tmp_path / "no-bundle", runs, building={"building"})}
+    assert labels["done"] == "done" and labels["compressed"] == "compressed", "finished runs keep their names"
+    assert labels["cowley"] == "cowley (published V4 models)"
+    assert labels["teacher-only"] == "teacher-only", "a teacher made by its own command is complete"
+    assert labels["half"] == "half (incomplete)"
+    assert labels["prepared"] == "prepared (incomplete)", "a re-compression that never compressed"
+    assert labels["building"] == "building (being built)"
