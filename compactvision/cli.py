@@ -195,6 +195,9 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
                    help="split: held-out test images per session; cowley: the paper's held-out sessions")
     p.add_argument("--test-sessions", nargs="+", metavar="ID",
                    help="with --protocol cowley: the held-out sessions (default: 190923 201025, the paper's)")
+    p.add_argument("--validation-session", metavar="ID",
+                   help="with --protocol cowley: a session kept out of the trunk's training and scored apart, to "
+                        "choose settings on (default: 210224 when the data has it)")
     p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"],
                    help="tqdm bars, 'PROGRESS <stage> <done>/<total>' lines for programs, or nothing")
     twin = p.add_argument_group("with --data twin")
@@ -223,10 +226,13 @@ def _teacher(args: argparse.Namespace) -> None:
                              config_overrides={"front_end": args.front_end, **({"compile": True} if args.compile else {})},
                              backbone=args.backbone, backbone_stage=args.backbone_stage,
                              backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone,
-                             test_sessions=tuple(args.test_sessions or COWLEY_TEST_SESSIONS))
+                             test_sessions=tuple(args.test_sessions or COWLEY_TEST_SESSIONS),
+                             validation_session=args.validation_session)
     r = manifest["metrics"]["teacher"]["r"]
     print(f"{args.out}: teacher held-out median r {r['median']:.3f} "
           f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {r['n']} neurons")
+    if val := manifest["metrics"].get("validation"):
+        print(f"  validation session {val['session']}: median r {val['r']['median']:.3f} (choose settings on this)")
 
 
 @stage

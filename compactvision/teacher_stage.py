@@ -5,10 +5,14 @@ Two protocols:
     images; the teacher trains on all sessions' training images, early-stops
     on validation, and is scored on the held-out test images.
   * "cowley": the paper's protocol for the public V4 release. The teacher's
-    trunk trains on every session except the test sessions (190923, 201025).
-    Then, for each test session, the trunk is frozen and only that session's
+    trunk trains on every session except the test sessions (190923, 201025 by
+    default) and the validation session (210224 when present). Then, for each
+    test and validation session, the trunk is frozen and only that session's
     readout is fitted, on the first half of its images (a tenth of them kept
-    for early stopping); the score is on the second half.
+    for early stopping); the score is on the second half. The validation
+    session's score is reported apart (`metrics["validation"]`): it is the one
+    to choose settings on, so the test sessions' second halves stay unseen
+    until the final figure.
 
 Scores are per neuron: Pearson r against the repeat-averaged responses, plus
 noise-corrected r^2_ER and FEVE where repeats exist, and, for the digital twin,
@@ -33,6 +37,8 @@ from compactvision.models.teacher import PRESETS, Teacher, TeacherConfig, build_
 from compactvision.train import TrainResult, fit, predict
 
 COWLEY_TEST_SESSIONS = ("190923", "201025")
+#: The release's validation session, used by default when the data has it.
+COWLEY_VALIDATION_SESSION = "210224"
 Progress = Callable[[str, int, int], None]
 
 
@@ -106,6 +112,7 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
                   protocol: str = "split", device: str | None = None, resume: bool = False,
                   epochs: int | None = None, data_kwargs: Mapping[str, Any] | None = None,
                   progress: bool | Progress = True, test_sessions: Sequence[str] = COWLEY_TEST_SESSIONS,
+                  validation_session: str | None = None,
                   config_overrides: Mapping[str, Any] | None = None, backbone: str | Path | None = None,
                   backbone_stage: str = DEFAULT_STAGE, backbone_stem: str = "pixels",
                   finetune_backbone: bool = False) -> dict[str, Any]:
@@ -136,10 +143,16 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
         s.validate(source)
     config = _fit_image_size(config, dataset, "image_size" in dict(config_overrides or {}), source)
     held_out, trunk_sessions = _choose_sessions(dataset, protocol, test_sessions, source)
+    validation = _validation_session(trunk_sessions, protocol, validation_session, source)
+    trunk_sessions = [s for s in trunk_sessions if s is not validation]
+    if protocol == "cowley" and not trunk_sessions:
+        raise DataError(f"no session is left to train the trunk on once test {list(test_sessions)} and validation "
+                        f"{validation.session_id if validation else None} are held out", source)
+    readout_only = held_out + ([validation] if validation is not None else [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = {s.session_id: split_images(s.n_images, seed=seed) for s in trunk_sessions}
-    splits.update({s.session_id: _split_half(s.n_images) for s in held_out})
+    splits.update({s.session_id: _split_half(s.n_images) for s in readout_only})
 
     teacher = build_teacher(config, {s.session_id: s.neuron_ids for s in trunk_sessions}, seed=seed)
     if trunk_weights is not None and teacher.trunk is not None:
@@ -147,9 +160,9 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     result = _fit(teacher, trunk_sessions, splits, config, seed, device, out / "checkpoints" / "teacher", resume,
                   progress, "teacher")
     histories = {"teacher": result.history}
-    if held_out:
+    if readout_only:
         teacher.freeze_trunk()
-        for s in held_out:
+        for s in readout_only:
             teacher.add_session(s.session_id, s.neuron_ids)
             r = _fit(teacher, [s], splits, config, seed, device, out / "checkpoints" / f"readout_{s.session_id}",
                      resume, progress, f"readout_{s.session_id}")
@@ -170,13 +183,18 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     atomic_write_json(out / "data.json", {
         "source": source, "protocol": protocol, "test_sessions": [s.session_id for s in held_out],
+        "validation_session": validation.session_id if validation is not None else None,
         "sessions": {s.session_id: {"neuron_ids": s.neuron_ids, "n_images": s.n_images, "n_repeats": s.n_repeats,
                                     "split": {k: v.tolist() for k, v in splits[s.session_id].items()}}
                      for s in dataset.sessions},
         "dataset_metadata": {k: v for k, v in dataset.metadata.items() if isinstance(v, (str, int, float, bool))},
     })
+    metrics: dict[str, Any] = {"teacher": summary}
+    if validation is not None:
+        scores = score_session(teacher, validation, splits[validation.session_id]["test"], device)
+        metrics["validation"] = {"session": validation.session_id, **summarise(scores)}
     _write_metrics(out, teacher, per_session, summary, histories, result, bool(held_out))
-    return write_manifest(out, kind="teacher", seed=seed, metrics={"teacher": summary},
+    return write_manifest(out, kind="teacher", seed=seed, metrics=metrics,
                           config={"preset": preset, "teacher": config.to_dict(),
                                   "train": config.train_config(seed=seed, device=device).to_dict(),
                                   "protocol": protocol, "data": str(data) if not isinstance(data, NeuralDataset) else source,
@@ -198,6 +216,20 @@ def _choose_sessions(dataset: NeuralDataset, protocol: str, test_sessions: Seque
         raise DataError(f"the cowley protocol needs at least one test session and one other to train on; "
                         f"test {list(test_sessions)}, found {present}", source)
     return held_out, trunk_sessions
+
+
+def _validation_session(trunk_sessions: Sequence[Session], protocol: str, wanted: str | None,
+                        source: str) -> Session | None:
+    """The cowley protocol's validation session: `wanted` (which must exist), else 210224 when the data has it."""
+    if protocol != "cowley":
+        if wanted is not None:
+            raise DataError("--validation-session belongs to the cowley protocol", source)
+        return None
+    by_id = {s.session_id: s for s in trunk_sessions}
+    if wanted is not None and wanted not in by_id:
+        raise DataError(f"validation session {wanted!r} is not among the training sessions; they are {sorted(by_id)}",
+                        source)
+    return by_id.get(wanted or COWLEY_VALIDATION_SESSION)
 
 
 def _write_metrics(out: Path, teacher: Teacher, per_session: Mapping[str, Mapping[str, np.ndarray]],

@@ -52,3 +52,33 @@ def test_a_missing_test_session_is_one_clear_error_naming_it(tmp_path):
         train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False, protocol="cowley",
                       test_sessions=("s2", "s9"), config_overrides={"image_size": 32})
     assert not (tmp_path / "run").exists(), "nothing is written"
+
+
+def test_the_validation_session_is_kept_out_of_the_trunk_and_scored_apart(tmp_path):
+    """Settings are chosen on the validation session; the test sessions' second halves stay for the final figure."""
+    ds = _sessions(["s1", "210224", "s3"])
+    manifest = train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False, protocol="cowley",
+                             test_sessions=("s3",), config_overrides={"image_size": 32})
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["validation_session"] == "210224", "the release's validation session by default"
+    metrics = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())
+    assert list(metrics["by_session"]) == ["s3"], "the test score never mixes in the validation session"
+    assert {"readout_s3", "readout_210224"} <= set(metrics["training"]), "its readout is fitted on its first half"
+    assert manifest["metrics"]["validation"]["session"] == "210224"
+    assert manifest["metrics"]["validation"]["r"]["n"] == 2
+    # Named by the user, any other session plays that part.
+    named = train_teacher(ds, tmp_path / "named", preset="tiny", epochs=1, progress=False, protocol="cowley",
+                          test_sessions=("s3",), validation_session="s1", config_overrides={"image_size": 32})
+    assert named["metrics"]["validation"]["session"] == "s1"
+
+
+def test_a_missing_validation_session_is_one_clear_error_naming_it(tmp_path):
+    ds = _sessions(["s1", "s2", "s3"])
+    with pytest.raises(DataError, match=r"validation session 's7' is not among the training sessions"):
+        train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False, protocol="cowley",
+                      test_sessions=("s3",), validation_session="s7", config_overrides={"image_size": 32})
+    assert not (tmp_path / "run").exists(), "nothing is written"
+    with pytest.raises(DataError, match="no session is left"):
+        train_teacher(_sessions(["s1", "s3"]), tmp_path / "run", preset="tiny", epochs=1, progress=False,
+                      protocol="cowley", test_sessions=("s3",), validation_session="s1",
+                      config_overrides={"image_size": 32})
