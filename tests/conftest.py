@@ -16,6 +16,26 @@ os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+#: The run the app tests open: the bundled default, or the one named by COMPACTVISION_RUN (as the app does).
+APP_RUN = Path(os.environ.get("COMPACTVISION_RUN", ROOT / "assets" / "default_run"))
+
+
+@pytest.fixture
+def open_page(monkeypatch):
+    """`open_page(name)`: a fresh AppTest session of the app on `APP_RUN`, switched to `pages/<name>.py`."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("COMPACTVISION_RUN", str(APP_RUN))
+
+    def _open(name: str) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at.switch_page(f"pages/{name}.py").run()
+        assert not at.exception, [e.message for e in at.exception]
+        return at
+
+    return _open
+
+
 @pytest.fixture(scope="session")
 def cowley_dir() -> Path:
     if not (COWLEY_DIR / "responses_repeat_averaged").is_dir():

@@ -100,18 +100,6 @@ def test_eta_text_estimates_from_the_pace_so_far():
     assert eta_text("Synthesis", 10, 10, 4.0) == "Synthesis: 10/10"
 
 
-@pytest.fixture
-def open_page(monkeypatch):
-    monkeypatch.setenv("COMPACTVISION_RUN", str(RUN))
-
-    def _open(name: str) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=300)
-        at.switch_page(f"pages/{name}.py").run()
-        assert not at.exception, [e.message for e in at.exception]
-        return at
-
-    return _open
-
 
 def test_synthesis_is_reused_per_neuron_and_settings(open_page):
     at = open_page("preferred_stimuli")

@@ -29,18 +29,6 @@ RUN = Path(os.environ.get("COMPACTVISION_RUN", ROOT / "assets" / "default_run"))
 pytestmark = pytest.mark.skipif(not (RUN / "manifest.json").is_file(), reason=f"no run at {RUN} (build it with `make bundle`)")
 
 
-@pytest.fixture
-def open_page(monkeypatch):
-    monkeypatch.setenv("COMPACTVISION_RUN", str(RUN))
-
-    def _open(name: str) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=120)
-        at.switch_page(f"pages/{name}.py").run()
-        assert not at.exception, [e.message for e in at.exception]
-        return at
-
-    return _open
-
 
 def decode(value):
     """Plotly 7 packs numeric arrays as {dtype, bdata (base64), shape}; lists pass through."""

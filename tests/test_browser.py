@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -176,24 +176,32 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
-def test_browser_tour(tmp_path):
+@contextlib.contextmanager
+def app_in_chromium(path: str = "", width: int = 1400, height: int = 1100) -> Iterator[tuple[Any, Any, str]]:
+    """A server on the run and Chromium on its page `path`, idle: yields (page, browser, server URL), closes both."""
     from playwright.sync_api import sync_playwright
 
     with streamlit_server(RUN) as url, sync_playwright() as pw:
         browser = launch(pw)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url, timeout=TIMEOUT_MS)
-            seen = explore(page, tmp_path)
-            # A second session at the same time keeps its own choices.
-            other = browser.new_page()
-            other.goto(url, timeout=TIMEOUT_MS)
-            wait_idle(other)
-            go_to(other, "Neuron graph")
-            other_neuron = selected(other, "Neuron").split(" · ")[0]
-            first_neuron = selected(page, "Neuron").split(" · ")[0]
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(f"{url}/{path}", timeout=TIMEOUT_MS)
+            wait_idle(page)
+            yield page, browser, url
         finally:
             browser.close()
+
+
+def test_browser_tour(tmp_path):
+    with app_in_chromium("", 1400, 1000) as (page, browser, url):
+        seen = explore(page, tmp_path)
+        # A second session at the same time keeps its own choices.
+        other = browser.new_page()
+        other.goto(url, timeout=TIMEOUT_MS)
+        wait_idle(other)
+        go_to(other, "Neuron graph")
+        other_neuron = selected(other, "Neuron").split(" · ")[0]
+        first_neuron = selected(page, "Neuron").split(" · ")[0]
     assert seen["node_after"] != seen["node_before"], "clicking a node selects it"
     layer, channel = re.search(r"layer (\d+), filter (\d+)", seen["node_after"]).groups()
     assert f"Layer {layer}, filter {channel}" in seen["detail_title"]
@@ -214,37 +222,30 @@ def click_gallery_row(page, row: int) -> None:
 
 
 def test_gallery_opens_a_profile_and_a_reload_keeps_it(tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with streamlit_server(RUN) as url, sync_playwright() as pw:
-        browser = launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"{url}/gallery", timeout=TIMEOUT_MS)
-            wait_idle(page)
-            expect_title(page, "Gallery")
-            page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
-            click_gallery_row(page, 2)
-            expect_title(page, "Profile")
-            picked = selected(page, "Neuron").split(" · ")[0]
-            expect(page.locator("h3", has_text=picked).first).to_be_visible(timeout=TIMEOUT_MS)
-            # The page is drawn top-down; its last element, the download, means the run is complete.
-            expect(page.get_by_role("button", name=re.compile("Download this compact model"))).to_be_visible(
-                timeout=TIMEOUT_MS)
-            wait_idle(page)
-            assert "neuron=" + picked in page.url, page.url
-            page.screenshot(path=str(tmp_path / "profile.png"), full_page=True)
-            # A reload (or the link sent to a colleague) opens the same neuron on the same page.
-            page.reload(timeout=TIMEOUT_MS)
-            wait_idle(page)
-            expect_title(page, "Profile")
-            assert selected(page, "Neuron").split(" · ")[0] == picked
-            fresh = browser.new_page(viewport={"width": 1400, "height": 1100})
-            fresh.goto(page.url, timeout=TIMEOUT_MS)
-            wait_idle(fresh)
-            assert selected(fresh, "Neuron").split(" · ")[0] == picked, "a shared link opens the same neuron"
-        finally:
-            browser.close()
+    with app_in_chromium("gallery", 1400, 1100) as (page, browser, url):
+        expect_title(page, "Gallery")
+        page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
+        click_gallery_row(page, 2)
+        expect_title(page, "Profile")
+        picked = selected(page, "Neuron").split(" · ")[0]
+        expect(page.locator("h3", has_text=picked).first).to_be_visible(timeout=TIMEOUT_MS)
+        # The page is drawn top-down; its last element, the download, means the run is complete.
+        expect(page.get_by_role("button", name=re.compile("Download this compact model"))).to_be_visible(
+            timeout=TIMEOUT_MS)
+        wait_idle(page)
+        assert "neuron=" + picked in page.url, page.url
+        page.screenshot(path=str(tmp_path / "profile.png"), full_page=True)
+        # A reload (or the link sent to a colleague) opens the same neuron on the same page.
+        page.reload(timeout=TIMEOUT_MS)
+        wait_idle(page)
+        expect_title(page, "Profile")
+        assert selected(page, "Neuron").split(" · ")[0] == picked
+        fresh = browser.new_page(viewport={"width": 1400, "height": 1100})
+        fresh.goto(page.url, timeout=TIMEOUT_MS)
+        wait_idle(fresh)
+        assert selected(fresh, "Neuron").split(" · ")[0] == picked, "a shared link opens the same neuron"
     from compactvision.artifacts import list_students
 
     assert picked == list_students(RUN)[2], "the clicked row, not the default, chose the neuron"
@@ -258,100 +259,77 @@ def plotly_traces(page, chart_index: int = 0) -> list[dict]:
 
 
 def test_ablating_a_node_marks_it_and_a_new_neuron_starts_intact(tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with streamlit_server(RUN) as url, sync_playwright() as pw:
-        browser = launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"{url}/neuron_graph", timeout=TIMEOUT_MS)
-            wait_idle(page)
-            charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
-            before = [t for t in plotly_traces(page) if t["name"] == "ablated"]
-            chosen = selected(page, "Filter")  # the most important filter, selected first
-            node = re.search(r"layer (\d+), filter (\d+)", chosen).groups()
-            box = page.locator('[data-testid="stMultiSelect"]', has_text="Filters switched off").first
-            box.locator("input").first.click()
-            box.locator("input").first.fill(f"L{node[0]}")  # narrows the long option list to the filter's layer
-            page.get_by_role("option", name=f"L{node[0]}·f{node[1]}", exact=True).click()
-            page.keyboard.press("Escape")
-            wait_idle(page)
-            after = [t for t in plotly_traces(page) if t["name"] == "ablated"]
-            page.screenshot(path=str(tmp_path / "graph_ablated.png"), full_page=True)
-            # Another neuron: its graph starts with nothing switched off.
-            pick(page, "Neuron", "twin_003", scope='[data-testid="stSidebar"]')
-            charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
-            expect(page.get_by_text("Neuron twin_003", exact=False).first).to_be_visible(timeout=TIMEOUT_MS)
-            next_neuron = [t for t in plotly_traces(page) if t["name"] == "ablated"]
-        finally:
-            browser.close()
+    with app_in_chromium("neuron_graph", 1400, 1100) as (page, browser, url):
+        charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+        before = [t for t in plotly_traces(page) if t["name"] == "ablated"]
+        chosen = selected(page, "Filter")  # the most important filter, selected first
+        node = re.search(r"layer (\d+), filter (\d+)", chosen).groups()
+        box = page.locator('[data-testid="stMultiSelect"]', has_text="Filters switched off").first
+        box.locator("input").first.click()
+        box.locator("input").first.fill(f"L{node[0]}")  # narrows the long option list to the filter's layer
+        page.get_by_role("option", name=f"L{node[0]}·f{node[1]}", exact=True).click()
+        page.keyboard.press("Escape")
+        wait_idle(page)
+        after = [t for t in plotly_traces(page) if t["name"] == "ablated"]
+        page.screenshot(path=str(tmp_path / "graph_ablated.png"), full_page=True)
+        # Another neuron: its graph starts with nothing switched off.
+        pick(page, "Neuron", "twin_003", scope='[data-testid="stSidebar"]')
+        charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+        expect(page.get_by_text("Neuron twin_003", exact=False).first).to_be_visible(timeout=TIMEOUT_MS)
+        next_neuron = [t for t in plotly_traces(page) if t["name"] == "ablated"]
     assert sum(t["n"] for t in before) == 0
     assert sum(t["n"] for t in after) == 1, after
     assert sum(t["n"] for t in next_neuron) == 0, "ablations reset per neuron"
 
 
 def test_synthesis_shows_progress_and_can_be_cancelled(tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with streamlit_server(RUN) as url, sync_playwright() as pw:
-        browser = launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"{url}/preferred_stimuli", timeout=TIMEOUT_MS)
-            wait_idle(page)
-            images_before = page.locator('[data-testid="stImage"] img').count()
-            page.get_by_role("button", name="Synthesise").click()
-            bar = page.locator('[data-testid="stProgress"]')
-            expect(bar.first).to_be_visible(timeout=TIMEOUT_MS)
-            seen_bar = bar.first.inner_text()
-            wait_idle(page)
-            expect(page.locator('[data-testid="stImage"] img')).to_have_count(images_before + 3, timeout=TIMEOUT_MS)
-            page.screenshot(path=str(tmp_path / "synthesised.png"), full_page=True)
-            # Another seed, at the most steps, is cancelled while it runs.
-            slider = page.locator('[data-testid="stSlider"] input[type="range"][aria-label="Steps"]').first
-            slider.focus()
-            page.keyboard.press("End")
-            wait_idle(page)
-            seed = page.locator('[data-testid="stNumberInput"]', has_text="Seed").locator("input").first
-            seed.fill("7")
-            seed.press("Enter")
-            wait_idle(page)
-            page.get_by_role("button", name="Synthesise").click()
-            expect(bar.first).to_be_visible(timeout=TIMEOUT_MS)
-            page.get_by_role("button", name="Cancel").click()
-            wait_idle(page)
-            warning = page.locator('[data-testid="stAlert"]', has_text="stopped before it finished")
-            expect(warning.first).to_be_visible(timeout=TIMEOUT_MS)
-            images_after = page.locator('[data-testid="stImage"] img').count()
-            page.screenshot(path=str(tmp_path / "synthesis_cancelled.png"), full_page=True)
-        finally:
-            browser.close()
+    with app_in_chromium("preferred_stimuli", 1400, 1100) as (page, browser, url):
+        images_before = page.locator('[data-testid="stImage"] img').count()
+        page.get_by_role("button", name="Synthesise").click()
+        bar = page.locator('[data-testid="stProgress"]')
+        expect(bar.first).to_be_visible(timeout=TIMEOUT_MS)
+        seen_bar = bar.first.inner_text()
+        wait_idle(page)
+        expect(page.locator('[data-testid="stImage"] img')).to_have_count(images_before + 3, timeout=TIMEOUT_MS)
+        page.screenshot(path=str(tmp_path / "synthesised.png"), full_page=True)
+        # Another seed, at the most steps, is cancelled while it runs.
+        slider = page.locator('[data-testid="stSlider"] input[type="range"][aria-label="Steps"]').first
+        slider.focus()
+        page.keyboard.press("End")
+        wait_idle(page)
+        seed = page.locator('[data-testid="stNumberInput"]', has_text="Seed").locator("input").first
+        seed.fill("7")
+        seed.press("Enter")
+        wait_idle(page)
+        page.get_by_role("button", name="Synthesise").click()
+        expect(bar.first).to_be_visible(timeout=TIMEOUT_MS)
+        page.get_by_role("button", name="Cancel").click()
+        wait_idle(page)
+        warning = page.locator('[data-testid="stAlert"]', has_text="stopped before it finished")
+        expect(warning.first).to_be_visible(timeout=TIMEOUT_MS)
+        images_after = page.locator('[data-testid="stImage"] img').count()
+        page.screenshot(path=str(tmp_path / "synthesis_cancelled.png"), full_page=True)
     assert "Ascending the gradient" in seen_bar, seen_bar
     assert images_after == images_before, "a cancelled synthesis draws nothing"
 
 
 def test_deep_link_on_a_fresh_server(tmp_path):
     """A fresh server's very first request is a deep link: the page comes with the app's sidebar and navigation."""
-    from playwright.sync_api import sync_playwright
-
-    with streamlit_server(RUN) as url, sync_playwright() as pw:
-        browser = launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/neuron_graph", timeout=TIMEOUT_MS)
-            wait_idle(page)
-            expect_title(page, "Neuron graph")
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            nav = [a.inner_text().strip().splitlines()[-1] for a in page.locator('[data-testid="stSidebarNav"] a').all()]  # after the icon's name
-            boxes = [b.inner_text() for b in sidebar.locator('[data-testid="stSelectbox"]').all()]
-            tab_title = page.title()
-            raised = page.locator('[data-testid="stException"]').count()
-            charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
-            page.screenshot(path=str(tmp_path / "deep_link.png"), full_page=True)
-            go_to(page, "Robustness")  # and the app's own navigation works from there
-            after = page.url
-        finally:
-            browser.close()
+    with app_in_chromium("neuron_graph", 1400, 1000) as (page, browser, url):
+        expect_title(page, "Neuron graph")
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        nav = [a.inner_text().strip().splitlines()[-1] for a in page.locator('[data-testid="stSidebarNav"] a').all()]  # after the icon's name
+        boxes = [b.inner_text() for b in sidebar.locator('[data-testid="stSelectbox"]').all()]
+        tab_title = page.title()
+        raised = page.locator('[data-testid="stException"]').count()
+        charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
+        page.screenshot(path=str(tmp_path / "deep_link.png"), full_page=True)
+        go_to(page, "Robustness")  # and the app's own navigation works from there
+        after = page.url
     assert nav == PAGES, "the app's page list, not one built from the pages/ folder"
     assert any(b.startswith("Run") for b in boxes) and any(b.startswith("Neuron") for b in boxes), boxes
     assert tab_title == "compactvision", "app.py's set_page_config ran"
