@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["COMPACTVISION_RUN"] = str(Path(args.run).resolve())
     logging.getLogger("streamlit").setLevel(logging.ERROR)
-    print(f"run: {args.run}; {args.repeats} timed visits per page after one warm-up, Chromium "
+    print(f"run: {Path(args.run).name}; {args.repeats} timed visits per page after one warm-up, Chromium "
           f"{BROWSER_TARGET_S:.0f} s target, script {SCRIPT_TARGET_S:.0f} s target")
     print(f"{'page':20} {'browser median s':>17} {'worst s':>8} {'script median s':>16}  verdict")
     for title in PAGES:

@@ -134,7 +134,9 @@ def main() -> None:
         return
     torch.manual_seed(0)
     bundle = Run.open(args.run)
-    print(f"VOneBlock run {args.run}; control runs in {work}; {args.images} held-out images; "
+    shown = {p: (Path(p).resolve().relative_to(ROOT) if Path(p).resolve().is_relative_to(ROOT) else p)
+             for p in (args.run, args.work)}
+    print(f"VOneBlock run {shown[args.run]}; control runs in {shown[args.work]}; {args.images} held-out images; "
           f"V1 noise level {NOISE_LEVEL} (in training and at test)")
     results = evaluate(bundle, work, args.students, args.images, args.perturbations)
     clean = {name: res["summary"]["r"][:, 0] for name, res in next(iter(results.values())).items()}

@@ -191,6 +191,9 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--front-end", choices=["vone", "conv"], default="vone",
                    help="vone: the fixed V1 Gabor bank (default); conv: a learned convolution of the same shape, "
                         "the standard-CNN control for robustness comparisons")
+    p.add_argument("--v1-noise", type=float, metavar="LEVEL",
+                   help="VOneNet-style V1 noise in training and at test time, s.d. LEVEL x sqrt(rate + 1) "
+                        "(1.0 is VOneNet's level; default: no noise)")
     p.add_argument("--protocol", default="split", choices=["split", "cowley"],
                    help="split: held-out test images per session; cowley: the paper's held-out sessions")
     p.add_argument("--test-sessions", nargs="+", metavar="ID",
@@ -223,7 +226,9 @@ def _teacher(args: argparse.Namespace) -> None:
     manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
                              progress=_progress(args.progress),
-                             config_overrides={"front_end": args.front_end, **({"compile": True} if args.compile else {})},
+                             config_overrides={"front_end": args.front_end, **({"compile": True} if args.compile else {}),
+                                               **({"noise": "poisson", "noise_level": args.v1_noise}
+                                                  if args.v1_noise is not None else {})},
                              backbone=args.backbone, backbone_stage=args.backbone_stage,
                              backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone,
                              test_sessions=tuple(args.test_sessions or COWLEY_TEST_SESSIONS),

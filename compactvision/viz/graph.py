@@ -140,8 +140,9 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
     pos = _positions(graph)
     biggest = max([len(graph.layer_nodes(i)) for i in range(graph.n_layers)] + [3])
     height = height or int(min(max(520, 16 * biggest + 160), 1400))
-    plot_h = height - 160
-    node_px = float(np.clip(0.8 * plot_h / biggest, 8, 72))
+    # The plot area is the height less the two-line title and the two-line layer ticks; nodes keep a gap.
+    plot_h = height - 210
+    node_px = float(np.clip(0.7 * plot_h / biggest, 8, 72))
     kept, strongest = _kept_edges(graph, edge_threshold)
     # The selectable "filters" trace stays last; the marks around it go first (layout images cover traces,
     # so marks are drawn larger than a thumbnail to show around it).
@@ -181,7 +182,9 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
     if hidden is not None and any(hidden):
         notes.append(f"important paths only: {hidden[0]} filters and {hidden[1]} connections hidden")
     if len(kept) < len(graph.edges):
-        notes.append(f"{len(graph.edges) - len(kept)} edges weaker than {edge_threshold:.0%} of their layer's strongest hidden")
+        weak = len(graph.edges) - len(kept)
+        notes.append(f"{weak} edge{'s' if weak > 1 else ''} weaker than {edge_threshold:.0%} of their layer's strongest "
+                     "hidden")
     if off:
         notes.append(f"{len(off)} filter{'s' if len(off) > 1 else ''} switched off (✕)")
     notes.append("red excitatory, blue inhibitory, width = gain")
