@@ -1,6 +1,6 @@
 """Interpretation speed, and how often compression recovered the twin's known computation.
 
-    python benchmarks/interpret.py [--teacher-preset cpu] [--repeats 3] [--run RUN] [--max-neurons 24]
+    python benchmarks/interpret.py [--teacher-preset cpu] [--repeats 3] [--run RUN] [--max-neurons 24] [--app-jobs]
 
 Latency of every attribution method on one 112 x 112 image, for a student of
 the paper's median size (filters [47, 57, 3, 7, 3]) and for a teacher of the
@@ -12,13 +12,16 @@ steps) on the student <= 50 ms; a graph with activations <= 100 ms.
 With `--run RUN` (a run directory on the digital twin with compressed
 students), it also prints the ground-truth recovery table: for each cell
 type, the fraction of neurons whose compact model recovered the twin's
-computation (see `interpret.stimuli.recovered`).
+computation (see `interpret.stimuli.recovered`). With `--app-jobs` it first
+times the app's long jobs on that run, as the pages run them: synthesis of
+each compact model's preferred image, and the Robustness page's first answer.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -90,6 +93,36 @@ def latency_tables(args: argparse.Namespace) -> None:
     print(f"with activations + ablations   {timed(lambda: neuron_graph(student, image[0]), args.repeats):9.1f} ms")
 
 
+def app_job_seconds(run_dir: str, neurons: int = 4) -> None:
+    """The app's long jobs on a run, as its pages run them: targets <= 10 s and <= 30 s on 2 cores."""
+    from compactvision.interpret.robustness import robustness_comparison
+    from compactvision.runs import Run, neuron_data, teacher_view
+
+    run = Run.open(run_dir)
+    ids = run.student_ids()
+    heldout, teacher = run.heldout(), run.load_teacher() if run.has_teacher else None
+    synth, first = [], []
+    for nid in ids:
+        student = run.load_student(nid)
+        t0 = time.perf_counter()
+        synthesise_preferred(student, 0, size=student.arch.input_size[0], steps=96)  # the app's default
+        synth.append(time.perf_counter() - t0)
+    for nid in ids[:neurons]:  # Robustness page: its first answer under PGD, 16 images, noise-free models
+        data = neuron_data(heldout, nid)
+        images, targets = data.images[:16], data.responses[:16]
+        t0 = time.perf_counter()
+        robustness_comparison({"compact model": run.load_student(nid)}, images, targets, 0, "pgd")
+        if teacher is not None:
+            view, j = teacher_view(teacher, nid)
+            robustness_comparison({"teacher": view}, images, targets, j, "pgd", noise_settings=[False])
+        first.append(time.perf_counter() - t0)
+    print(f"\n== the app's long jobs on {Path(run_dir).name} ==")
+    print(f"synthesis, 96 steps, per compact model ({len(synth)}): median {statistics.median(synth):.2f} s, "
+          f"worst {max(synth):.2f} s (target <= 10 s)")
+    print(f"robustness first answer under PGD (16 images, compact model + teacher), {len(first)} neurons: "
+          f"median {statistics.median(first):.1f} s, worst {max(first):.1f} s (target <= 30 s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher-preset", default="cpu", help="teacher size to time (tiny, cpu, paper)")
@@ -98,6 +131,7 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="a twin run directory with students, for the recovery table")
     ap.add_argument("--max-neurons", type=int, default=24, help="students compared with the twin (recovery table)")
     ap.add_argument("--recovery-only", action="store_true", help="skip the latency figures")
+    ap.add_argument("--app-jobs", action="store_true", help="with --run: time the app's synthesis and robustness jobs")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,6 +142,8 @@ def main() -> None:
     if args.run is None:
         print("\n(recovery table skipped: pass --run RUN, a twin run with compressed students)")
         return
+    if args.app_jobs:
+        app_job_seconds(args.run)
     from compactvision.data.twin import twin_from_ground_truth
     from compactvision.runs import Run
 

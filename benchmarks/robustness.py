@@ -1,7 +1,7 @@
 """Does the V1 front end make teachers and compact models harder to break? VOneBlock vs a learned first conv.
 
-    python benchmarks/robustness.py [--run assets/default_run] [--work runs/robustness] [--students 8]
-                                    [--images 128] [--build-only]
+    python benchmarks/robustness.py [--run assets/default_run] [--work runs] [--students 8] [--images 128]
+                                    [--control RUN [--noisy RUN]] [--build-only]
 
 The claim (Dapello et al. 2020; Cowley et al. 2026) is that a biologically
 constrained V1 front end makes a model more robust to image perturbations and
@@ -19,6 +19,9 @@ adversarial attacks than a standard CNN. Tested here on the digital twin:
 
 The two extra runs are built by the project's own pipeline stages on first
 use and reused after (rerun the command to continue an interrupted build).
+For a run on other data (a real-V4 run), train and compress its control
+yourself (`compactvision teacher ... --front-end conv`, then `compress`) and
+pass it as `--control` (and a `--v1-noise` teacher as `--noisy`).
 For each model and perturbation (Gaussian noise, blur, contrast reduction and
 an L-infinity PGD epsilon sweep) it prints r against the measured held-out
 responses and the response change (mean |response - clean| over the clean
@@ -67,23 +70,29 @@ def _level(p: str, v: float) -> str:
     return f"{v * 255:.0f}/255" if p == "pgd" and v > 0 else f"{v:g}"
 
 
-def models_to_compare(bundle: Run, work: Path) -> list[tuple[str, Run, bool, bool]]:
+def models_to_compare(bundle: Run, control: Run, noisy: Run | None) -> list[tuple[str, Run, bool, bool]]:
     """(name, run, teacher V1 noise on, with compact models) for every model the table compares."""
-    conv, noisy = Run.open(work / CONTROL), Run.open(work / NOISY)
-    return [("VOneBlock teacher", bundle, False, False), ("VOneBlock teacher + V1 noise", noisy, True, False),
-            ("control teacher (learned conv)", conv, False, False),
-            ("VOneBlock compact models", bundle, False, True), ("control compact models", conv, False, True)]
+    return [("VOneBlock teacher", bundle, False, False),
+            *([("VOneBlock teacher + V1 noise", noisy, True, False)] if noisy is not None else []),
+            ("control teacher (learned conv)", control, False, False),
+            ("VOneBlock compact models", bundle, False, True), ("control compact models", control, False, True)]
 
 
-def evaluate(bundle: Run, work: Path, students: int, n_images: int, perturbations: list[str]) -> dict:
-    """Population curves of every model for every perturbation, with their medians, CIs and AUCs."""
+def evaluate(bundle: Run, control: Run, noisy: Run | None, students: int, n_images: int,
+             perturbations: list[str]) -> dict:
+    """Population curves of every model for every perturbation, with their medians, CIs and AUCs.
+
+    Every model is scored on `bundle`'s held-out images and neurons, so the control must share them.
+    """
     heldout = bundle.heldout()
     all_ids = bundle.student_ids()
-    compact_ids = [i for i in all_ids if i in set(Run.open(work / CONTROL).student_ids())][:students]
+    compact_ids = [i for i in all_ids if i in set(control.student_ids())][:students]
+    if not compact_ids:
+        raise SystemExit(f"the control run {control.path} has no compact models of {bundle.path}'s neurons")
     results: dict[str, dict] = {}
     for p in perturbations:
         results[p] = {}
-        for name, run, noise_on, compact in models_to_compare(bundle, work):
+        for name, run, noise_on, compact in models_to_compare(bundle, control, noisy):
             t0 = time.perf_counter()
             if compact:
                 curves = population_robustness(heldout, compact_ids, run.load_student, None, p, n_images)
@@ -125,25 +134,36 @@ def main() -> None:
     ap.add_argument("--students", type=int, default=8, help="compact models per teacher (the first neurons)")
     ap.add_argument("--images", type=int, default=128, help="held-out images perturbed")
     ap.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=list(PERTURBATIONS))
+    ap.add_argument("--control", help="a control run of your own (e.g. a real-V4 teacher trained with --front-end "
+                                      "conv on the same data, then compressed); default: the twin's, built here")
+    ap.add_argument("--noisy", help="a VOneBlock teacher trained with --v1-noise on the same data (optional with "
+                                    "--control)")
     ap.add_argument("--build-only", action="store_true", help="build the control runs, print nothing else")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped build resumes from its checkpoints
     work = Path(args.work)
-    build(work, args.students)
+    if args.control is None:  # the twin demo's: built by the same pipeline preset as the bundle
+        build(work, args.students)
+        args.control, args.noisy = str(work / CONTROL), str(work / NOISY)
     if args.build_only:
         return
     torch.manual_seed(0)
     bundle = Run.open(args.run)
     shown = {p: (Path(p).resolve().relative_to(ROOT) if Path(p).resolve().is_relative_to(ROOT) else p)
-             for p in (args.run, args.work)}
-    print(f"VOneBlock run {shown[args.run]}; control runs in {shown[args.work]}; {args.images} held-out images; "
-          f"V1 noise level {NOISE_LEVEL} (in training and at test)")
-    results = evaluate(bundle, work, args.students, args.images, args.perturbations)
-    clean = {name: res["summary"]["r"][:, 0] for name, res in next(iter(results.values())).items()}
-    ref, noisy = clean["VOneBlock teacher"][0], clean["VOneBlock teacher + V1 noise"][0]
-    print(f"\nclean accuracy (median r, no perturbation): VOneBlock teacher {ref:.3f}, with V1 noise trained and on "
-          f"{noisy:.3f}, control {clean['control teacher (learned conv)'][0]:.3f}; the noisy teacher is "
-          f"{'within' if ref - noisy <= 0.05 else 'NOT within'} 0.05 of the noise-free one")
+             for p in (args.run, args.control, args.noisy) if p is not None}
+    print(f"VOneBlock run {shown[args.run]}; control {shown[args.control]}; V1-noise teacher "
+          f"{shown.get(args.noisy, '(none)')}; {args.images} held-out images")
+    control, noisy = Run.open(args.control), Run.open(args.noisy) if args.noisy else None
+    results = evaluate(bundle, control, noisy, args.students, args.images, args.perturbations)
+    clean = {name: res["summary"]["r"][0, 0] for name, res in next(iter(results.values())).items()}
+    line = (f"\nclean accuracy (median r, no perturbation): VOneBlock teacher {clean['VOneBlock teacher']:.3f}, "
+            f"control {clean['control teacher (learned conv)']:.3f}")
+    if noisy is not None:
+        level = noisy.config.get("teacher", {}).get("noise_level")
+        gap = clean["VOneBlock teacher"] - clean["VOneBlock teacher + V1 noise"]
+        line += (f", with V1 noise (level {level}) trained and on {clean['VOneBlock teacher + V1 noise']:.3f}: "
+                 f"{'within' if gap <= 0.05 else 'NOT within'} 0.05 of the noise-free one")
+    print(line)
     print_tables(results)
 
 

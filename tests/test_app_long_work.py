@@ -181,3 +181,23 @@ def test_a_cancelled_import_can_start_again(monkeypatch, tmp_path):
     assert again is not job
     _wait_for(at, lambda: again.status != "running")
     assert again.status == "finished", again.output()[-500:]
+
+
+def test_robustness_compares_this_run_with_a_control_run(open_page, monkeypatch, tmp_path):
+    """The control is any run with compact models of the same neurons: here a copy of the bundle under runs/."""
+    import shutil
+
+    import app_support.locations as locations
+
+    runs = tmp_path / "runs"
+    shutil.copytree(RUN, runs / "control")
+    monkeypatch.setattr(locations, "RUNS_DIR", runs)
+    at = open_page("robustness")
+    at.selectbox(key="rb_control").select_index(1).run()
+    at.slider(key="rb_pop_images").set_value(16).run()
+    at.button(key="rb_population__start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    fig = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    names = {t["name"] for t in fig["data"] if t.get("showlegend", True)}
+    assert {"teacher (16 neurons)", "compact models (16 neurons)", "teacher (control) (16 neurons)",
+            "compact models (control) (16 neurons)"} <= names, names
