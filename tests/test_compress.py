@@ -135,19 +135,33 @@ def test_config_round_trips_and_rejects_unknown_strategy():
         CompressConfig(strategy="magic")
 
 
-def test_compressed_simple_cell_recovers_its_preferred_orientation(tiny_run):
-    """The compact model of a twin simple cell prefers the orientation the cell really has."""
+def test_compressed_simple_cell_keeps_its_teachers_preferred_orientation(tiny_run):
+    """Compression keeps what the teacher learned: the compact model of a twin simple cell prefers its teacher's
+    orientation, and recovers the cell's true one wherever the teacher did.
+
+    The `tiny` teacher itself may miss a cell's orientation (it did by 39 deg on one machine's floating point,
+    while another's found it), so the truth alone would test the teacher's luck, not the compression.
+    """
     from compactvision.data.formats import load_npz
     from compactvision.data.twin import twin_from_ground_truth
-    from compactvision.interpret.stimuli import compare_with_twin
+    from compactvision.interpret.stimuli import compare_with_twin, orientation_difference, orientation_sf_tuning
+    from compactvision.models.teacher import load_teacher
+    from compactvision.runs import teacher_view
 
     ds = load_npz(tiny_run / "data" / "heldout.npz")
-    twin = twin_from_ground_truth(ds.ground_truth, image_size=ds.sessions[0].images.shape[1])
+    size = ds.sessions[0].images.shape[1]
+    twin = twin_from_ground_truth(ds.ground_truth, image_size=size)
+    teacher = load_teacher(tiny_run)
     simple = [i for i, r in enumerate(ds.ground_truth) if r["cell_type"] == "v1_simple"]
     assert simple
     for i in simple:
-        out = compare_with_twin(load_student(tiny_run, ds.ground_truth[i]["neuron_id"]), twin, i, synthesis_steps=16)
-        assert out["orientation_error_deg"] <= 15.0, out
+        nid, centre = ds.ground_truth[i]["neuron_id"], ds.ground_truth[i]["rf_center"]
+        out = compare_with_twin(load_student(tiny_run, nid), twin, i, synthesis_steps=16)
+        view, j = teacher_view(teacher, nid)
+        taught = orientation_sf_tuning(view, j, size=size, center=centre).preferred["orientation_deg"]
+        assert orientation_difference(out["model_orientation_deg"], taught) <= 15.0, (out, taught)
+        if orientation_difference(taught, out["true_orientation_deg"]) <= 15.0:
+            assert out["orientation_error_deg"] <= 15.0, out
 
 
 def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path):
