@@ -54,14 +54,24 @@ def eta_text(label: str, done: int, total: int, elapsed: float) -> str:
     return text
 
 
+#: Seconds between redraws of a progress bar. Redrawing at every step (75 a second in a synthesis) rebuilds the
+#: page under the pointer so often that a click on Cancel can be lost; a redraw is also where a click stops the work.
+REDRAW_S = 0.25
+
+
 def progress_bar(label: str) -> tuple[Progress, Callable[[], None]]:
     """A `Progress` callback drawing one `st.progress` bar with an estimate, and a function that removes it."""
     bar = st.progress(0.0, text=f"{label}: starting…")
     start = time.monotonic()
+    last = [float("-inf")]
 
     def report(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < REDRAW_S and done < total:
+            return
+        last[0] = now
         bar.progress(min(1.0, done / total) if total else 0.0,
-                     text=eta_text(f"{label} ({stage})" if stage else label, done, total, time.monotonic() - start))
+                     text=eta_text(f"{label} ({stage})" if stage else label, done, total, now - start))
 
     return report, bar.empty
 
