@@ -1,0 +1,77 @@
+"""Teacher alternatives on real V4, chosen on the validation session, side by side.
+
+    python benchmarks/v4_teacher.py [--release ../shared/data/cowley_v4] [--work runs/v4-alternatives]
+                                    [--variants NAME ...]
+
+Each variant is the `cpu` teacher preset with a few fields changed, trained on
+the cowley protocol: the trunk on every session but the test sessions
+(190923, 201025) and the validation session (210224); then each held-out
+session's readout on the first half of its images. The table gives each
+variant's median r on the validation session's second half, with a bootstrap
+95% CI, and its training time. The variant with the best validation r is the
+one chosen; only then are the test sessions' second halves read, for the
+chosen variant and the baseline, so the choice never sees them. Every
+variant's run is kept under `--work` and reused, so a rerun continues.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: name -> overrides of the `cpu` teacher preset.
+VARIANTS: dict[str, dict] = {
+    "baseline (cpu preset)": {},
+    "3x the epochs": {"epochs": 24, "patience": 6},
+    "wider, deeper back end": {"width": 96, "n_blocks": 2},
+    "4-member ensemble": {"ensemble": 4},
+    "weaker readout sparsity": {"mask_l1": 1e-4, "feature_l1": 1e-4},
+    "larger V1 bank (128 + 128)": {"n_simple": 128, "n_complex": 128},
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--release", default=str(ROOT.parent / "shared" / "data" / "cowley_v4"))
+    ap.add_argument("--work", default=str(ROOT / "runs" / "v4-alternatives"))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    args = ap.parse_args()
+    from compactvision.artifacts import read_manifest
+    from compactvision.data.formats import load_dataset
+    from compactvision.teacher_stage import train_teacher
+
+    dataset = load_dataset(args.release)
+    rows = []
+    for name in args.variants:
+        out = Path(args.work) / slug(name)
+        t0 = time.perf_counter()
+        if not (out / "manifest.json").is_file():
+            train_teacher(dataset, out, preset="cpu", protocol="cowley", resume=True, progress=False,
+                          config_overrides=VARIANTS[name])
+        manifest = read_manifest(out, verify=False)
+        val = manifest["metrics"]["validation"]
+        rows.append((name, out, val, time.perf_counter() - t0))
+        print(f"  {name}: validation r {val['r']['median']:.3f}", flush=True)
+    print(f"\n{'variant':30} {'validation session':>19} {'median r [95% CI]':>24} {'seconds':>8}")
+    for name, _, val, secs in rows:
+        r = val["r"]
+        print(f"{name:30} {val['session']:>19} {r['median']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+              f"{secs:>9.0f}")
+    best = max(rows, key=lambda row: row[2]["r"]["median"])
+    print(f"\nchosen on the validation session: {best[0]}")
+    print(f"{'variant':30} " + "  ".join(f"{'test ' + s:>14}" for s in ("190923", "201025")) + "  (second halves)")
+    for name, out, _, _ in [rows[0], best] if best is not rows[0] else [rows[0]]:
+        by = json.loads((out / "history" / "teacher_metrics.json").read_text())["by_session"]
+        print(f"{name:30} " + "  ".join(f"{by[s]['r']['median']:>14.3f}" if s in by else f"{'-':>14}"
+                                        for s in ("190923", "201025")))
+
+
+if __name__ == "__main__":
+    main()
