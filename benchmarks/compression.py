@@ -158,7 +158,6 @@ def compare_criteria(n_neurons: int) -> None:
     """Our output criterion vs the reference's layer-reconstruction criterion, same students, same run."""
     from compactvision.compress import compress_run
     from compactvision.pipeline import PRESETS, run_pipeline
-    from compactvision.prune import PruneConfig
 
     tiny = PRESETS["tiny"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,6 @@ images, which anchor the students to the distribution they are scored on.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from compactvision.data.images import natural_crops
 from compactvision.data.twin import DigitalTwin
