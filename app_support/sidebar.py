@@ -51,13 +51,22 @@ def _start_import(release: str) -> None:
     st.session_state["import_started"] = time.monotonic()
 
 
-@st.fragment(run_every=1.0)
 def _import_panel() -> None:
-    """The running import's progress with an estimate and Cancel, redrawn every second on its own."""
+    """The import's progress, redrawn every second on its own while it runs, and its outcome after.
+
+    Only a running import ticks: an idle fragment rerunning every second on every page would cost every
+    visitor a rerun a second for nothing.
+    """
     job: PipelineJob | None = st.session_state.get("import_job")
-    if job is None:
-        return
+    if job is not None:
+        ticking = job.status == "running"
+        st.fragment(run_every=1.0 if ticking else None)(_draw_import)(job, ticking)
+
+
+def _draw_import(job: PipelineJob, ticking: bool) -> None:
     status = job.status
+    if ticking and status != "running":
+        st.rerun(scope="app")  # stop ticking; a new run joins the Run list
     prog = job.progress()
     if status == "running":
         done, total = prog.stages.get("import-cowley", (0, 0))
@@ -67,12 +76,11 @@ def _import_panel() -> None:
                     else f"Importing: starting… {elapsed:.0f} s")
         if st.button("Cancel import", key="cowley_import_cancel"):
             job.cancel()
-    elif status == "finished" and not st.session_state.get("import_announced"):
-        st.session_state["import_announced"] = True
-        st.rerun(scope="app")  # the new run joins the Run list
+    elif status == "finished":
+        st.success("Imported: pick it in the Run list.")
     elif status == "cancelled":
         st.warning("Import cancelled. Press **Import** to start it again.")
-    elif status == "failed":
+    else:
         st.error("Import failed:\n\n" + "\n".join(prog.last_lines(5)))
 
 
@@ -114,7 +122,6 @@ def run_sidebar() -> None:
         job: PipelineJob | None = st.session_state.get("import_job")
         if (job is None or job.status != "running") and st.button("Import", key="cowley_import", disabled=not release):
             _start_import(release)
-            st.session_state.pop("import_announced", None)
         _import_panel()
         if err := st.session_state.get("import_error"):
             st.error(err)

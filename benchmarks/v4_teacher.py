@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict] = {
     "4-member ensemble": {"ensemble": 4},
     "weaker readout sparsity": {"mask_l1": 1e-4, "feature_l1": 1e-4},
     "larger V1 bank (128 + 128)": {"n_simple": 128, "n_complex": 128},
+    "4-member ensemble, wider deeper": {"ensemble": 4, "width": 96, "n_blocks": 2},
 }
 
 

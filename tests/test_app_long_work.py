@@ -136,12 +136,12 @@ def test_the_camera_button_saves_the_chosen_format(open_page):
     assert config["toImageButtonOptions"] == {"format": "svg", "filename": "gb_bank", "scale": 1}
 
 
-def _import_app(monkeypatch, tmp_path):
+def _import_app(monkeypatch, tmp_path, n_models: int = 2):
     import app_support.sidebar as sidebar
     from test_cowley_import import fake_release  # a miniature release in the real layout
 
     monkeypatch.setattr(sidebar, "RUNS_DIR", tmp_path / "runs")
-    release = fake_release(tmp_path / "release")
+    release = fake_release(tmp_path / "release", n_models=n_models)
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.text_input(key="cowley_release").set_value(str(release)).run()
     at.button(key="cowley_import").click().run()
@@ -170,9 +170,10 @@ def test_import_shows_progress_and_lands_in_the_run_list(monkeypatch, tmp_path):
 
 
 def test_a_cancelled_import_can_start_again(monkeypatch, tmp_path):
-    at = _import_app(monkeypatch, tmp_path)
-    at.button(key="cowley_import_cancel").click().run()
+    at = _import_app(monkeypatch, tmp_path, n_models=40)  # long enough to be caught mid-way
     job = at.session_state["import_job"]
+    _wait_for(at, lambda: "PROGRESS import-cowley" in job.output() or job.status != "running")
+    at.button(key="cowley_import_cancel").click().run()  # as a user does: once the bar moves
     _wait_for(at, lambda: job.status != "running")
     assert job.status == "cancelled"
     assert any("cancelled" in w.value for w in at.warning)
