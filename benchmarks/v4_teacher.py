@@ -58,9 +58,10 @@ def main() -> None:
                           config_overrides=VARIANTS[name])
         manifest = read_manifest(out, verify=False)
         val = manifest["metrics"]["validation"]
-        rows.append((name, out, val, time.perf_counter() - t0))
+        record = json.loads((out / "history" / "teacher_metrics.json").read_text())
+        rows.append((name, out, val, record.get("train_seconds") or time.perf_counter() - t0))
         print(f"  {name}: validation r {val['r']['median']:.3f}", flush=True)
-    print(f"\n{'variant':30} {'validation session':>19} {'median r [95% CI]':>24} {'seconds':>8}")
+    print(f"\n{'variant':30} {'validation session':>19} {'median r [95% CI]':>24} {'train s':>8}")
     for name, _, val, secs in rows:
         r = val["r"]
         print(f"{name:30} {val['session']:>19} {r['median']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
