@@ -28,7 +28,8 @@ VARIANTS: dict[str, dict] = {
     "3x the epochs": {"epochs": 24, "patience": 6},
     "wider, deeper back end": {"width": 96, "n_blocks": 2},
     "4-member ensemble": {"ensemble": 4},
-    "weaker readout sparsity": {"mask_l1": 1e-4, "feature_l1": 1e-4},
+    "8-member ensemble": {"ensemble": 8},
+    "sparser trunk readouts (mask L1 1)": {"mask_l1": 1.0},
     "larger V1 bank (128 + 128)": {"n_simple": 128, "n_complex": 128},
     "4-member ensemble, wider deeper": {"ensemble": 4, "width": 96, "n_blocks": 2},
 }

@@ -21,6 +21,7 @@ bootstrap CIs.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -28,18 +29,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from compactvision.artifacts import atomic_write_json, write_manifest
+from compactvision.artifacts import atomic_write_json, load_weights, save_weights, write_manifest
 from compactvision.data.formats import NeuralDataset, Session, load_dataset, split_images
 from compactvision.errors import DataError
 from compactvision.metrics import feve, pearson_r, r2_er, summarise
 from compactvision.models.backbone import DEFAULT_STAGE, backbone_from_checkpoint, load_trunk_weights
 from compactvision.models.teacher import PRESETS, Teacher, TeacherConfig, build_teacher, save_teacher
+from compactvision.progress import as_progress
+from compactvision.readout_fit import fit_heldout_readout
 from compactvision.train import TrainResult, fit, predict
 
 COWLEY_TEST_SESSIONS = ("190923", "201025")
 #: The release's validation session, used by default when the data has it.
 COWLEY_VALIDATION_SESSION = "210224"
 Progress = Callable[[str, int, int], None]
+READOUT_CHECKPOINT = "readout.safetensors"
 
 
 def _targets(session: Session, idx: np.ndarray) -> np.ndarray:
@@ -87,6 +91,30 @@ def _fit(teacher: Teacher, sessions: Sequence[Session], splits: Mapping[str, dic
         report = lambda _stage, done, total: progress(stage, done, total)  # noqa: E731
     return fit(teacher, train, val, config.train_config(seed=seed, device=device), checkpoint_dir=checkpoint_dir,
                resume=resume, progress=report, target_stats=stats)
+
+
+def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], checkpoint_dir: Path,
+                 resume: bool, progress: bool | Progress) -> dict[str, Any]:
+    """A held-out session's readout on the frozen trunk (`readout_fit`), kept once fitted so a resume skips it."""
+    sid = session.session_id
+    teacher.add_session(sid, session.neuron_ids)
+    y = _targets(session, split["train"])
+    mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+    teacher.set_response_stats(sid, mean, np.where(std > 1e-8, std, 1.0))
+    done = checkpoint_dir / READOUT_CHECKPOINT
+    if resume and done.is_file():
+        tensors, meta = load_weights(done)
+        for k, readout in enumerate(teacher.readouts_of(sid)):
+            readout.load_state_dict({n.split(".", 1)[1]: t for n, t in tensors.items() if n.startswith(f"member{k}.")})
+        return json.loads(meta["record"])
+    report = as_progress(progress)
+    record = fit_heldout_readout(teacher, sid, (session.images[split["train"]], y),
+                                 (session.images[split["val"]], _targets(session, split["val"])),
+                                 progress=report)
+    slots = {f"member{k}.{name}": t for k, readout in enumerate(teacher.readouts_of(sid))
+             for name, t in readout.state_dict().items()}
+    save_weights(done, slots, metadata={"record": json.dumps(record)})
+    return record
 
 
 def _fit_image_size(config: TeacherConfig, dataset: NeuralDataset, overridden: bool, source: str) -> TeacherConfig:
@@ -163,10 +191,9 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     if readout_only:
         teacher.freeze_trunk()
         for s in readout_only:
-            teacher.add_session(s.session_id, s.neuron_ids)
-            r = _fit(teacher, [s], splits, config, seed, device, out / "checkpoints" / f"readout_{s.session_id}",
-                     resume, progress, f"readout_{s.session_id}")
-            histories[f"readout_{s.session_id}"] = r.history
+            histories[f"readout_{s.session_id}"] = _fit_heldout(teacher, s, splits[s.session_id],
+                                                                out / "checkpoints" / f"readout_{s.session_id}",
+                                                                resume, progress)
         teacher.freeze_trunk(False)
     teacher.eval()
 

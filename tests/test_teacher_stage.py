@@ -82,3 +82,30 @@ def test_a_missing_validation_session_is_one_clear_error_naming_it(tmp_path):
         train_teacher(_sessions(["s1", "s3"]), tmp_path / "run", preset="tiny", epochs=1, progress=False,
                       protocol="cowley", test_sessions=("s3",), validation_session="s1",
                       config_overrides={"image_size": 32})
+
+
+def test_a_resumed_run_keeps_the_held_out_readouts_it_already_fitted(tmp_path, monkeypatch):
+    """Killed after the held-out readouts were fitted, a resumed run reloads them instead of fitting again."""
+    import compactvision.teacher_stage as stage
+
+    ds = _sessions(["s1", "s2", "s3"])
+    kwargs = dict(preset="tiny", epochs=1, progress=False, protocol="cowley", test_sessions=("s3",),
+                  validation_session="s2", config_overrides={"image_size": 32}, resume=True)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "score_session", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(ds, tmp_path / "run", **kwargs)
+    saved = sorted(p.parent.name for p in (tmp_path / "run" / "checkpoints").rglob(stage.READOUT_CHECKPOINT))
+    assert saved == ["readout_s2", "readout_s3"]
+    monkeypatch.undo()
+    fitted = []
+    real = stage.fit_heldout_readout
+    monkeypatch.setattr(stage, "fit_heldout_readout", lambda *a, **k: fitted.append(a[1]) or real(*a, **k))
+    manifest = train_teacher(ds, tmp_path / "run", **kwargs)
+    assert fitted == [], "both readouts came back from their checkpoints"
+    metrics = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())
+    assert "mask_l1" in metrics["training"]["readout_s3"], "the record of how each was chosen travels with the run"
+    assert manifest["metrics"]["validation"]["session"] == "s2"

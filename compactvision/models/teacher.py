@@ -306,6 +306,14 @@ class Teacher(nn.Module):
             cols.append(self.scales[_slot(s)](z))
         return torch.cat(cols, dim=1)
 
+    def readouts_of(self, session: str) -> list[FactorisedReadout]:
+        """`session`'s readout in every member, in member order."""
+        return [m.readouts[_slot(session)] for m in self.members]
+
+    def response_scale(self, session: str) -> ResponseScale:
+        """`session`'s map from z-scores to response units."""
+        return self.scales[_slot(session)]
+
     def regularizer(self, session: str | None = None) -> torch.Tensor:
         """Readout penalty of `session` (default: the first), averaged over neurons and members."""
         session = self.default_session if session is None else session
