@@ -98,14 +98,15 @@ def long_work(run: Run, name: str, key: Hashable, label: str, compute: Callable[
             st.warning(f"{label} was stopped before it finished (cancelled, or a setting changed). "
                        f"Press **{button}** to start again.")
         return None
-    slot.empty()
     st.session_state[started_key] = key
-    cancel = st.empty()
-    cancel.button("Cancel", key=f"{name}__cancel", help="Stops the computation; nothing is kept from it.")
+    # Cancel takes the start button's place. Emptied instead, the slot can keep showing the clicked (focused)
+    # button until the first click elsewhere blurs it, and the page then moves up under the pointer between
+    # that click's press and release: Chromium delivers no click to Cancel, and the work goes on.
+    slot.button("Cancel", key=f"{name}__cancel", help="Stops the computation; nothing is kept from it.")
     report, clear = progress_bar(label)
     result = compute(report)
     clear()
-    cancel.empty()
+    slot.empty()
     _keep(run, key, result)
     st.session_state.pop(started_key, None)
     return result

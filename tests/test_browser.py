@@ -284,8 +284,6 @@ def test_ablating_a_node_marks_it_and_a_new_neuron_starts_intact(tmp_path):
     assert sum(t["n"] for t in next_neuron) == 0, "ablations reset per neuron"
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: a click on Cancel during a synthesis does not always stop it "
-                                        "in Chromium (AppTest's stop path passes); open in the app issue")
 def test_synthesis_shows_progress_and_can_be_cancelled(tmp_path):
     from playwright.sync_api import expect
 
