@@ -21,7 +21,14 @@ from compactvision.interpret.stimuli import synthesise_preferred
 from compactvision.models.student import CompactStudent
 from compactvision.models.teacher import Teacher
 from compactvision.runs import NeuronData, Run, is_run_dir, run_fingerprint, teacher_view
+from app_support.jobs import JobRegistry
 from compactvision.runs import neuron_data as _neuron_data
+
+
+@st.cache_resource(show_spinner=False)
+def job_registry(runs_dir: str) -> JobRegistry:
+    """One registry per server and runs folder, not per browser session: a reload or a new tab sees every job."""
+    return JobRegistry(Path(runs_dir))
 
 
 @st.cache_resource(show_spinner="Checking the run's files…", max_entries=8)

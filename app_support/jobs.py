@@ -344,6 +344,11 @@ class JobRegistry:
         with self._lock:
             return dict(self._jobs)
 
+    def building(self) -> set[str]:
+        """Names of the runs a job of this server is writing now (the run picker marks them)."""
+        with self._lock:
+            return {name for name, job in self._jobs.items() if job.status == "running"}
+
     def start(self, preset: str, name: str) -> PipelineJob:
         """A new run `name` on `preset`; its record is written before the process starts, so the name is taken."""
         with self._lock:

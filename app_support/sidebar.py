@@ -11,7 +11,7 @@ import streamlit as st
 
 from compactvision.runs import find_runs, is_run_dir
 
-from app_support.caches import current_run_or_none, neuron_label, student_ids
+from app_support.caches import current_run_or_none, job_registry, neuron_label, student_ids
 from app_support.jobs import PipelineJob
 from app_support.long_work import eta_text
 from app_support.locations import BUNDLED_RUN, COWLEY_DEFAULT, RUNS_DIR
@@ -92,7 +92,11 @@ def run_sidebar() -> None:
     sb = st.sidebar
     preferred = os.environ.get("COMPACTVISION_RUN")
     _state_from_url()
-    choices = find_runs(BUNDLED_RUN, RUNS_DIR, extra=[*([preferred] if preferred else []), *st.session_state.get("extra_runs", [])])
+    import_job: PipelineJob | None = st.session_state.get("import_job")
+    building = job_registry(str(RUNS_DIR)).building() | (
+        {import_job.out_dir.name} if import_job is not None and import_job.status == "running" else set())
+    choices = find_runs(BUNDLED_RUN, RUNS_DIR, extra=[*([preferred] if preferred else []), *st.session_state.get("extra_runs", [])],
+                        building=building)
     paths = [str(c.path) for c in choices]
     labels = dict(zip(paths, (c.label for c in choices)))
     wanted = st.session_state.get("run_path")

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import streamlit as st
 
 from compactvision.errors import CompactVisionError
-from app_support.jobs import (JobRecord, JobRegistry, PipelineJob, PipelineProgress, RunNameTaken, read_progress,
+from app_support.caches import job_registry
+from app_support.jobs import (JobRecord, PipelineJob, PipelineProgress, RunNameTaken, read_progress,
                               unique_run_name)
 from app_support.entry import run_through_app
 from app_support.locations import RUNS_DIR
@@ -23,12 +23,6 @@ st.markdown(
 
 PRESETS = {"tiny": "8 neurons, about 8 minutes on 2 CPU cores: a smoke test",
            "demo": "the bundled default's recipe (16 neurons, a 4-member teacher): over an hour on 2 CPU cores"}
-
-
-@st.cache_resource(show_spinner=False)
-def job_registry(runs_dir: str) -> JobRegistry:
-    """One registry per server and runs folder, not per browser session: a reload or a new tab sees every job."""
-    return JobRegistry(Path(runs_dir))
 
 
 registry = job_registry(str(RUNS_DIR))

@@ -435,3 +435,6 @@ def test_train_page_lists_and_resumes_an_incomplete_run_after_a_restart(train_pa
     at.button(key="resume_half").click().run()
     assert [s.value for s in at.subheader].count("half: running") == 1, "listed once, as this server's job"
     assert at.session_state["train_jobs"]["half"].argv == argv[:-1]
+    at.run()
+    label = at.sidebar.selectbox(key="run_path").format_func(str(runs / "half"))
+    assert label == "half (being built)", "while this server's job writes it, the picker says so"
