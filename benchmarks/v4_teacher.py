@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict] = {
     "4-member ensemble": {"ensemble": 4},
     "8-member ensemble": {"ensemble": 8},
     "sparser trunk readouts (mask L1 1)": {"mask_l1": 1.0},
+    "Gaussian readouts (Lurz 2021)": {"readout": "gaussian"},
     "larger V1 bank (128 + 128)": {"n_simple": 128, "n_complex": 128},
     "4-member ensemble, wider deeper": {"ensemble": 4, "width": 96, "n_blocks": 2},
 }

@@ -388,12 +388,22 @@ def _print_compression(summary: dict) -> None:
 
 @stage
 def add_pipeline(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="twin data -> teacher -> compact models, end to end (resumable)")
+    p = sub.add_parser("pipeline", help="twin data (or recordings, --data) -> teacher -> compact models, end to end "
+                                        "(resumable)")
     p.add_argument("--preset", choices=PIPELINE_PRESETS, default="demo", metavar="NAME",
                    help="sizes of every stage: %(choices)s")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
     p.add_argument("--force", action="store_true", help="delete an existing run directory first")
+    real = p.add_argument_group("recordings instead of the twin")
+    real.add_argument("--data", metavar="PATH",
+                      help="a Cowley et al. V4 release folder (or a .npz/.nwb with sessions): the teacher follows the "
+                           "cowley protocol and the test sessions' neurons get compact models (preset v4 suits it)")
+    real.add_argument("--test-sessions", nargs="+", metavar="ID",
+                      help="held-out sessions, compressed and scored (default: 190923 201025, the paper's)")
+    real.add_argument("--validation-session", metavar="ID",
+                      help="kept out of the trunk and scored apart (default: 210224 when the data has it)")
+    real.add_argument("--per-session", type=int, metavar="K", help="compress only the first K neurons of each test session")
     _add_compress_options(p)
     p.set_defaults(func=_pipeline)
 
@@ -406,8 +416,12 @@ def _pipeline(args: argparse.Namespace) -> None:
 
     if args.force and Path(args.out).exists():
         shutil.rmtree(args.out)
+    if args.data is None and (args.test_sessions or args.validation_session or args.per_session):
+        raise CompactVisionError("--test-sessions, --validation-session and --per-session need --data")
     manifest = run_pipeline(args.preset, args.out, seed=args.seed, progress=_progress(args.progress_format),
-                            backend=args.backend, workers=args.workers, address=args.address, device=args.device)
+                            backend=args.backend, workers=args.workers, address=args.address, device=args.device,
+                            data=args.data, test_sessions=args.test_sessions,
+                            validation_session=args.validation_session, per_session=args.per_session)
     print(f"{args.out}: teacher median r {manifest['metrics']['teacher']['r']['median']:.3f}")
     _print_compression(manifest["metrics"]["compression"])
 

@@ -1,4 +1,11 @@
-"""`pipeline`: digital-twin data -> teacher -> compressed per-neuron models, in one command.
+"""`pipeline`: data -> teacher -> compressed per-neuron models, in one command.
+
+The data are the digital twin by default. `run_pipeline(..., data=RELEASE)`
+takes recordings instead (a Cowley et al. V4 release folder, or any dataset
+with sessions): the teacher follows the cowley protocol (trunk on the training
+sessions, readouts of the test and validation sessions on the first half of
+their images), and compact models are made for the test sessions' neurons,
+scored on the second half.
 
 A preset fixes every size in the chain, so a run is reproducible from its
 name and seed. `tiny` exists for tests (about a minute on two CPU cores);
@@ -13,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from compactvision.artifacts import MANIFEST, read_json, read_manifest, write_manifest
 from compactvision.compress import CompressConfig, compress_run
@@ -50,6 +57,15 @@ PRESETS: dict[str, PipelinePreset] = {
             stream=StreamConfig(n_images=2048, image_size=48, chunk=256),
             student_channels=(64, 64, 64, 64, 64), shared_epochs=4, neuron_epochs=1, neuron_images=1024,
             finetune_epochs=1, finetune_images=256, batch_size=64, lr=3e-3, probe_images=256,
+            prune=PruneConfig(threshold=0.9, min_filters=3))),
+    # Real V4 at the release's 112 px (`--data`): the teacher chosen on the validation session
+    # (`benchmarks/v4_teacher.py`), students as wide as the demo's.
+    "v4": PipelinePreset(
+        neurons=0, images=0, repeats=0, image_size=112, teacher_preset="cpu", teacher_overrides={"ensemble": 4},
+        compress=CompressConfig(
+            stream=StreamConfig(n_images=8192, image_size=112, chunk=256),
+            student_channels=(64, 64, 64, 64, 64), shared_epochs=3, neuron_epochs=1, neuron_images=2048,
+            finetune_epochs=1, finetune_images=512, batch_size=64, lr=2e-3, probe_images=256,
             prune=PruneConfig(threshold=0.9, min_filters=3))),
     # The bundled default: two neurons of each cell type, a 4-member CPU teacher ensemble.
     "demo": PipelinePreset(
@@ -99,19 +115,64 @@ def pipeline_teacher(p: PipelinePreset, out: Path, seed: int = 0, progress: Prog
                   config_overrides={"image_size": p.image_size, **p.teacher_overrides}, progress=progress)
 
 
+def recorded_teacher(p: PipelinePreset, data: str | Path, out: Path, seed: int = 0, progress: Progress = silent,
+                     device: str | None = None, test_sessions: Sequence[str] | None = None,
+                     validation_session: str | None = None) -> None:
+    """The first stage on recordings: the cowley protocol's teacher in `out` (skipped once done, resumed if cut).
+
+    The teacher takes the data's image size, whatever the preset's twin size.
+    """
+    from compactvision.teacher_stage import COWLEY_TEST_SESSIONS, train_teacher
+
+    if _stage_done(out, ("teacher", "compressed", "pipeline")):
+        return
+    overrides = {k: v for k, v in p.teacher_overrides.items() if k != "image_size"}
+    train_teacher(data, out, preset=p.teacher_preset, seed=seed, device=device, resume=True, protocol="cowley",
+                  test_sessions=tuple(test_sessions or COWLEY_TEST_SESSIONS), validation_session=validation_session,
+                  config_overrides=overrides, progress=progress)
+
+
+def test_session_neurons(out: Path, per_session: int | None = None) -> list[int]:
+    """Indices (in the teacher's order) of the scored sessions' neurons, the first `per_session` of each if given."""
+    from compactvision.rundir import neuron_ids_of
+
+    data = read_json(out / "data.json")
+    ids = neuron_ids_of(out)
+    picked = []
+    for session in data["test_sessions"]:
+        wanted = data["sessions"][session]["neuron_ids"][:per_session]
+        picked += [ids.index(str(i)) for i in wanted]
+    return picked
+
+
 def run_pipeline(preset: str | PipelinePreset, out: str | Path, seed: int = 0, progress: Progress = silent,
                  backend: str = "local", workers: int | None = None, address: str | None = None,
-                 device: str | None = None, neurons: list[int] | None = None) -> dict[str, Any]:
-    """Run (or resume) the whole chain into `out` (`neurons`: compress only those indices); returns the manifest."""
+                 device: str | None = None, neurons: list[int] | None = None, data: str | Path | None = None,
+                 test_sessions: Sequence[str] | None = None, validation_session: str | None = None,
+                 per_session: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole chain into `out`; returns the manifest.
+
+    `neurons` compresses only those indices. With `data` (recordings), the
+    teacher follows the cowley protocol on `test_sessions` and
+    `validation_session`, and the test sessions' neurons are compressed (the
+    first `per_session` of each, if given).
+    """
     name = preset if isinstance(preset, str) else "custom"
     p = PRESETS[preset] if isinstance(preset, str) else preset
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipeline_teacher(p, out, seed, progress, device)
+    if data is None:
+        if p.neurons < 1:
+            raise ValueError(f"preset {name!r} is for recordings; give data (the CLI's --data)")
+        pipeline_teacher(p, out, seed, progress, device)
+    else:
+        recorded_teacher(p, data, out, seed, progress, device, test_sessions, validation_session)
+        if neurons is None:
+            neurons = test_session_neurons(out, per_session)
     config = replace(p.compress, seed=seed)
     compress_run(out, config, backend=backend, workers=workers, address=address, neurons=neurons, progress=progress,
                  device=device)
     manifest = read_manifest(out, verify=False)
     cfg = dict(manifest["config"])
-    cfg["pipeline"] = {"preset": name, **p.to_dict()}
+    cfg["pipeline"] = {"preset": name, **p.to_dict(), "data": None if data is None else str(data)}
     return write_manifest(out, kind="pipeline", config=cfg, metrics=manifest["metrics"], seed=seed)

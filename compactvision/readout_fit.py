@@ -13,9 +13,11 @@ What limits a held-out session's score is the readout's variance: 540
 images against a 14 x 14 spatial mask plus the feature weights per neuron. The
 L1 penalty on the mask is the lever (on real V4, raising it from 1e-3 to 1 took
 one member's validation r from 0.13 to 0.34, and a 4-member ensemble's from
-0.29 to 0.40 at 3), and the right strength depends on
-the data. So `fit_heldout_readout` chooses it from a grid on the held-back
-images, with the first member alone, then fits every member at that strength.
+0.29 to 0.40 at 3), and the right strength depends on the data. So
+`fit_heldout_readout` chooses the readout's tuned penalty (the mask's for a
+factorised readout, the features' for a Gaussian one) from a grid on the
+held-back images, with the first member alone, then fits every member at that
+strength.
 The second half of the session is never seen.
 
 Members fit independently, each on its own back end's maps (an ensemble of
@@ -43,8 +45,8 @@ class ReadoutFitConfig:
     """How long and how fast; the regularisation is the readout's own (`mask_l1`, `feature_l1`)."""
 
     max_steps: int = 3000
-    #: Strengths of the readout mask's L1 penalty tried on the held-back images; the best is kept.
-    mask_l1_grid: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
+    #: Strengths of the readout's tuned penalty tried on the held-back images (None: the readout's own grid).
+    penalty_grid: tuple[float, ...] | None = None
     lr: float = 1e-2
     eval_every: int = 10
     patience: int = 300  # steps without a better held-back median r before stopping
@@ -77,23 +79,29 @@ def _zscore(y: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch
 
 def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.ndarray], val: tuple[Any, np.ndarray],
                         config: ReadoutFitConfig = ReadoutFitConfig(), progress: Progress = silent) -> dict[str, Any]:
-    """Choose the mask penalty on `val` with the first member, then fit every member's readout at it.
+    """Choose the readout's penalty on `val` with the first member, then fit every member's readout at it.
 
     The session must already exist (`Teacher.add_session`) with its response
     statistics set; its readouts start from their initialisation. Targets
     are images x neurons; NaN marks a missing response. Returns the chosen
-    strength, each strength's held-back median r, and the final fit's history.
+    penalty and strength, each strength's held-back median r, and the final fit's history.
     """
     if session not in teacher.sessions:
         raise KeyError(f"no session {session!r}; add it first")
     readouts = teacher.readouts_of(session)
-    init = copy.deepcopy(readouts[0].state_dict())
     feats = (member_features(teacher, train[0], config.batch_size), member_features(teacher, val[0], config.batch_size))
-    stage, total = f"readout_{session}", (len(config.mask_l1_grid) + 1) * config.max_steps
+    scale = teacher.response_scale(session)
+    z, valid = _zscore(train[1], scale.mean, scale.std)
+    for r, f in zip(readouts, feats[0]):
+        r.warm_start(f, z, valid)
+    init = copy.deepcopy(readouts[0].state_dict())
+    penalty = readouts[0].tuned_penalty
+    grid = config.penalty_grid or readouts[0].penalty_grid
+    stage, total = f"readout_{session}", (len(grid) + 1) * config.max_steps
     tried: dict[float, float] = {}
-    for i, strength in enumerate(config.mask_l1_grid):
+    for i, strength in enumerate(grid):
         readouts[0].load_state_dict(init)
-        readouts[0].mask_l1 = float(strength)
+        setattr(readouts[0], penalty, float(strength))
         done = i * config.max_steps
         fit = fit_readouts(readouts[:1], teacher.response_scale(session), ([feats[0][0]], [feats[1][0]]),
                            (train[1], val[1]), config, lambda _s, d, _t: progress(stage, done + d, total))
@@ -101,11 +109,11 @@ def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.nda
     chosen = max(tried, key=lambda k: tried[k])
     readouts[0].load_state_dict(init)
     for r in readouts:
-        r.mask_l1 = chosen
-    done = len(config.mask_l1_grid) * config.max_steps
+        setattr(r, penalty, chosen)
+    done = len(grid) * config.max_steps
     fit = fit_readouts(readouts, teacher.response_scale(session), feats, (train[1], val[1]), config,
                        lambda _s, d, _t: progress(stage, done + d, total))
-    return {"mask_l1": chosen, "tried": {str(k): v for k, v in tried.items()}, **fit}
+    return {"penalty": penalty, "strength": chosen, "tried": {str(k): v for k, v in tried.items()}, **fit}
 
 
 def fit_readouts(readouts: list[nn.Module], scale: nn.Module, feats: tuple[list[torch.Tensor], list[torch.Tensor]],

@@ -14,13 +14,13 @@ from compactvision.train import pearson_per_neuron
 SIZE = 32
 
 
-def _teacher_and_responses(n_images: int = 400, seed: int = 0):
+def _teacher_and_responses(n_images: int = 400, seed: int = 0, readout: str = "factorised"):
     """A tiny two-member teacher and a new session whose 3 neurons each read one channel at one place of its maps.
 
     The truth lies inside the model class, so a good fit must find it; the
     noise makes the mask penalty matter.
     """
-    teacher = build_teacher(replace(PRESETS["tiny"], image_size=SIZE, ensemble=2), {"trunk": 2}, seed=seed).eval()
+    teacher = build_teacher(replace(PRESETS["tiny"], image_size=SIZE, ensemble=2, readout=readout), {"trunk": 2}, seed=seed).eval()
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n_images, SIZE, SIZE, 3), dtype=np.uint8)
     maps = member_features(teacher, images)[0].numpy()  # the first member's maps
@@ -37,13 +37,13 @@ def _teacher_and_responses(n_images: int = 400, seed: int = 0):
 def test_the_fit_recovers_a_readout_the_trunk_can_express_and_keeps_the_best_penalty():
     teacher, images, noisy, clean = _teacher_and_responses()
     train, val, test = slice(0, 300), slice(300, 340), slice(340, 400)
-    config = ReadoutFitConfig(max_steps=600, patience=150, mask_l1_grid=(1e-3, 1.0))
+    config = ReadoutFitConfig(max_steps=600, patience=150, penalty_grid=(1e-3, 1.0))
     record = fit_heldout_readout(teacher, "new", (images[train], noisy[train]), (images[val], noisy[val]), config)
 
     assert set(record["tried"]) == {"0.001", "1.0"}
-    assert str(record["mask_l1"]) in record["tried"]
-    assert record["tried"][str(record["mask_l1"])] == max(record["tried"].values()), "the best held-back r is kept"
-    assert all(r.mask_l1 == record["mask_l1"] for r in teacher.readouts_of("new")), "every member fits at the choice"
+    assert record["penalty"] == "mask_l1", "a factorised readout's mask penalty is the one tuned"
+    assert record["tried"][str(record["strength"])] == max(record["tried"].values()), "the best held-back r is kept"
+    assert all(r.mask_l1 == record["strength"] for r in teacher.readouts_of("new")), "every member fits at the choice"
     with torch.no_grad():
         pred = teacher(torch.as_tensor(images[test]).permute(0, 3, 1, 2).float() / 255, "new").numpy()
     r = pearson_per_neuron(pred, clean[test])
@@ -53,7 +53,7 @@ def test_the_fit_recovers_a_readout_the_trunk_can_express_and_keeps_the_best_pen
 def test_the_held_back_choice_never_sees_other_images():
     """Only `train` and `val` reach the fit: scrambling everything else changes nothing."""
     teacher, images, noisy, _ = _teacher_and_responses(n_images=200)
-    config = ReadoutFitConfig(max_steps=60, patience=30, mask_l1_grid=(0.1,))
+    config = ReadoutFitConfig(max_steps=60, patience=30, penalty_grid=(0.1,))
     init = [{k: v.clone() for k, v in r.state_dict().items()} for r in teacher.readouts_of("new")]
     first = fit_heldout_readout(teacher, "new", (images[:150], noisy[:150]), (images[150:180], noisy[150:180]), config)
     for r, state in zip(teacher.readouts_of("new"), init):
@@ -69,3 +69,31 @@ def test_an_unknown_session_is_refused():
     teacher, images, noisy, _ = _teacher_and_responses(n_images=60)
     with pytest.raises(KeyError, match="no session 'other'"):
         fit_heldout_readout(teacher, "other", (images, noisy), (images, noisy))
+
+
+def test_a_gaussian_readout_reads_the_map_at_its_position_and_searches_in_training():
+    from compactvision.models.readouts import GaussianReadout
+
+    readout = GaussianReadout(4, 5, 7, 2)
+    x = torch.randn(3, 4, 5, 7)
+    with torch.no_grad():
+        readout.mu.copy_(torch.tensor([[-1.0, -1.0], [1.0 / 3, 0.5]]))  # (x, y): the top-left pixel; column 4, row 3
+        readout.features.copy_(torch.eye(4)[:2])
+        readout.bias.zero_()
+    readout.eval()
+    out = readout(x)
+    assert torch.allclose(out[:, 0], x[:, 0, 0, 0]) and torch.allclose(out[:, 1], x[:, 1, 3, 4], atol=1e-6)
+    readout.train()
+    assert not torch.allclose(readout(x), readout(x)), "training draws positions around mu"
+    assert readout.tuned_penalty == "feature_l1"
+
+
+def test_a_gaussian_readout_teacher_fits_a_held_out_session_too():
+    teacher, images, noisy, clean = _teacher_and_responses(readout="gaussian")
+    train, val, test = slice(0, 300), slice(300, 340), slice(340, 400)
+    record = fit_heldout_readout(teacher, "new", (images[train], noisy[train]), (images[val], noisy[val]),
+                                 ReadoutFitConfig(max_steps=600, patience=150, penalty_grid=(1e-3, 0.03)))
+    assert record["penalty"] == "feature_l1"
+    with torch.no_grad():
+        pred = teacher(torch.as_tensor(images[test]).permute(0, 3, 1, 2).float() / 255, "new").numpy()
+    assert np.median(pearson_per_neuron(pred, clean[test])) > 0.6

@@ -107,5 +107,5 @@ def test_a_resumed_run_keeps_the_held_out_readouts_it_already_fitted(tmp_path, m
     manifest = train_teacher(ds, tmp_path / "run", **kwargs)
     assert fitted == [], "both readouts came back from their checkpoints"
     metrics = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())
-    assert "mask_l1" in metrics["training"]["readout_s3"], "the record of how each was chosen travels with the run"
+    assert "strength" in metrics["training"]["readout_s3"], "the record of how each was chosen travels with the run"
     assert manifest["metrics"]["validation"]["session"] == "s2"

@@ -7,6 +7,7 @@ adds `readout.regularizer()` to its loss without knowing which readout it is.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -14,10 +15,19 @@ class Readout(nn.Module):
     """Base: maps features N x C x H x W to N x n_neurons and can say how to penalise itself."""
 
     n_neurons: int
+    #: Name of the penalty strength a held-out fit chooses on held-back images, and the values it tries.
+    tuned_penalty: str
+    penalty_grid: tuple[float, ...]
 
     def regularizer(self, reduction: str = "sum") -> torch.Tensor:
         """Penalty on the readout's weights; `reduction` is "sum" or "mean" over neurons."""
         raise NotImplementedError
+
+    def warm_start(self, x: torch.Tensor, z: torch.Tensor, valid: torch.Tensor) -> None:
+        """Start from the data before gradient steps (features x: N x C x H x W; z-scored targets z, valid: N x n).
+
+        The default keeps the random initialisation.
+        """
 
     @staticmethod
     def _reduce(per_neuron: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -39,6 +49,10 @@ class FactorisedReadout(Readout):
     fields) and on the feature weights, scaled by `mask_l1` and `feature_l1`.
     """
 
+    #: The penalty a held-out fit tunes, and the strengths it tries (see `readout_fit`).
+    tuned_penalty = "mask_l1"
+    penalty_grid = (0.3, 1.0, 3.0, 10.0)
+
     def __init__(self, in_channels: int, height: int, width: int, n_neurons: int,
                  mask_l1: float = 1e-3, feature_l1: float = 1e-3, init_std: float = 0.01) -> None:
         super().__init__()
@@ -55,3 +69,77 @@ class FactorisedReadout(Readout):
     def regularizer(self, reduction: str = "sum") -> torch.Tensor:
         per_neuron = self.mask_l1 * self.mask.abs().flatten(1).sum(1) + self.feature_l1 * self.features.abs().sum(1)
         return self._reduce(per_neuron, reduction)
+
+
+class GaussianReadout(Readout):
+    """Per neuron: one learned position on the feature map, read out by a feature vector, plus a bias.
+
+    Lurz et al. (2021): each neuron looks at a single point (mu, in the map's
+    [-1, 1] coordinates) and weighs the channels there. During training the
+    point is drawn from a Gaussian around mu whose width sigma is learned too,
+    which lets a neuron search the map; at evaluation it reads at mu itself.
+    Two position numbers instead of an H x W mask per neuron is what makes it
+    data-efficient when a session has a few hundred images. The regulariser is
+    an L1 penalty on the feature weights (`feature_l1`).
+    """
+
+    #: The penalty a held-out fit tunes, and the strengths it tries (see `readout_fit`).
+    tuned_penalty = "feature_l1"
+    penalty_grid = (0.003, 0.01, 0.03, 0.1)
+
+    def __init__(self, in_channels: int, height: int, width: int, n_neurons: int,
+                 feature_l1: float = 1e-3, init_sigma: float = 0.5, init_mu_range: float = 0.1) -> None:
+        super().__init__()
+        self.in_channels, self.height, self.width, self.n_neurons = in_channels, height, width, n_neurons
+        self.feature_l1 = float(feature_l1)
+        self.mu = nn.Parameter(torch.empty(n_neurons, 2).uniform_(-init_mu_range, init_mu_range))
+        self.sigma = nn.Parameter(torch.full((n_neurons, 1), float(init_sigma)))
+        self.features = nn.Parameter(torch.randn(n_neurons, in_channels) * (1.0 / in_channels) ** 0.5)
+        self.bias = nn.Parameter(torch.zeros(n_neurons))
+
+    def positions(self, batch: int) -> torch.Tensor:
+        """Where each neuron reads, batch x n_neurons x 1 x 2: sampled around mu in training, mu at evaluation."""
+        mu = self.mu.clamp(-1.0, 1.0)
+        if self.training:
+            grid = mu + self.sigma.abs() * torch.randn(batch, self.n_neurons, 2, device=mu.device, dtype=mu.dtype)
+            return grid.clamp(-1.0, 1.0)[:, :, None, :]
+        return mu[None, :, None, :].expand(batch, -1, -1, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self.positions(x.shape[0]).to(x.dtype)
+        sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)  # N x C x n x 1
+        return torch.einsum("bck,kc->bk", sampled[..., 0], self.features.to(x.dtype)) + self.bias
+
+    def regularizer(self, reduction: str = "sum") -> torch.Tensor:
+        return self._reduce(self.feature_l1 * self.features.abs().sum(1), reduction)
+
+    @torch.no_grad()
+    def warm_start(self, x: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, ridge: float = 0.1) -> None:
+        """Put each neuron where the channels best predict it, with those weights: a search gradients cannot do.
+
+        A position only moves by the local slope of a bilinear lookup, so a
+        neuron that starts at the centre never finds a receptive field near
+        the edge. Here every map location gets a ridge regression of the
+        neuron's training responses on its channels (`ridge` times the mean
+        channel variance); the neuron starts at the location with the least
+        error, with that regression's weights and intercept, and a narrow
+        search width.
+        """
+        n, c, h, w = x.shape
+        design = x.permute(2, 3, 0, 1).reshape(h * w, n, c).float()
+        centre = design.mean(1, keepdim=True)
+        design = design - centre
+        target = torch.where(valid, z, torch.zeros_like(z)).float()
+        gram = design.transpose(1, 2) @ design
+        penalty = ridge * gram.diagonal(dim1=1, dim2=2).mean(1)[:, None, None] * torch.eye(c, device=x.device)
+        beta = torch.linalg.solve(gram + penalty + 1e-6 * torch.eye(c, device=x.device), design.transpose(1, 2) @ target)
+        intercept = target.sum(0) / valid.sum(0).clamp_min(1)
+        error = (((design @ beta + intercept - target) ** 2) * valid).sum(1)  # locations x neurons
+        best = error.argmin(0)
+        rows, cols = best // w, best % w
+        self.mu.copy_(torch.stack([cols / max(w - 1, 1), rows / max(h - 1, 1)], dim=1) * 2 - 1)
+        self.sigma.fill_(1.0 / max(h, w))
+        k = torch.arange(self.n_neurons, device=x.device)
+        weights = beta[best, :, k]  # neurons x channels
+        self.features.copy_(weights)
+        self.bias.copy_(intercept - (centre[best, 0, :] * weights).sum(1))

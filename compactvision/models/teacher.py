@@ -37,7 +37,7 @@ from compactvision.compute import model_macs
 from compactvision.errors import ArtifactError
 from compactvision.models.bank import BANK_FORMAT, StudentBank, load_bank
 from compactvision.models.backbone import ResNetSpec, ResNetTrunk
-from compactvision.models.readouts import FactorisedReadout
+from compactvision.models.readouts import FactorisedReadout, GaussianReadout, Readout
 from compactvision.models.vone import DEFAULT_STRIDE, DEFAULT_VISUAL_DEGREES, VOneBlock
 from compactvision.train import TrainConfig
 
@@ -48,6 +48,7 @@ FORMAT = "compactvision.teacher/1"
 
 
 FRONT_ENDS = ("vone", "conv")
+READOUTS = ("factorised", "gaussian")
 
 
 class LearnedFrontEnd(nn.Module):
@@ -103,7 +104,8 @@ class TeacherConfig:
     n_blocks: int = 1
     first_stride: int = 2
     ensemble: int = 1
-    # readout
+    # readout: "factorised" (a spatial mask times feature weights) or "gaussian" (one learned position, Lurz 2021)
+    readout: str = "factorised"
     mask_l1: float = 1e-3
     feature_l1: float = 1e-3
     # training
@@ -129,6 +131,8 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if self.front_end not in FRONT_ENDS:
             raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {self.front_end!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TeacherConfig":
@@ -202,9 +206,11 @@ class TeacherMember(nn.Module):
         self.back_end = BackEnd(c_in, config.width, config.n_blocks, config.first_stride)
         self.readouts = nn.ModuleDict({_slot(s): self._readout(n) for s, n in sessions.items()})
 
-    def _readout(self, n_neurons: int) -> FactorisedReadout:
-        return FactorisedReadout(self.config.width, *self.map_hw, n_neurons,
-                                 mask_l1=self.config.mask_l1, feature_l1=self.config.feature_l1)
+    def _readout(self, n_neurons: int) -> Readout:
+        c = self.config
+        if c.readout == "gaussian":
+            return GaussianReadout(c.width, *self.map_hw, n_neurons, feature_l1=c.feature_l1)
+        return FactorisedReadout(c.width, *self.map_hw, n_neurons, mask_l1=c.mask_l1, feature_l1=c.feature_l1)
 
     def forward(self, v1: torch.Tensor, session: str) -> torch.Tensor:
         return self.readouts[_slot(session)](self.back_end(v1))
@@ -306,7 +312,7 @@ class Teacher(nn.Module):
             cols.append(self.scales[_slot(s)](z))
         return torch.cat(cols, dim=1)
 
-    def readouts_of(self, session: str) -> list[FactorisedReadout]:
+    def readouts_of(self, session: str) -> list[Readout]:
         """`session`'s readout in every member, in member order."""
         return [m.readouts[_slot(session)] for m in self.members]
 

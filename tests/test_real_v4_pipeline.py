@@ -1,0 +1,82 @@
+"""The real-V4 command, end to end on a slice of the public release: teacher on recordings, compact models of real neurons.
+
+Skips when the release folder is absent. The slice keeps the release's
+layout (zip of JPEGs in name order, responses as neurons x images); its
+images are shrunk to 48 px and it keeps a few neurons and images per
+session, so the whole chain runs in minutes on two cores.
+"""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compactvision.artifacts import list_students, read_manifest
+
+SESSIONS = {"190923": "test", "210224": "validation", "190925": "trunk", "190927": "trunk"}
+IMAGES, NEURONS, SIZE = 80, 4, 48
+
+
+def release_slice(release: Path, out: Path, sessions=tuple(SESSIONS), n_images: int = IMAGES,
+                  n_neurons: int = NEURONS, size: int = SIZE) -> Path:
+    """The first images and neurons of some real sessions, written in the release's own layout."""
+    (out / "images").mkdir(parents=True)
+    (out / "responses_repeat_averaged").mkdir()
+    for sid in sessions:
+        with zipfile.ZipFile(release / "images" / f"images_{sid}.zip") as src, \
+                zipfile.ZipFile(out / "images" / f"images_{sid}.zip", "w") as dst:
+            names = sorted(n for n in src.namelist() if n.lower().endswith(".jpg"))[:n_images]
+            for name in names:
+                buf = io.BytesIO()
+                Image.open(io.BytesIO(src.read(name))).convert("RGB").resize((size, size)).save(buf, "JPEG", quality=95)
+                dst.writestr(name, buf.getvalue())
+        responses = np.load(release / "responses_repeat_averaged" / f"responses_{sid}.npy")
+        np.save(out / "responses_repeat_averaged" / f"responses_{sid}.npy", responses[:n_neurons, :n_images])
+    return out
+
+
+def test_the_real_v4_command_builds_a_run_of_compact_models_of_real_neurons(cowley_dir, tmp_path):
+    data = release_slice(cowley_dir, tmp_path / "release")
+    out = tmp_path / "runs" / "v4"
+    cmd = [sys.executable, "-m", "compactvision.cli", "pipeline", "--data", str(data), "--preset", "tiny",
+           "--out", str(out), "--test-sessions", "190923", "--per-session", "2", "--workers", "1",
+           "--progress-format", "none"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    manifest = read_manifest(out)  # every file's hash checks out
+    assert manifest["kind"] == "pipeline" and manifest["config"]["pipeline"]["data"] == str(data)
+    split = json.loads((out / "data.json").read_text())
+    assert split["protocol"] == "cowley" and split["test_sessions"] == ["190923"]
+    assert split["validation_session"] == "210224", "the release's validation session, by default"
+    assert manifest["metrics"]["validation"]["session"] == "210224"
+    assert list_students(out) == ["190923_neuron0", "190923_neuron1"], "the first 2 of the test session, no others"
+    arch = json.loads((out / "teacher" / "architecture.json").read_text())
+    assert arch["config"]["image_size"] == SIZE, "the teacher takes the recordings' image size"
+    assert set(arch["sessions"]) == set(SESSIONS)
+    from compactvision.data.formats import load_npz
+
+    heldout = load_npz(out / "data" / "heldout.npz")
+    assert [s.session_id for s in heldout.sessions] == ["190923"]
+    assert heldout.sessions[0].n_images == IMAGES - IMAGES // 2, "scored on the second half of the session"
+    assert "compression" in manifest["metrics"]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_manifest(out)["files"] == manifest["files"], "a rerun of a finished run changes nothing"
+
+
+def test_the_twin_presets_refuse_recording_options_and_v4_refuses_the_twin(tmp_path):
+    from compactvision.cli import main
+    from compactvision.pipeline import run_pipeline
+
+    assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "a"), "--per-session", "2"]) != 0
+    with pytest.raises(ValueError, match="is for recordings"):
+        run_pipeline("v4", tmp_path / "b")
