@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,16 +53,15 @@ def main() -> None:
     rows = []
     for name in args.variants:
         out = Path(args.work) / slug(name)
-        t0 = time.perf_counter()
         if not (out / "manifest.json").is_file():
             train_teacher(dataset, out, preset="cpu", protocol="cowley", resume=True, progress=False,
                           config_overrides=VARIANTS[name])
         manifest = read_manifest(out, verify=False)
         val = manifest["metrics"]["validation"]
         record = json.loads((out / "history" / "teacher_metrics.json").read_text())
-        rows.append((name, out, val, record.get("train_seconds") or time.perf_counter() - t0))
+        rows.append((name, out, val, record.get("wall_seconds") or record["train_seconds"]))
         print(f"  {name}: validation r {val['r']['median']:.3f}", flush=True)
-    print(f"\n{'variant':30} {'validation session':>19} {'median r [95% CI]':>24} {'train s':>8}")
+    print(f"\n{'variant':30} {'validation session':>19} {'median r [95% CI]':>24} {'run s':>8}")
     for name, _, val, secs in rows:
         r = val["r"]
         print(f"{name:30} {val['session']:>19} {r['median']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -153,6 +154,7 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     see `models/backbone.py` for the two stems. The members' back ends then
     keep the trunk's resolution (first_stride 1) unless overridden.
     """
+    t0 = time.perf_counter()
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if protocol not in ("split", "cowley"):
@@ -220,7 +222,7 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     if validation is not None:
         scores = score_session(teacher, validation, splits[validation.session_id]["test"], device)
         metrics["validation"] = {"session": validation.session_id, **summarise(scores)}
-    _write_metrics(out, teacher, per_session, summary, histories, result, bool(held_out))
+    _write_metrics(out, teacher, per_session, summary, histories, result, bool(held_out), time.perf_counter() - t0)
     return write_manifest(out, kind="teacher", seed=seed, metrics=metrics,
                           config={"preset": preset, "teacher": config.to_dict(),
                                   "train": config.train_config(seed=seed, device=device).to_dict(),
@@ -260,7 +262,8 @@ def _validation_session(trunk_sessions: Sequence[Session], protocol: str, wanted
 
 
 def _write_metrics(out: Path, teacher: Teacher, per_session: Mapping[str, Mapping[str, np.ndarray]],
-                   summary: dict[str, Any], histories: dict[str, Any], result: TrainResult, held_out: bool) -> None:
+                   summary: dict[str, Any], histories: dict[str, Any], result: TrainResult, held_out: bool,
+                   wall_seconds: float) -> None:
     """history/teacher_metrics.json: the scores per neuron and session, and how training went."""
     atomic_write_json(out / "history" / "teacher_metrics.json", {
         "scored_on": "held-out images" + (" of the test sessions (second half)" if held_out else " (test split)"),
@@ -269,6 +272,8 @@ def _write_metrics(out: Path, teacher: Teacher, per_session: Mapping[str, Mappin
                        for sid, m in per_session.items()},
         "training": histories, "images_per_second": result.images_per_second,
         "train_seconds": result.train_seconds,
+        # the whole call: data, trunk, held-out readouts and scoring (a resumed run counts its last part only)
+        "wall_seconds": wall_seconds,
     })
 
 

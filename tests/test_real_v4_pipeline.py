@@ -42,15 +42,27 @@ def release_slice(release: Path, out: Path, sessions=tuple(SESSIONS), n_images: 
     return out
 
 
-def test_the_real_v4_command_builds_a_run_of_compact_models_of_real_neurons(cowley_dir, tmp_path):
-    data = release_slice(cowley_dir, tmp_path / "release")
-    out = tmp_path / "runs" / "v4"
-    cmd = [sys.executable, "-m", "compactvision.cli", "pipeline", "--data", str(data), "--preset", "tiny",
-           "--out", str(out), "--test-sessions", "190923", "--per-session", "2", "--workers", "1",
-           "--progress-format", "none"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr[-3000:]
+ROOT = Path(__file__).resolve().parents[1]
 
+
+def _command(data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "compactvision.cli", "pipeline", "--data", str(data), "--preset", "tiny",
+            "--out", str(out), "--test-sessions", "190923", "--per-session", "2", "--workers", "1",
+            "--progress-format", "none"]
+
+
+@pytest.fixture(scope="module")
+def real_run(cowley_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(release slice, run) built once by the real-V4 command, as a user runs it."""
+    tmp = tmp_path_factory.mktemp("real_v4")
+    data, out = release_slice(cowley_dir, tmp / "release"), tmp / "runs" / "v4"
+    done = subprocess.run(_command(data, out), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return data, out
+
+
+def test_the_real_v4_command_builds_a_run_of_compact_models_of_real_neurons(real_run):
+    data, out = real_run
     manifest = read_manifest(out)  # every file's hash checks out
     assert manifest["kind"] == "pipeline" and manifest["config"]["pipeline"]["data"] == str(data)
     split = json.loads((out / "data.json").read_text())
@@ -68,9 +80,20 @@ def test_the_real_v4_command_builds_a_run_of_compact_models_of_real_neurons(cowl
     assert heldout.sessions[0].n_images == IMAGES - IMAGES // 2, "scored on the second half of the session"
     assert "compression" in manifest["metrics"]
 
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    again = subprocess.run(_command(data, out), capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert read_manifest(out)["files"] == manifest["files"], "a rerun of a finished run changes nothing"
+
+
+@pytest.mark.parametrize("page", sorted(p.stem for p in (ROOT / "pages").glob("*.py")))
+def test_every_page_works_on_a_real_v4_run(real_run, page, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("COMPACTVISION_RUN", str(real_run[1]))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.sidebar.selectbox(key="run_path").value == str(real_run[1])
 
 
 def test_the_twin_presets_refuse_recording_options_and_v4_refuses_the_twin(tmp_path):
