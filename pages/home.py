@@ -5,7 +5,12 @@ import streamlit as st
 
 from compactvision.compute import model_macs
 from compactvision.artifacts import read_json
+from compactvision.cowley.compare import compare_with_published, comparison_table
+from compactvision.errors import CompactVisionError
+from compactvision.viz.performance import teacher_student_scatter_figure
+from app_support.long_work import long_work
 from app_support.summary import run_summary
+from app_support.widgets import show_figure
 from app_support.caches import model_lock, require_run, teacher
 from app_support.entry import run_through_app
 
@@ -73,6 +78,28 @@ if summary["accuracy"]:
     st.caption("Pearson r per neuron on held-out images; median over neurons with a bootstrap 95% confidence interval.")
 else:
     st.info("This run records no accuracy yet.")
+
+if run.kind in ("pipeline", "compressed") and (run.path / "data.json").is_file() \
+        and read_json(run.path / "data.json").get("protocol") == "cowley":
+    st.subheader("Against the published compact models")
+    st.caption("Our compact models and the authors' published ones for the same neurons, scored on the same "
+               "held-out images (each test session's second half) against the same responses.")
+
+    def _compare(progress) -> dict:
+        try:
+            return compare_with_published(run.path, progress=progress)
+        except CompactVisionError as e:
+            return {"error": str(e)}
+
+    compared = long_work(run, "home_published", ("published",), "Scoring both models", _compare, button="Compare")
+    if compared is not None and "error" in compared:
+        st.info(f"No comparison: {compared['error']}")
+    elif compared is not None:
+        st.dataframe(comparison_table(compared), hide_index=True)
+        rows = compared["rows"]
+        show_figure(teacher_student_scatter_figure([r["published_r"] for r in rows], [r["ours_r"] for r in rows],
+                                                   [r["neuron"] for r in rows], x_name="published compact model",
+                                                   y_name="our compact model"), key="home_published_scatter")
 
 with st.expander("Run details (manifest)"):
     st.json({k: run.manifest.get(k) for k in ("kind", "created", "seed", "config", "versions")}, expanded=False)

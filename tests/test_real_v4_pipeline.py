@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,8 +26,11 @@ IMAGES, NEURONS, SIZE = 80, 4, 48
 
 
 def release_slice(release: Path, out: Path, sessions=tuple(SESSIONS), n_images: int = IMAGES,
-                  n_neurons: int = NEURONS, size: int = SIZE) -> Path:
-    """The first images and neurons of some real sessions, written in the release's own layout."""
+                  n_neurons: int = NEURONS, size: int | None = SIZE) -> Path:
+    """The first images and neurons of some real sessions, in the release's own layout, with their published models.
+
+    `size` shrinks the images (None keeps the release's 112 px).
+    """
     (out / "images").mkdir(parents=True)
     (out / "responses_repeat_averaged").mkdir()
     for sid in sessions:
@@ -35,10 +39,19 @@ def release_slice(release: Path, out: Path, sessions=tuple(SESSIONS), n_images: 
             names = sorted(n for n in src.namelist() if n.lower().endswith(".jpg"))[:n_images]
             for name in names:
                 buf = io.BytesIO()
+                if size is None:
+                    dst.writestr(name, src.read(name))
+                    continue
                 Image.open(io.BytesIO(src.read(name))).convert("RGB").resize((size, size)).save(buf, "JPEG", quality=95)
                 dst.writestr(name, buf.getvalue())
         responses = np.load(release / "responses_repeat_averaged" / f"responses_{sid}.npy")
         np.save(out / "responses_repeat_averaged" / f"responses_{sid}.npy", responses[:n_neurons, :n_images])
+        for kind in ("weights_npy", "nums_filters"):
+            for k in range(n_neurons):
+                model = release / "compact_models" / kind / f"compact_model_{sid}_neuron{k}.npy"
+                if model.is_file():
+                    (out / "compact_models" / kind).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(model, out / "compact_models" / kind / model.name)
     return out
 
 
@@ -103,3 +116,41 @@ def test_the_twin_presets_refuse_recording_options_and_v4_refuses_the_twin(tmp_p
     assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "a"), "--per-session", "2"]) != 0
     with pytest.raises(ValueError, match="is for recordings"):
         run_pipeline("v4", tmp_path / "b")
+
+
+def test_ours_against_the_published_models_on_the_same_images(cowley_dir, tmp_path, real_run):
+    """A run whose compact models are the published ones, re-saved: both columns must agree exactly."""
+    from compactvision.cowley import import_cowley
+    from compactvision.cowley.compare import compare_with_published
+    from compactvision.data.formats import load_cowley, save_npz
+    from compactvision.data.dataset import NeuralDataset, Session
+    from compactvision.errors import DataError
+
+    release = release_slice(cowley_dir, tmp_path / "release", sessions=("190923",), n_images=40, n_neurons=2, size=None)
+    run = import_cowley(release / "compact_models" / "weights_npy", tmp_path / "run", evaluate=False)
+    s = load_cowley(release).sessions[0]
+    save_npz(NeuralDataset([Session(s.session_id, s.images[20:], s.responses[:, 20:], s.neuron_ids)], {}),
+             run / "data" / "heldout.npz")
+    (run / "data.json").write_text(json.dumps({"source": str(release)}))
+    seen = []
+    result = compare_with_published(run, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert [r["neuron"] for r in result["rows"]] == ["190923_neuron0", "190923_neuron1"]
+    for row in result["rows"]:
+        assert row["ours_r"] == pytest.approx(row["published_r"], abs=1e-6)
+        assert row["ours_parameters"] == row["published_parameters"]
+    assert result["sessions"]["190923"]["n_neurons"] == 2
+    assert seen[-1] == ("compare", 2, 2)
+    with pytest.raises(DataError, match="take 112 px images; this run's are 48 px"):
+        compare_with_published(real_run[1])  # the pipeline's slice is shrunk to 48 px
+
+
+def test_home_compares_a_real_run_with_the_published_models_or_says_why_not(real_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("COMPACTVISION_RUN", str(real_run[1]))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.switch_page("pages/home.py").run()
+    assert "Against the published compact models" in [s.value for s in at.subheader]
+    at.button(key="home_published__start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("take 112 px images; this run's are 48 px" in i.value for i in at.info), [i.value for i in at.info]

@@ -109,12 +109,14 @@ def predicted_vs_measured_figure(predicted: np.ndarray, measured: np.ndarray, na
 
 
 def teacher_student_scatter_figure(teacher_r: np.ndarray, student_r: np.ndarray, names: Sequence[str],
-                                   current: str | None = None, metric: str = "r") -> go.Figure:
+                                   current: str | None = None, metric: str = "r", x_name: str = "teacher",
+                                   y_name: str = "compact model") -> go.Figure:
     """One point per neuron, compact model's accuracy against the teacher's, the `current` neuron picked out.
 
     Points below the identity line are neurons that compression cost accuracy;
     the title's median ratio (compact / teacher, over neurons where the teacher's
-    score is positive) says how much on the whole.
+    score is positive) says how much on the whole. `x_name` and `y_name` name
+    other pairs of models (ours against the published compact models, say).
     """
     t = np.asarray(teacher_r, np.float64).ravel()
     s = np.asarray(student_r, np.float64).ravel()
@@ -123,7 +125,7 @@ def teacher_student_scatter_figure(teacher_r: np.ndarray, student_r: np.ndarray,
         raise ValueError(f"teacher {t.shape}, student {s.shape} and {len(names)} names differ")
     ok = np.isfinite(t) & np.isfinite(s)
     lo, hi = robust_range(t[ok], s[ok])
-    hover = (f"%{{customdata}}<br>teacher {metric} %{{x:.3f}}<br>compact model {metric} %{{y:.3f}}"
+    hover = (f"%{{customdata}}<br>{x_name} {metric} %{{x:.3f}}<br>{y_name} {metric} %{{y:.3f}}"
              "<extra></extra>")
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=t, y=s, customdata=names, mode="markers", name="neurons", hovertemplate=hover,
@@ -134,13 +136,14 @@ def teacher_student_scatter_figure(teacher_r: np.ndarray, student_r: np.ndarray,
                                  textposition="top center", name=f"{current} (current)", hovertemplate=hover,
                                  marker={"size": 16, "color": SERIES_COLOURS[3], "symbol": "diamond",
                                          "line": {"width": 1.5, "color": "black"}}))
-    _square_axes(fig, lo, hi, f"teacher {metric}", f"compact model {metric}", _n_outside(t, s, lo, hi))
+    _square_axes(fig, lo, hi, f"{x_name} {metric}", f"{y_name} {metric}", _n_outside(t, s, lo, hi))
     n = int(ok.sum())
     pos = ok & (t > 0)
     parts = [f"{n} neuron{'s' if n != 1 else ''}"]
     if pos.any():
-        parts.append(f"median compact/teacher ratio {np.median(s[pos] / t[pos]):.2f}")
-    return _finish_square(fig, f"Compact model vs teacher, per neuron ({'; '.join(parts)})")
+        ratio = "compact/teacher" if (x_name, y_name) == ("teacher", "compact model") else f"{y_name}/{x_name}"
+        parts.append(f"median {ratio} ratio {np.median(s[pos] / t[pos]):.2f}")
+    return _finish_square(fig, f"{y_name[:1].upper() + y_name[1:]} vs {x_name}, per neuron ({'; '.join(parts)})")
 
 
 def accuracy_by_neuron_figure(scores: Mapping[str, np.ndarray], names: Sequence[str] | None = None,
