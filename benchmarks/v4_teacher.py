@@ -59,13 +59,13 @@ def main() -> None:
         manifest = read_manifest(out, verify=False)
         val = manifest["metrics"]["validation"]
         record = json.loads((out / "history" / "teacher_metrics.json").read_text())
-        rows.append((name, out, val, record.get("wall_seconds") or record["train_seconds"]))
+        rows.append((name, out, val, (record["train_seconds"], record.get("wall_seconds"))))
         print(f"  {name}: validation r {val['r']['median']:.3f}", flush=True)
-    print(f"\n{'variant':30} {'validation session':>19} {'median r [95% CI]':>24} {'run s':>8}")
-    for name, _, val, secs in rows:
+    print(f"\n{'variant':30} {'validation session':>19} {'median r [95% CI]':>24} {'trunk s':>8} {'whole s':>8}")
+    for name, _, val, (trunk, whole) in rows:
         r = val["r"]
         print(f"{name:30} {val['session']:>19} {r['median']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-              f"{secs:>9.0f}")
+              f"{trunk:>9.0f} {f'{whole:.0f}' if whole else '-':>8}")
     best = max(rows, key=lambda row: row[2]["r"]["median"])
     print(f"\nchosen on the validation session: {best[0]}")
     print(f"{'variant':30} " + "  ".join(f"{'test ' + s:>14}" for s in ("190923", "201025")) + "  (second halves)")
