@@ -98,8 +98,8 @@ if run.kind in ("pipeline", "compressed") and (run.path / "data.json").is_file()
         st.dataframe(comparison_table(compared), hide_index=True)
         rows = compared["rows"]
         show_figure(teacher_student_scatter_figure([r["published_r"] for r in rows], [r["ours_r"] for r in rows],
-                                                   [r["neuron"] for r in rows], x_name="published compact model",
-                                                   y_name="our compact model"), key="home_published_scatter")
+                                                   [r["neuron"] for r in rows], x_name="published",
+                                                   y_name="ours"), key="home_published_scatter")
 
 with st.expander("Run details (manifest)"):
     st.json({k: run.manifest.get(k) for k in ("kind", "created", "seed", "config", "versions")}, expanded=False)
