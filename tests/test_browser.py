@@ -150,6 +150,10 @@ def explore(page, shots: Path) -> dict[str, str]:
     # The most important filter is selected first; click the first layer-0 filter, or the next if that was it.
     for target in sorted(boxes, key=lambda b: (round(b["x"]), b["y"]))[:2]:
         page.mouse.click(target["x"] + target["width"] / 2, target["y"] + target["height"] / 2)
+        # On a busy machine the click's rerun can start after wait_idle's grace: wait for the selection itself.
+        deadline = time.time() + 30
+        while selected(page, "Filter") == before and time.time() < deadline:
+            page.wait_for_timeout(250)
         wait_idle(page)
         after = selected(page, "Filter")
         if after != before:
