@@ -21,8 +21,8 @@ from compactvision.interpret.stimuli import synthesise_preferred
 from compactvision.models.student import CompactStudent
 from compactvision.models.teacher import Teacher
 from compactvision.runs import NeuronData, Run, is_run_dir, run_fingerprint, teacher_view
-from app_support.jobs import JobRegistry
 from compactvision.runs import neuron_data as _neuron_data
+from app_support.jobs import JobRegistry
 
 
 @st.cache_resource(show_spinner=False)

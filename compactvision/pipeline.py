@@ -132,7 +132,7 @@ def recorded_teacher(p: PipelinePreset, data: str | Path, out: Path, seed: int =
                   config_overrides=overrides, progress=progress)
 
 
-def test_session_neurons(out: Path, per_session: int | None = None) -> list[int]:
+def held_out_neurons(out: Path, per_session: int | None = None) -> list[int]:
     """Indices (in the teacher's order) of the scored sessions' neurons, the first `per_session` of each if given."""
     from compactvision.rundir import neuron_ids_of
 
@@ -168,7 +168,7 @@ def run_pipeline(preset: str | PipelinePreset, out: str | Path, seed: int = 0, p
     else:
         recorded_teacher(p, data, out, seed, progress, device, test_sessions, validation_session)
         if neurons is None:
-            neurons = test_session_neurons(out, per_session)
+            neurons = held_out_neurons(out, per_session)
     config = replace(p.compress, seed=seed)
     compress_run(out, config, backend=backend, workers=workers, address=address, neurons=neurons, progress=progress,
                  device=device)

@@ -103,7 +103,7 @@ def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.nda
         readouts[0].load_state_dict(init)
         setattr(readouts[0], penalty, float(strength))
         done = i * config.max_steps
-        fit = fit_readouts(readouts[:1], teacher.response_scale(session), ([feats[0][0]], [feats[1][0]]),
+        fit = fit_readouts(readouts[:1], scale, ([feats[0][0]], [feats[1][0]]),
                            (train[1], val[1]), config, lambda _s, d, _t: progress(stage, done + d, total))
         tried[float(strength)] = fit["best_val_r"]
     chosen = max(tried, key=lambda k: tried[k])
@@ -111,7 +111,7 @@ def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.nda
     for r in readouts:
         setattr(r, penalty, chosen)
     done = len(grid) * config.max_steps
-    fit = fit_readouts(readouts, teacher.response_scale(session), feats, (train[1], val[1]), config,
+    fit = fit_readouts(readouts, scale, feats, (train[1], val[1]), config,
                        lambda _s, d, _t: progress(stage, done + d, total))
     return {"penalty": penalty, "strength": chosen, "tried": {str(k): v for k, v in tried.items()}, **fit}
 
@@ -136,9 +136,14 @@ def fit_readouts(readouts: list[nn.Module], scale: nn.Module, feats: tuple[list[
     n_valid = valid.sum().clamp_min(1)
 
     def val_score() -> float:
+        """Held-back median r in evaluation mode (a Gaussian readout reads at its mean position)."""
+        for r in readouts:
+            r.eval()
         with torch.no_grad():
             z = torch.stack([r(f) for r, f in zip(readouts, f_val)]).mean(0)
             pred = scale(z).cpu().numpy().astype(np.float64)
+        for r in readouts:
+            r.train()
         return float(np.nanmedian(pearson_per_neuron(pred, y_val)))
 
     best = (val_score(), 0, copy.deepcopy([r.state_dict() for r in readouts]))
@@ -160,5 +165,6 @@ def fit_readouts(readouts: list[nn.Module], scale: nn.Module, feats: tuple[list[
                 break
     for r, state in zip(readouts, best[2]):
         r.load_state_dict(state)
+        r.eval()
     progress("readout", config.max_steps, config.max_steps)
     return {"best_step": best[1], "best_val_r": best[0], "steps_run": history[-1]["step"], "history": history}

@@ -80,18 +80,20 @@ def _fit(teacher: Teacher, sessions: Sequence[Session], splits: Mapping[str, dic
              for s in sessions}
     val = {s.session_id: (s.images[splits[s.session_id]["val"]], _targets(s, splits[s.session_id]["val"]))
            for s in sessions}
-    stats = {}
-    for sid, (_, y) in train.items():
-        mean = np.nanmean(y, axis=0)
-        std = np.nanstd(y, axis=0)
-        std = np.where(std > 1e-8, std, 1.0)
-        teacher.set_response_stats(sid, mean, std)
-        stats[sid] = (mean, std)
+    stats = {sid: _set_response_stats(teacher, sid, y) for sid, (_, y) in train.items()}
     report: bool | Progress = progress
     if callable(progress):
         report = lambda _stage, done, total: progress(stage, done, total)  # noqa: E731
     return fit(teacher, train, val, config.train_config(seed=seed, device=device), checkpoint_dir=checkpoint_dir,
                resume=resume, progress=report, target_stats=stats)
+
+
+def _set_response_stats(teacher: Teacher, sid: str, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fix `sid`'s z-score mapping from its training responses `y` (images x neurons); returns (mean, s.d.)."""
+    mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+    teacher.set_response_stats(sid, mean, std)
+    return mean, std
 
 
 def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], checkpoint_dir: Path,
@@ -100,8 +102,7 @@ def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
     sid = session.session_id
     teacher.add_session(sid, session.neuron_ids)
     y = _targets(session, split["train"])
-    mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
-    teacher.set_response_stats(sid, mean, np.where(std > 1e-8, std, 1.0))
+    _set_response_stats(teacher, sid, y)
     done = checkpoint_dir / READOUT_CHECKPOINT
     if resume and done.is_file():
         tensors, meta = load_weights(done)

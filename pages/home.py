@@ -5,7 +5,7 @@ import streamlit as st
 
 from compactvision.compute import model_macs
 from compactvision.artifacts import read_json
-from compactvision.cowley.compare import compare_with_published, comparison_table
+from compactvision.cowley.compare import compare_with_published, comparison_table, on_cowley_protocol
 from compactvision.errors import CompactVisionError
 from compactvision.viz.performance import teacher_student_scatter_figure
 from app_support.long_work import long_work
@@ -79,8 +79,7 @@ if summary["accuracy"]:
 else:
     st.info("This run records no accuracy yet.")
 
-if run.kind in ("pipeline", "compressed") and (run.path / "data.json").is_file() \
-        and read_json(run.path / "data.json").get("protocol") == "cowley":
+if run.kind in ("pipeline", "compressed") and on_cowley_protocol(run.path):
     st.subheader("Against the published compact models")
     st.caption("Our compact models and the authors' published ones for the same neurons, scored on the same "
                "held-out images (each test session's second half) against the same responses.")

@@ -24,6 +24,12 @@ from compactvision.progress import Progress, silent
 from compactvision.rundir import HELDOUT
 
 
+def on_cowley_protocol(run_dir: str | Path) -> bool:
+    """Whether the run's teacher followed the cowley protocol (held-out sessions a published model may exist for)."""
+    data = Path(run_dir) / "data.json"
+    return data.is_file() and read_json(data).get("protocol") == "cowley"
+
+
 def release_of_run(run_dir: str | Path) -> Path:
     """The release folder a run's data came from, with its published models; else a DataError saying why not."""
     run_dir = Path(run_dir)
