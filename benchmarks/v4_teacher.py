@@ -6,7 +6,9 @@
 Each variant is the `cpu` teacher preset with a few fields changed, trained on
 the cowley protocol: the trunk on every session but the test sessions
 (190923, 201025) and the validation session (210224); then each held-out
-session's readout on the first half of its images. The table gives each
+session's readout on the first half of its images (with `trunk_sees_held_out`,
+those first halves train the trunk too, before the readout's refit; the second
+halves are never seen by any variant). The table gives each
 variant's median r on the validation session's second half, with a bootstrap
 95% CI, and its training time. The variant with the best validation r is the
 one chosen; only then are the test sessions' second halves read, for the
@@ -32,6 +34,8 @@ VARIANTS: dict[str, dict] = {
     "Gaussian readouts (Lurz 2021)": {"readout": "gaussian"},
     "larger V1 bank (128 + 128)": {"n_simple": 128, "n_complex": 128},
     "4-member ensemble, wider deeper": {"ensemble": 4, "width": 96, "n_blocks": 2},
+    "4-member ensemble, trunk sees first halves": {"ensemble": 4, "trunk_sees_held_out": True},
+    "8-member ensemble, trunk sees first halves": {"ensemble": 8, "trunk_sees_held_out": True},
 }
 
 

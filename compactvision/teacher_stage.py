@@ -9,7 +9,10 @@ Two protocols:
     default) and the validation session (210224 when present). Then, for each
     test and validation session, the trunk is frozen and only that session's
     readout is fitted, on the first half of its images (a tenth of them kept
-    for early stopping); the score is on the second half. The validation
+    for early stopping); the score is on the second half. With
+    `trunk_sees_held_out`, those first halves also train the trunk (with
+    their readouts) before the refit: more data for the shared features,
+    still none of the second halves. The validation
     session's score is reported apart (`metrics["validation"]`): it is the one
     to choose settings on, so the test sessions' second halves stay unseen
     until the final figure.
@@ -100,7 +103,8 @@ def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
                  resume: bool, progress: bool | Progress) -> dict[str, Any]:
     """A held-out session's readout on the frozen trunk (`readout_fit`), kept once fitted so a resume skips it."""
     sid = session.session_id
-    teacher.add_session(sid, session.neuron_ids)
+    if sid not in teacher.sessions:  # else its readout trained with the trunk and starts from there
+        teacher.add_session(sid, session.neuron_ids)
     y = _targets(session, split["train"])
     _set_response_stats(teacher, sid, y)
     done = checkpoint_dir / READOUT_CHECKPOINT
@@ -185,10 +189,12 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     splits = {s.session_id: split_images(s.n_images, seed=seed) for s in trunk_sessions}
     splits.update({s.session_id: _split_half(s.n_images) for s in readout_only})
 
-    teacher = build_teacher(config, {s.session_id: s.neuron_ids for s in trunk_sessions}, seed=seed)
+    # the held-out sessions' first halves may join the trunk's training (their second halves never do)
+    fitted = trunk_sessions + (readout_only if config.trunk_sees_held_out else [])
+    teacher = build_teacher(config, {s.session_id: s.neuron_ids for s in fitted}, seed=seed)
     if trunk_weights is not None and teacher.trunk is not None:
         load_trunk_weights(teacher.trunk, trunk_weights, backbone)
-    result = _fit(teacher, trunk_sessions, splits, config, seed, device, out / "checkpoints" / "teacher", resume,
+    result = _fit(teacher, fitted, splits, config, seed, device, out / "checkpoints" / "teacher", resume,
                   progress, "teacher")
     histories = {"teacher": result.history}
     if readout_only:
@@ -208,7 +214,7 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     summary = summarise(pooled)
 
     save_teacher(teacher, out)
-    write_split_data(out, dataset, scored, trunk_sessions, splits)
+    write_split_data(out, dataset, scored, fitted, splits)
     # Checkpoints exist to resume an interrupted run; a finished run does not ship them.
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     atomic_write_json(out / "data.json", {

@@ -109,3 +109,36 @@ def test_a_resumed_run_keeps_the_held_out_readouts_it_already_fitted(tmp_path, m
     metrics = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())
     assert "strength" in metrics["training"]["readout_s3"], "the record of how each was chosen travels with the run"
     assert manifest["metrics"]["validation"]["session"] == "s2"
+
+
+def test_a_trunk_that_sees_the_held_out_first_halves_never_sees_their_second_halves(tmp_path):
+    """With `trunk_sees_held_out`, the held-out sessions' first halves train the trunk; their second halves do not.
+
+    Two runs whose data differ only in the held-out sessions' second-half
+    responses must end with the same teacher: any leak would change it.
+    """
+    import torch
+
+    from compactvision.models.teacher import load_teacher
+
+    kwargs = dict(preset="tiny", epochs=1, progress=False, protocol="cowley", test_sessions=("s3",),
+                  validation_session="s2", config_overrides={"image_size": 32, "trunk_sees_held_out": True})
+    ds = _sessions(["s1", "s2", "s3"])
+    train_teacher(ds, tmp_path / "a", **kwargs)
+    for s in ds.sessions[1:]:
+        s.responses[:, s.n_images // 2:] = np.random.default_rng(0).poisson(5.0, s.responses[:, s.n_images // 2:].shape)
+    train_teacher(ds, tmp_path / "b", **kwargs)
+    a, b = load_teacher(tmp_path / "a"), load_teacher(tmp_path / "b")
+    assert set(a.sessions) == {"s1", "s2", "s3"}
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), f"{name} depends on the second halves"
+    metrics = json.loads((tmp_path / "a" / "history" / "teacher_metrics.json").read_text())
+    trunk = metrics["training"]["teacher"]
+    assert trunk, "the trunk trained"
+    assert {"readout_s2", "readout_s3"} <= set(metrics["training"]), "each held-out readout is refitted on the frozen trunk"
+    # Without the option the trunk trains on s1 alone, and comes out different.
+    plain = train_teacher(ds, tmp_path / "plain", **{**kwargs, "config_overrides": {"image_size": 32}})
+    c = load_teacher(tmp_path / "plain")
+    assert any(not torch.equal(x, c.state_dict()[n]) for n, x in a.state_dict().items()
+               if n in c.state_dict() and "readout" not in n and "scale" not in n), "the first halves trained the trunk"
+    assert plain["config"]["teacher"]["trunk_sees_held_out"] is False

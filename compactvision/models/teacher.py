@@ -114,6 +114,9 @@ class TeacherConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     patience: int = 3
+    # cowley protocol: the held-out (test and validation) sessions' first halves also train the trunk, with their
+    # readouts, before each readout is refitted on the frozen trunk; their second halves stay unseen either way
+    trunk_sees_held_out: bool = False
     # GPU throughput only (the weights mean the same)
     channels_last: bool = False
     compile: bool = False
