@@ -1,19 +1,23 @@
 """Published Cowley et al. compact models vs ours on the real V4 test sessions, side by side.
 
-    python benchmarks/cowley.py [--release PATH] [--ours RUN] [--sessions 190923 201025]
+    python benchmarks/cowley.py [--release PATH] [--sessions 190923 201025] [--max-neurons N]
+    python benchmarks/cowley.py --ours RUN [--csv PATH]
 
-For each test session: median Pearson r on the held-out half (images 601-1200,
-the paper's protocol) against the repeat-averaged responses, median parameter
-count (BN statistics included, as the paper counts), and CPU throughput of the
-session's median-size model at batch 64: unfused, BN folded, BN folded +
-channels-last. `--ours RUN` scores a run's students the same way; they join
-the recording on the data layer's neuron ids (`<session>_neuron<k>`), as
-`compress` and `import-cowley` both name them (so an imported run is a valid
-sanity check: its row must equal the published one).
-
+Without `--ours`: for each test session, the published models' median Pearson
+r on the held-out half (images 601-1200, the paper's protocol) against the
+repeat-averaged responses, their median parameter count (BN statistics
+included, as the paper counts), and CPU throughput of the session's
+median-size model at batch 64: unfused, BN folded, BN folded + channels-last.
 Scoring every published model costs about 73k model-images, CPU-minutes on two
 cores; `--max-neurons` takes the first few per session for a quick look (the
 medians then differ from the paper's).
+
+With `--ours RUN` (a real-V4 run, `compactvision pipeline --data RELEASE`):
+per test session and on exactly the run's held-out images, our teacher's
+median r, our compact models' median r and parameters, and the published
+models' median r and parameters for the same neurons, each median with a
+bootstrap 95% CI; the share of the teacher's r our compact models keep; and a
+per-neuron CSV (`--csv`, by default beside the run).
 """
 from __future__ import annotations
 
@@ -26,10 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compactvision.artifacts import list_students, load_student
 from compactvision.cowley import (find_published_models, load_published_model, load_session, score_students,
                                   session_summary)
-from compactvision.data.formats import Session
 from compactvision.errors import CompactVisionError
 from compactvision.models.student import CompactStudent
 
@@ -43,17 +45,6 @@ PUBLISHED_MEDIAN_R = {"190923": 0.636, "201025": 0.688}
 def published_students(release: Path, session: str, max_neurons: int | None) -> dict[int, CompactStudent]:
     models = find_published_models(release, [session])[:max_neurons]
     return {m.index: load_published_model(m) for m in models}
-
-
-def our_students(run_dir: Path, recording: Session, max_neurons: int | None) -> dict[int, CompactStudent]:
-    """The run's students of this session's neurons, keyed by response row.
-
-    Students join the recording on the data layer's neuron ids
-    ("<session>_neuron<k>"), as both `compress` and `import-cowley` name them.
-    """
-    rows = {nid: k for k, nid in enumerate(recording.neuron_ids)}
-    ids = [i for i in list_students(run_dir) if i in rows][:max_neurons]
-    return {rows[i]: load_student(run_dir, i) for i in ids}
 
 
 def throughput(model: CompactStudent, batch: int = 64, repeats: int = 5) -> dict[str, float]:
@@ -104,10 +95,43 @@ def print_table(rows: list[dict]) -> None:
               f"{r['unfused']:>14.0f} {r['fused']:>12.0f} {r['fused+cl']:>15.0f}")
 
 
+def compare_run(run: Path, release: Path, csv_path: Path, device: str | None) -> int:
+    """Ours (teacher and compact models) against the published models on the run's held-out images."""
+    import csv
+
+    from compactvision.cowley.compare import compare_with_published
+
+    try:
+        result = compare_with_published(run, release, device=device)
+    except CompactVisionError as e:
+        print(f"cannot compare {run}: {e}", file=sys.stderr)
+        return 1
+    ci = lambda m: f"{m['median']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m["median"] is not None else "-"  # noqa: E731
+    head = (f"{'session':<8} {'neurons':>7} {'our teacher r [95% CI]':>24} {'our compact r [95% CI]':>24} "
+            f"{'kept':>5} {'our params':>10} {'published r [95% CI]':>24} {'their params':>12}")
+    print("Held-out second half of each test session, Pearson r vs repeat-averaged responses (median over neurons)")
+    print(head)
+    print("-" * len(head))
+    for sid, m in result["sessions"].items():
+        kept = m["ours_r"]["median"] / m["teacher_r"]["median"] if m["teacher_r"]["median"] else float("nan")
+        print(f"{sid:<8} {m['n_neurons']:>7} {ci(m['teacher_r']):>24} {ci(m['ours_r']):>24} {kept:>5.0%} "
+              f"{m['ours_parameters']['median']:>10,.0f} {ci(m['published_r']):>24} "
+              f"{m['published_parameters']['median']:>12,.0f}")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    print(f"per-neuron table: {csv_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--release", type=Path, default=DEFAULT_RELEASE, help="the Cowley et al. release folder")
-    p.add_argument("--ours", type=Path, help="a run directory whose students to score beside the published ones")
+    p.add_argument("--ours", type=Path, help="a real-V4 run whose teacher and compact models to put beside the "
+                                             "published ones")
+    p.add_argument("--csv", type=Path, help="per-neuron table for --ours (default: RUN-vs-published.csv)")
     p.add_argument("--sessions", nargs="+", default=list(PUBLISHED_MEDIAN_R))
     p.add_argument("--max-neurons", type=int, help="score only the first N neurons per session (quick look)")
     p.add_argument("--device", help="device for scoring (throughput is always measured on CPU)")
@@ -115,22 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.release / "compact_models").is_dir():
         print(f"no Cowley release at {args.release}; pass --release", file=sys.stderr)
         return 1
+    if args.ours:
+        csv_path = args.csv or args.ours.with_name(args.ours.name + "-vs-published.csv")
+        return compare_run(args.ours, args.release, csv_path, args.device)
     rows = []
     for session in args.sessions:
         try:
             recording = load_session(args.release, session)
-            contenders = {"published": published_students(args.release, session, args.max_neurons)}
-            if args.ours:
-                contenders["ours"] = our_students(args.ours, recording, args.max_neurons)
+            students = published_students(args.release, session, args.max_neurons)
         except CompactVisionError as e:
             print(f"session {session} skipped: {e}", file=sys.stderr)
             continue
-        for label, students in contenders.items():
-            if students:
-                rows.append(benchmark_row(label, session, students, recording.images, recording.mean_responses(),
-                                          args.device))
-            else:
-                print(f"{label}: no students of session {session}", file=sys.stderr)
+        rows.append(benchmark_row("published", session, students, recording.images, recording.mean_responses(),
+                                  args.device))
     if not rows:
         print("nothing to score", file=sys.stderr)
         return 1

@@ -82,7 +82,8 @@ else:
 if run.kind in ("pipeline", "compressed") and on_cowley_protocol(run.path):
     st.subheader("Against the published compact models")
     st.caption("Our compact models and the authors' published ones for the same neurons, scored on the same "
-               "held-out images (each test session's second half) against the same responses.")
+               "held-out images (each test session's second half) against the same responses; our teacher's r "
+               "on those images is the ceiling our compact models are distilled towards.")
 
     def _compare(progress) -> dict:
         try:

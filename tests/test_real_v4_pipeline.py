@@ -132,14 +132,32 @@ def test_ours_against_the_published_models_on_the_same_images(cowley_dir, tmp_pa
     save_npz(NeuralDataset([Session(s.session_id, s.images[20:], s.responses[:, 20:], s.neuron_ids)], {}),
              run / "data" / "heldout.npz")
     (run / "data.json").write_text(json.dumps({"source": str(release)}))
+    # a teacher's per-neuron scores, as the teacher stage writes them, join the rows by neuron id
+    (run / "history").mkdir(exist_ok=True)
+    (run / "history" / "teacher_metrics.json").write_text(json.dumps(
+        {"per_neuron": {"190923": {"neuron_ids": ["190923_neuron1", "190923_neuron0"], "r": [0.25, 0.5]}}}))
     seen = []
     result = compare_with_published(run, progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert [r["neuron"] for r in result["rows"]] == ["190923_neuron0", "190923_neuron1"]
+    assert [r["teacher_r"] for r in result["rows"]] == [0.5, 0.25]
     for row in result["rows"]:
         assert row["ours_r"] == pytest.approx(row["published_r"], abs=1e-6)
         assert row["ours_parameters"] == row["published_parameters"]
     assert result["sessions"]["190923"]["n_neurons"] == 2
+    assert result["sessions"]["190923"]["teacher_r"]["median"] == pytest.approx(0.375)
     assert seen[-1] == ("compare", 2, 2)
+    # The benchmark prints the same comparison and writes it per neuron.
+    import csv
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cowley_benchmark", ROOT / "benchmarks" / "cowley.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--release", str(release), "--ours", str(run), "--csv", str(tmp_path / "rows.csv")]) == 0
+    with open(tmp_path / "rows.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["neuron"] for r in table] == ["190923_neuron0", "190923_neuron1"]
+    assert float(table[0]["ours_r"]) == pytest.approx(result["rows"][0]["ours_r"])
     with pytest.raises(DataError, match="take 112 px images; this run's are 48 px"):
         compare_with_published(real_run[1])  # the pipeline's slice is shrunk to 48 px
 

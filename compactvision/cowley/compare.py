@@ -46,9 +46,10 @@ def compare_with_published(run_dir: str | Path, release: str | Path | None = Non
                            device: str | None = None) -> dict[str, Any]:
     """Per neuron with both models: r of ours and of the published one on the run's held-out images, and sizes.
 
-    Returns {"rows": [{neuron, session, ours_r, published_r, ours_parameters,
-    published_parameters}], "sessions": {session: summaries with bootstrap
-    CIs}}. `progress("compare", done, total)` follows each neuron. Raises a
+    Returns {"rows": [{neuron, session, teacher_r, ours_r, published_r,
+    ours_parameters, published_parameters}], "sessions": {session: summaries
+    with bootstrap CIs}}; `teacher_r` is our teacher's r on the same images
+    (NaN for a run without one, such as an import). `progress("compare", done, total)` follows each neuron. Raises a
     DataError naming the reason when nothing can be compared.
     """
     run_dir = Path(run_dir)
@@ -63,6 +64,7 @@ def compare_with_published(run_dir: str | Path, release: str | Path | None = Non
     if size != tuple(INPUT_SIZE):
         raise DataError(f"the published models take {INPUT_SIZE[0]} px images; this run's are {size[0]} px",
                         run_dir / HELDOUT)
+    teacher_r = _teacher_r(run_dir)
     rows = []
     for k, m in enumerate(published):
         session = sessions[m.session]
@@ -70,6 +72,7 @@ def compare_with_published(run_dir: str | Path, release: str | Path | None = Non
         measured = session.mean_responses()[row]
         student, theirs = load_student(run_dir, m.neuron_id), load_published_model(m)
         rows.append({"neuron": m.neuron_id, "session": m.session,
+                     "teacher_r": teacher_r.get(m.neuron_id, float("nan")),
                      "ours_r": float(pearson_r(session_predictions(student, session.images, device), measured)[0]),
                      "published_r": float(pearson_r(session_predictions(theirs, session.images, device), measured)[0]),
                      "ours_parameters": student.n_parameters(), "published_parameters": theirs.n_parameters()})
@@ -79,15 +82,26 @@ def compare_with_published(run_dir: str | Path, release: str | Path | None = Non
         mine = [r for r in rows if r["session"] == sid]
         summary[sid] = {"n_neurons": len(mine), **summarise(
             {key: np.asarray([r[key] for r in mine], np.float64)
-             for key in ("ours_r", "published_r", "ours_parameters", "published_parameters")})}
+             for key in ("teacher_r", "ours_r", "published_r", "ours_parameters", "published_parameters")})}
     return {"rows": rows, "sessions": summary, "release": str(release)}
+
+
+def _teacher_r(run_dir: Path) -> dict[str, float]:
+    """Our teacher's r per neuron on the same held-out images, as its stage scored it (empty for an imported run)."""
+    path = run_dir / "history" / "teacher_metrics.json"
+    if not path.is_file():
+        return {}
+    per_session = read_json(path).get("per_neuron", {})
+    return {str(nid): float(r) if r is not None else float("nan")
+            for scores in per_session.values() for nid, r in zip(scores.get("neuron_ids", []), scores.get("r", []))}
 
 
 def comparison_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per test session: medians of r (with 95% CIs) and of parameters, ours beside the published."""
     out = []
     for sid, s in result["sessions"].items():
-        out.append({"session": sid, "neurons": s["n_neurons"],
+        teacher = {"our teacher: median r": s["teacher_r"]["median"]} if s["teacher_r"]["median"] is not None else {}
+        out.append({"session": sid, "neurons": s["n_neurons"], **teacher,
                     "ours: median r": s["ours_r"]["median"],
                     "ours: 95% CI": f"[{s['ours_r']['ci_low']:.3f}, {s['ours_r']['ci_high']:.3f}]",
                     "published: median r": s["published_r"]["median"],
