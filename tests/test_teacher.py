@@ -107,22 +107,23 @@ def test_tiny_preset_learns_the_twin_via_the_cli(tmp_path: Path) -> None:
     assert teacher.sessions["twin"] == data["sessions"]["twin"]["neuron_ids"]
 
 
-@pytest.mark.parametrize("front_end", ["vone", "conv", "vone+noise"])
+@pytest.mark.parametrize("front_end", ["vone", "conv", "vone+noise", "vone+ensemble"])
 def test_the_control_front_end_trains_on_the_twin_like_the_vone_block(tmp_path: Path, front_end: str) -> None:
     """The standard-CNN control: a learned conv where the VOneBlock stands, everything else the same.
 
     And a VOneBlock teacher with V1 noise in training, which still learns and keeps its noise level.
     """
     out = tmp_path / front_end
-    noise = ["--v1-noise", "0.5"] if front_end == "vone+noise" else []
+    noise = {"vone+noise": ["--v1-noise", "0.5"], "vone+ensemble": ["--ensemble", "2"]}.get(front_end, [])
     code = main(["teacher", "--data", "twin", "--preset", "tiny", "--out", str(out), "--neurons", "8",
                  "--images", "600", "--repeats", "4", "--progress", "none",
                  "--front-end", front_end.split("+")[0], *noise])
     assert code == 0
     assert read_manifest(out)["metrics"]["teacher"]["r"]["median"] >= 0.3
     teacher = load_teacher(out)
-    if noise:
+    if front_end == "vone+noise":
         assert teacher.vone.noise == "poisson" and teacher.vone.noise_level == 0.5 and teacher.vone.noise_seed is None
+    assert len(teacher.members) == (2 if front_end == "vone+ensemble" else 1)
     assert (teacher.vone is None) == (front_end == "conv") and (teacher.front is None) == (front_end != "conv")
     if front_end == "conv":
         assert teacher.front.conv.weight.requires_grad and teacher.front.out_channels == teacher.config.n_simple * 2
@@ -137,6 +138,8 @@ def test_a_noise_free_teacher_is_deterministic() -> None:
         assert torch.equal(teacher(x), teacher(x))
     with pytest.raises(ValueError, match="front_end"):
         TeacherConfig(front_end="resnet")
+    with pytest.raises(ValueError, match="at least one member"):
+        TeacherConfig(ensemble=0)
 
 
 def test_v1_noise_is_drawn_afresh_and_a_seeded_caller_reproduces_it() -> None:

@@ -136,6 +136,8 @@ class TeacherConfig:
             raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {self.front_end!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.ensemble < 1:
+            raise ValueError(f"an ensemble needs at least one member, got {self.ensemble}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TeacherConfig":
