@@ -35,7 +35,6 @@ VARIANTS: dict[str, dict] = {
     "larger V1 bank (128 + 128)": {"n_simple": 128, "n_complex": 128},
     "4-member ensemble, wider deeper": {"ensemble": 4, "width": 96, "n_blocks": 2},
     "4-member ensemble, trunk sees first halves": {"ensemble": 4, "trunk_sees_held_out": True},
-    "8-member ensemble, trunk sees first halves": {"ensemble": 8, "trunk_sees_held_out": True},
 }
 
 

@@ -22,6 +22,7 @@ from compactvision.errors import DataError
 from compactvision.metrics import pearson_r, summarise
 from compactvision.progress import Progress, silent
 from compactvision.rundir import HELDOUT
+from compactvision.runs import Run
 
 
 def on_cowley_protocol(run_dir: str | Path) -> bool:
@@ -49,8 +50,9 @@ def compare_with_published(run_dir: str | Path, release: str | Path | None = Non
     Returns {"rows": [{neuron, session, teacher_r, ours_r, published_r,
     ours_parameters, published_parameters}], "sessions": {session: summaries
     with bootstrap CIs}}; `teacher_r` is our teacher's r on the same images
-    (NaN for a run without one, such as an import). `progress("compare", done, total)` follows each neuron. Raises a
-    DataError naming the reason when nothing can be compared.
+    (NaN for a run without one, such as an import). `progress("compare",
+    done, total)` follows each neuron. Raises a DataError naming the reason
+    when nothing can be compared.
     """
     run_dir = Path(run_dir)
     release = Path(release) if release is not None else release_of_run(run_dir)
@@ -64,7 +66,8 @@ def compare_with_published(run_dir: str | Path, release: str | Path | None = Non
     if size != tuple(INPUT_SIZE):
         raise DataError(f"the published models take {INPUT_SIZE[0]} px images; this run's are {size[0]} px",
                         run_dir / HELDOUT)
-    teacher_r = _teacher_r(run_dir)
+    # our teacher's r per neuron on these same images, as its stage scored them (none for an import)
+    teacher_r = Run.open(run_dir, verify=False).teacher_scores()["r_heldout"]
     rows = []
     for k, m in enumerate(published):
         session = sessions[m.session]
@@ -84,16 +87,6 @@ def compare_with_published(run_dir: str | Path, release: str | Path | None = Non
             {key: np.asarray([r[key] for r in mine], np.float64)
              for key in ("teacher_r", "ours_r", "published_r", "ours_parameters", "published_parameters")})}
     return {"rows": rows, "sessions": summary, "release": str(release)}
-
-
-def _teacher_r(run_dir: Path) -> dict[str, float]:
-    """Our teacher's r per neuron on the same held-out images, as its stage scored it (empty for an imported run)."""
-    path = run_dir / "history" / "teacher_metrics.json"
-    if not path.is_file():
-        return {}
-    per_session = read_json(path).get("per_neuron", {})
-    return {str(nid): float(r) if r is not None else float("nan")
-            for scores in per_session.values() for nid, r in zip(scores.get("neuron_ids", []), scores.get("r", []))}
 
 
 def comparison_table(result: dict[str, Any]) -> list[dict[str, Any]]:
