@@ -18,8 +18,11 @@ identical students for the same seeds.
 from __future__ import annotations
 
 import copy
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -324,8 +327,9 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
         futures = [pool.submit(compress_neuron, str(run_dir), i, dict(config_dict)) for i in indices]
         try:
-            for f in as_completed(futures):
-                yield f.result()
+            with _sigterm_raises():
+                for f in as_completed(futures):
+                    yield f.result()
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM, a failed task): stop the workers now rather than
             # letting them finish their neurons after we are gone. Their files are written
@@ -337,6 +341,25 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
             pool.shutdown(wait=True)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+
+
+@contextmanager
+def _sigterm_raises():
+    """SIGTERM raises KeyboardInterrupt here, so the pool's workers are stopped with us.
+
+    The CLI installs such a handler itself; a script that calls the library
+    directly has SIGTERM's default action, which ends the parent at once and
+    leaves its spawned workers compressing on their own. Only the main thread
+    can set a handler, and a handler someone else installed is kept.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:

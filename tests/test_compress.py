@@ -164,8 +164,23 @@ def test_compressed_simple_cell_keeps_its_teachers_preferred_orientation(tiny_ru
             assert out["orientation_error_deg"] <= 15.0, out
 
 
-def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path):
-    """Killing `compress` mid-way stops its worker processes at once; rerunning completes the rest."""
+# A script that calls the library keeps SIGTERM's default action, unlike the CLI, which sets its own handler.
+_LIBRARY_SCRIPT = """
+import sys
+from compactvision.compress import compress_run
+from compactvision.pipeline import PRESETS
+if __name__ == "__main__":
+    compress_run(sys.argv[1], PRESETS["tiny"].compress, workers=2,
+                 progress=lambda stage, done, total: print("PROGRESS", stage, done, total, flush=True))
+"""
+
+
+@pytest.mark.parametrize("caller", ["cli", "library"])
+def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path, caller):
+    """Killing `compress` mid-way stops its worker processes at once; rerunning completes the rest.
+
+    Both callers: the CLI, and a user's script calling `compress_run` with the default SIGTERM action.
+    """
     import signal
     import subprocess
     import sys
@@ -175,8 +190,13 @@ def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path):
     ids = neuron_ids_of(run)
     for nid in ids[:3]:  # three neurons to do: two run at once, one waits in the queue
         history_path(run, nid).unlink()
-    cmd = [sys.executable, "-m", "compactvision.cli", "compress", str(run), "--preset", "tiny", "--workers", "2",
-           "--progress-format", "lines"]
+    if caller == "cli":
+        cmd = [sys.executable, "-m", "compactvision.cli", "compress", str(run), "--preset", "tiny", "--workers", "2",
+               "--progress-format", "lines"]
+    else:
+        script = tmp_path / "compress_script.py"
+        script.write_text(_LIBRARY_SCRIPT)
+        cmd = [sys.executable, str(script), str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # wait until the per-neuron tasks are submitted...
         if line.startswith("PROGRESS compress"):
@@ -184,7 +204,8 @@ def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path):
     assert _poll(lambda: len(_workers(proc.pid)) >= 2, deadline_s=60), "the worker processes never started"
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, rest
+    # The CLI exits 130 itself; the script dies of the uncaught KeyboardInterrupt, which Python ends with SIGINT.
+    assert proc.returncode == (130 if caller == "cli" else -signal.SIGINT), rest
     done_at_exit = sorted(p.name for p in (run / "history").glob("prune_*.json"))
     time.sleep(5)  # orphaned workers would keep writing neurons now
     assert sorted(p.name for p in (run / "history").glob("prune_*.json")) == done_at_exit
