@@ -55,6 +55,9 @@ class CompressConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     student_channels: tuple[int, ...] = (100, 100, 100, 100, 100)  # unpruned, as in the reference
     strategy: str = "shared"        # "shared" multi-neuron student then per-neuron copies, or "per_neuron"
+    # How a fresh per-neuron student's readout is fitted: "dense" (the reference's), or "factorised" (rank one,
+    # where x what, made dense again before pruning: far fewer weights to learn from a CPU's few thousand images).
+    readout_fit: str = "dense"
     shared_epochs: int = 8
     neuron_epochs: int = 3          # per-neuron fit of the (copied or fresh) student
     neuron_images: int = 8192       # labels per neuron fit, drawn from the stream
@@ -72,6 +75,8 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if self.strategy not in ("shared", "per_neuron"):
             raise ValueError(f"strategy must be 'shared' or 'per_neuron', got {self.strategy!r}")
+        if self.readout_fit not in ("dense", "factorised"):
+            raise ValueError(f"readout_fit must be 'dense' or 'factorised', got {self.readout_fit!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,8 +218,13 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     else:
         model = CompactStudent(StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,
                                            n_outputs=1, output_names=(neuron_id,)))
+        if config.readout_fit == "factorised":
+            model.factorise_readout()
+            with torch.no_grad():
+                model.readout.bias.fill_(float(stats[""][0][0]))  # start at the mean label
     fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val, _train_config(config, config.neuron_epochs, seed),
         progress=False, target_stats=stats)
+    model.dense_readout()
     heldout = _heldout_scorer(run_dir, neuron_id)
 
     def evaluate(m: CompactStudent) -> dict[str, float]:

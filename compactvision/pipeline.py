@@ -30,9 +30,10 @@ from compactvision.prune import PruneConfig
 
 
 #: Real V4 at 112 px on 2 CPU cores: a fresh 64-filter student per neuron, distilled from that neuron's
-#: teacher output alone, then pruned and retrained (the `v4` pipeline and `recompress`).
+#: teacher output alone with a rank-one readout (see `FactorisedReadout`), then pruned and retrained
+#: (the `v4` pipeline and `recompress`).
 PER_NEURON_112 = CompressConfig(
-    stream=StreamConfig(n_images=8192, image_size=112, chunk=256), strategy="per_neuron",
+    stream=StreamConfig(n_images=8192, image_size=112, chunk=256), strategy="per_neuron", readout_fit="factorised",
     student_channels=(64, 64, 64, 64, 64), neuron_epochs=2, neuron_images=6144, finetune_epochs=1,
     finetune_images=1024, final_epochs=1, batch_size=64, lr=2e-3, probe_images=256, score_images=512)
 

@@ -43,6 +43,24 @@ def test_rebuilt_network_equals_masked_original():
     assert small.n_parameters() < m.n_parameters()
 
 
+def test_a_factorised_readout_made_dense_computes_the_same_and_keeps_the_reference_layout():
+    torch.manual_seed(1)
+    m = CompactStudent(StudentArch(channels=(6, 6, 6, 6, 5), input_size=(32, 32), n_outputs=2)).eval()
+    m.factorise_readout()
+    assert sum(p.numel() for p in m.readout.parameters()) == 2 * (8 * 8 + 5 + 1), "where (h x w) + what (c) + bias"
+    with torch.no_grad():
+        m.readout.spatial.normal_()
+        m.readout.feature.normal_()
+        m.readout.bias.normal_()
+    x = torch.rand(4, 3, 32, 32)
+    before = m(x)
+    m.dense_readout()
+    assert isinstance(m.readout, torch.nn.Linear) and m.readout.weight.shape == (2, 8 * 8 * 5)
+    assert torch.allclose(m(x), before, atol=1e-5)
+    # The dense form prunes and rebuilds like any student.
+    assert torch.allclose(select_channels(m, [range(6)] * 4 + [range(5)])(x), before, atol=1e-5)
+
+
 @pytest.mark.parametrize("layer", range(5))
 def test_cutting_constant_filters_costs_almost_nothing(layer):
     """A filter that is constant over images is removed with its mean folded into the next bias.

@@ -1,6 +1,7 @@
 """Re-compression: a published compact model as the teacher of its neuron, distilled and pruned again."""
 from __future__ import annotations
 
+import shutil
 
 import pytest
 import torch
@@ -14,14 +15,15 @@ from compactvision.distill import StreamConfig
 from compactvision.errors import ArtifactError, DataError
 from compactvision.models.teacher import load_teacher
 from compactvision.prune import PruneConfig
-from compactvision.rundir import heldout_data, history_path, neuron_ids_of, teacher_image_size
+from compactvision.cowley.scoring import load_session
+from compactvision.rundir import heldout_data, history_path, neuron_ids_of, teacher_image_size, training_images
 from test_cowley_import import fake_release  # a miniature release in the real layout
 
 #: Small enough for the suite: 8-filter students on a 512-image stream (the published models are 112 px).
 TINY = CompressConfig(stream=StreamConfig(n_images=512, image_size=112, chunk=128), strategy="per_neuron",
                       student_channels=(8, 8, 8, 8, 8), neuron_epochs=1, neuron_images=256, finetune_epochs=1,
                       finetune_images=64, final_epochs=1, batch_size=32, probe_images=64, score_images=64,
-                      prune=PruneConfig(min_filters=2))
+                      prune=PruneConfig(min_filters=2), readout_fit="factorised")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,21 @@ def test_the_bank_teacher_answers_as_each_published_model(imported, tmp_path):
     held = heldout_data(out)["sessions"]["100101"]
     assert len(held["images"]) == 20, "the held-out second half only"
     assert held["responses"].shape == (2, 20)
+
+
+def test_the_stream_pool_holds_other_sessions_images_and_never_a_held_out_one(tmp_path):
+    root = fake_release(tmp_path / "release", n_models=1, n_images=40)
+    other = fake_release(tmp_path / "other", session="100102", n_models=1, n_images=12)
+    for sub in ("images/images_100102.zip", "responses_repeat_averaged/responses_100102.npy"):
+        shutil.copy(other / sub, root / sub)
+    import_cowley(root / "compact_models", tmp_path / "imported", device="cpu", sessions=["100101"])
+    out = prepare_recompress(tmp_path / "imported", tmp_path / "re")
+    pool = training_images(out)
+    session = load_session(root, "100101")
+    assert len(pool) == 20 + 12, "the first half of the re-compressed session and every image of the other one"
+    assert all((pool == img).all(axis=(1, 2, 3)).any() for img in session.images[:20])
+    for img in session.images[20:]:
+        assert not (pool == img).all(axis=(1, 2, 3)).any(), "a held-out image reached the distillation stream"
 
 
 def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path):

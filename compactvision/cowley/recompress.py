@@ -11,8 +11,13 @@ independently of how good our own V4 teacher is.
 * `teacher/`: a `StudentBank` of the chosen published models (one column each);
 * `data/heldout.npz`: each session's held-out second half with its measured
   responses, so every pruning step is scored on it;
-* the first halves' images in the run cache, which the distillation stream
-  mixes in, as it does a dataset's training images.
+* the first halves' images, and the images of the release's other sessions,
+  in the run cache: the distillation stream mixes them in, as it does a
+  dataset's training images. The published models were distilled on natural
+  images like these, and the held-out halves are such images; crops of the
+  package's few photographs alone taught a student little that transferred
+  there (r 0.29 against the published model on 190923's held-out half, with
+  0.20 of the stream from the first half only).
 
 `compress.compress_run` then works on it unchanged, per neuron, resumable.
 """
@@ -25,6 +30,7 @@ import numpy as np
 
 from compactvision.artifacts import MANIFEST, load_student, read_json, read_manifest, write_manifest
 from compactvision.cowley.scoring import load_session, release_root_of, split_halves
+from compactvision.data.cowley_release import cowley_sessions
 from compactvision.data.dataset import NeuralDataset, Session
 from compactvision.errors import ArtifactError, DataError
 from compactvision.models.bank import StudentBank, save_bank
@@ -32,6 +38,9 @@ from compactvision.models.teacher import ARCHITECTURE, TEACHER_DIR, WEIGHTS
 
 IMPORTED_KIND = "imported-cowley"
 KIND = "recompress"
+#: At most this many images from the release's other sessions join the stream's pool (evenly over sessions),
+#: so a release of dozens of sessions does not have to fit in memory at once.
+MAX_OTHER_IMAGES = 16384
 
 
 def choose_neurons(imported: dict[str, Any], neurons: Sequence[str] | None = None,
@@ -90,8 +99,10 @@ def prepare_recompress(imported_run: str | Path, out: str | Path, neurons: Seque
     bank = StudentBank(models, chosen)
     halves = {s.session_id: dict(zip(("train", "test"), (np.arange(h.start, h.stop) for h in split_halves(s.n_images))))
               for s in recorded}
+    others = _other_sessions(root, exclude=set(chosen))
+    halves.update({s.session_id: {"train": np.arange(s.n_images)} for s in others})
     write_split_data(out, NeuralDataset(recorded, {"source": "Cowley et al. (2026) V4 release",
-                                                   "image_size": bank.image_size}), recorded, recorded, halves)
+                                                   "image_size": bank.image_size}), recorded, recorded + others, halves)
     save_bank(bank, out / TEACHER_DIR, WEIGHTS, ARCHITECTURE, source={"imported_run": str(imported_run)})
     published = read_manifest(imported_run, verify=False)["metrics"].get("per_neuron", {})
     write_manifest(out, kind=KIND, seed=0,
@@ -99,6 +110,22 @@ def prepare_recompress(imported_run: str | Path, out: str | Path, neurons: Seque
                            "teacher": {"image_size": bank.image_size}},
                    metrics={"published": {i: {"n_parameters": models[i].n_parameters(), **published.get(i, {})}
                                           for i in models}})
+    return out
+
+
+def _other_sessions(root: Path, exclude: set[str]) -> list[Session]:
+    """The release's sessions besides `exclude`, their images thinned evenly to `MAX_OTHER_IMAGES` in all.
+
+    None of their images is a held-out image of a re-compressed neuron. A
+    session whose images are not the published models' size is left out.
+    """
+    ids = [s for s in cowley_sessions(root) if s not in exclude and (root / "images" / f"images_{s}.zip").exists()]
+    quota = -(-MAX_OTHER_IMAGES // max(1, len(ids)))
+    out = []
+    for sid in ids:
+        s = load_session(root, sid)
+        keep = np.linspace(0, s.n_images - 1, min(quota, s.n_images)).round().astype(int)
+        out.append(Session(sid, s.images[keep], s.responses[:, keep], list(s.neuron_ids), dict(s.metadata)))
     return out
 
 
