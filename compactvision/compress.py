@@ -55,11 +55,12 @@ class CompressConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     student_channels: tuple[int, ...] = (100, 100, 100, 100, 100)  # unpruned, as in the reference
     strategy: str = "shared"        # "shared" multi-neuron student then per-neuron copies, or "per_neuron"
-    # How a fresh per-neuron student's readout is fitted: "dense" (the reference's), or "factorised" (rank one,
-    # where x what, made dense again before pruning: far fewer weights to learn from a CPU's few thousand images).
-    readout_fit: str = "dense"
+    # How a fresh student's readout (shared or per neuron) is fitted: "dense" (the reference's), or "factorised"
+    # (rank one per neuron, where x what, made dense again before pruning: far fewer weights to learn from the
+    # few thousand images a CPU can afford).
+    readout_form: str = "dense"
     shared_epochs: int = 8
-    neuron_epochs: int = 3          # per-neuron fit of the (copied or fresh) student
+    neuron_epochs: int = 3          # per-neuron fit of the (copied or fresh) student; 0: a copy goes straight to pruning
     neuron_images: int = 8192       # labels per neuron fit, drawn from the stream
     finetune_epochs: int = 1        # after each pruned layer
     finetune_images: int = 4096
@@ -75,8 +76,10 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if self.strategy not in ("shared", "per_neuron"):
             raise ValueError(f"strategy must be 'shared' or 'per_neuron', got {self.strategy!r}")
-        if self.readout_fit not in ("dense", "factorised"):
-            raise ValueError(f"readout_fit must be 'dense' or 'factorised', got {self.readout_fit!r}")
+        if self.readout_form not in ("dense", "factorised"):
+            raise ValueError(f"readout_form must be 'dense' or 'factorised', got {self.readout_form!r}")
+        if self.neuron_epochs < (1 if self.strategy == "per_neuron" else 0):
+            raise ValueError("a fresh per-neuron student needs neuron_epochs >= 1 (a shared student's copy may take 0)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,11 +166,17 @@ def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: Label
     torch.manual_seed(config.seed)
     model = CompactStudent(arch)
     train_idx, val_idx = cache.split()
+    stats = _label_stats(cache, train_idx, None)
+    if config.readout_form == "factorised":
+        model.factorise_readout()
+        with torch.no_grad():
+            model.readout.bias.copy_(torch.from_numpy(stats[0]))  # start at the mean labels
     tc = replace(_train_config(config, config.shared_epochs, config.seed), device=device)
     fit(model, _stream(cache, train_idx, config.batch_size, None, config.seed), _val_arrays(cache, val_idx, None), tc,
         checkpoint_dir=run_dir / CACHE_DIR / "shared", resume=resume,
         progress=lambda s, d, t: progress("distill", d, t),
-        target_stats={"": _label_stats(cache, train_idx, None)})
+        target_stats={"": stats})
+    model.dense_readout()
     save_weights(out, model.state_dict(), metadata={"architecture": model.arch.to_json()})
     return model.eval()
 
@@ -218,12 +227,13 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     else:
         model = CompactStudent(StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,
                                            n_outputs=1, output_names=(neuron_id,)))
-        if config.readout_fit == "factorised":
+        if config.readout_form == "factorised":
             model.factorise_readout()
             with torch.no_grad():
                 model.readout.bias.fill_(float(stats[""][0][0]))  # start at the mean label
-    fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val, _train_config(config, config.neuron_epochs, seed),
-        progress=False, target_stats=stats)
+    if config.neuron_epochs > 0:
+        fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val,
+            _train_config(config, config.neuron_epochs, seed), progress=False, target_stats=stats)
     model.dense_readout()
     heldout = _heldout_scorer(run_dir, neuron_id)
 

@@ -133,6 +133,11 @@ def test_config_round_trips_and_rejects_unknown_strategy():
     assert CompressConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     with pytest.raises(ValueError):
         CompressConfig(strategy="magic")
+    with pytest.raises(ValueError, match="readout_form"):
+        CompressConfig(readout_form="gaussian")
+    with pytest.raises(ValueError, match="neuron_epochs"):
+        CompressConfig(strategy="per_neuron", neuron_epochs=0)
+    assert CompressConfig(strategy="shared", neuron_epochs=0).neuron_epochs == 0
 
 
 def test_compressed_simple_cell_keeps_its_teachers_preferred_orientation(tiny_run):

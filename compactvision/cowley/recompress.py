@@ -14,10 +14,10 @@ independently of how good our own V4 teacher is.
 * the first halves' images, and the images of the release's other sessions,
   in the run cache: the distillation stream mixes them in, as it does a
   dataset's training images. The published models were distilled on natural
-  images like these, and the held-out halves are such images; crops of the
-  package's few photographs alone taught a student little that transferred
-  there (r 0.29 against the published model on 190923's held-out half, with
-  0.20 of the stream from the first half only).
+  images like these, and the held-out halves are such images. (For one
+  neuron's student after one epoch the pool made no clear difference: r 0.26
+  against the published model on 190923's held-out half with it, 0.29 with
+  the first half alone; the preset was then chosen on a stream that has it.)
 
 `compress.compress_run` then works on it unchanged, per neuron, resumable.
 """
