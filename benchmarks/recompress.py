@@ -3,8 +3,9 @@
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4]
 
 Each published model of Cowley et al. (2026) is taken as the teacher of its
-neuron (`compactvision recompress`): distilled into a fresh wide student and
-pruned by our criterion. On CPU the sample is fixed and printed: the first
+neuron (`compactvision recompress`): distilled into a fresh wide student
+(shared by the sample's neurons, each read out alone) and pruned per neuron by
+our criterion. On CPU the sample is fixed and printed: the first
 `--per-session` (4) neurons of each test session, 190923 and 201025. With a
 GPU, or `--all`, every published model. The work is resumable: rerunning the
 command continues where it stopped, and finished neurons are only re-scored.

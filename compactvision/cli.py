@@ -316,6 +316,9 @@ def add_compress(sub: argparse._SubParsersAction) -> None:
 
 def _add_pruning_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=["shared", "per_neuron"], help="starting student(s); default from the preset")
+    p.add_argument("--readout-form", choices=["dense", "factorised"],
+                   help="how a fresh student's readout is fitted: dense (the reference's) or factorised (rank one, "
+                        "made dense before pruning); default from the preset")
     p.add_argument("--threshold", type=float,
                    help="fraction of the unpruned student's r² against the teacher that pruning must keep "
                         "(default from the preset, 0.9)")
@@ -334,7 +337,11 @@ def _compression_config(args: argparse.Namespace):
 
     config = replace(COMPRESS_PRESETS[args.preset], seed=args.seed)
     if args.strategy:
-        config = replace(config, strategy=args.strategy)
+        # A fresh per-neuron student must be fitted; a preset whose shared copies skip that lends its shared epochs.
+        epochs = config.neuron_epochs or config.shared_epochs if args.strategy == "per_neuron" else config.neuron_epochs
+        config = replace(config, strategy=args.strategy, neuron_epochs=epochs)
+    if args.readout_form:
+        config = replace(config, readout_form=args.readout_form)
     prune = {k: v for k, v in (("threshold", args.threshold), ("criterion", args.criterion),
                                ("min_filters", args.min_filters)) if v is not None}
     if args.criterion == "reconstruction":
@@ -354,8 +361,8 @@ def _compress(args: argparse.Namespace) -> None:
 
 @stage
 def add_recompress(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recompress", help="treat each imported published model as its neuron's teacher: distil it "
-                                          "into a wide student and prune that again (resumable per neuron)")
+    p = sub.add_parser("recompress", help="treat each imported published model as its neuron's teacher: distil them "
+                                          "into a wide student and prune it per neuron (resumable per neuron)")
     p.add_argument("imported", help="a run made by import-cowley")
     p.add_argument("--out", required=True, help="the re-compression run (rerun the same command to continue it)")
     which = p.add_mutually_exclusive_group()
@@ -364,7 +371,8 @@ def add_recompress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions", nargs="+", help="only these sessions")
     p.add_argument("--release", help="the release folder with images/ and responses (default: the one imported from)")
     p.add_argument("--preset", default="recompress", choices=COMPRESS_PRESETS, metavar="NAME",
-                   help="compression sizes: %(choices)s (default %(default)s: a fresh 64-filter student per neuron)")
+                   help="compression sizes: %(choices)s (default %(default)s: a 64-filter student shared by the "
+                        "chosen neurons, then pruned per neuron)")
     _add_pruning_options(p)
     _add_compress_options(p)
     p.set_defaults(func=_recompress)

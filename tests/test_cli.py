@@ -31,6 +31,17 @@ def test_compress_defaults_to_the_reference_width():
     assert all(min(c.student_channels) >= 64 for c in COMPRESS_PRESETS.values())
 
 
+def test_strategy_and_readout_options_override_the_preset_into_a_valid_config():
+    def config(*extra: str):
+        return cli._compression_config(cli.build_parser().parse_args(["recompress", "imported", "--out", "o", *extra]))
+
+    preset = COMPRESS_PRESETS["recompress"]
+    assert config() == preset
+    fresh = config("--strategy", "per_neuron", "--readout-form", "dense")
+    assert fresh.strategy == "per_neuron" and fresh.readout_form == "dense"
+    assert fresh.neuron_epochs >= 1, "a fresh per-neuron student is fitted, even where the preset's copies are not"
+
+
 def test_unknown_compress_preset_is_a_usage_error_not_a_traceback(tmp_path, capsys):
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as e:

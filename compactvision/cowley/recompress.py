@@ -4,7 +4,10 @@ A published model of Cowley et al. (2026) was distilled from their
 ImageNet-ResNet ensemble, so on its neuron it is a faithful stand-in for that
 teacher. Distilling it into a fresh wide student and pruning that student
 with our criterion tests our distil-and-prune on real V4 computations,
-independently of how good our own V4 teacher is.
+independently of how good our own V4 teacher is. (With the `recompress`
+preset, the chosen neurons share one wide student, each read out alone, and
+each neuron's copy of it is pruned: so a neuron's result can depend a little
+on which others were chosen with it.)
 
 `prepare_recompress` turns an `import-cowley` run into a teacher run:
 
