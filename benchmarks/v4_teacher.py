@@ -35,6 +35,7 @@ VARIANTS: dict[str, dict] = {
     "larger V1 bank (128 + 128)": {"n_simple": 128, "n_complex": 128},
     "4-member ensemble, wider deeper": {"ensemble": 4, "width": 96, "n_blocks": 2},
     "4-member ensemble, trunk sees first halves": {"ensemble": 4, "trunk_sees_held_out": True},
+    "4-member ensemble, readouts see V1": {"ensemble": 4, "readout_sees_front_end": True},
 }
 
 

@@ -64,6 +64,27 @@ def test_save_load_round_trip_and_tamper_detection(tmp_path: Path) -> None:
         load_teacher(tmp_path)
 
 
+def test_readouts_that_see_the_front_end_read_its_pooled_maps_beside_the_back_end(tmp_path: Path) -> None:
+    config = TeacherConfig(**{**SMALL.to_dict(), "readout_sees_front_end": True})
+    t = build_teacher(config, {"s": 3}, seed=0)
+    t.set_response_stats("s", np.zeros(3), np.ones(3))
+    data = {"s": (np.random.default_rng(1).integers(0, 256, (32, 48, 48, 3), dtype=np.uint8),
+                  np.random.default_rng(2).normal(size=(32, 3)).astype(np.float32))}
+    fit(t, data, data, TrainConfig(epochs=1, batch_size=16, device="cpu"), progress=False)
+    t.eval()
+    x = torch.rand(2, 3, 48, 48)
+    v1 = t.vone(x)
+    for m, readout in zip(t.members, t.readouts_of("s")):
+        out = m.back_end(v1)
+        assert out.shape[1] == SMALL.width + v1.shape[1] == readout.in_channels
+        pooled = m.back_end.shortcut_norm(torch.nn.functional.adaptive_avg_pool2d(v1, out.shape[-2:]))
+        torch.testing.assert_close(out[:, SMALL.width:], pooled)
+        assert m.back_end.shortcut_norm.num_batches_tracked > 0, "its normalisation learns with the trunk"
+    save_teacher(t, tmp_path)
+    write_manifest(tmp_path, kind="teacher", config={})
+    torch.testing.assert_close(load_teacher(tmp_path)(x), t(x), rtol=0, atol=0)
+
+
 def test_frozen_trunk_fits_only_the_new_readout() -> None:
     rng = np.random.default_rng(0)
     t = build_teacher(SMALL, {"train": 3}, seed=0)

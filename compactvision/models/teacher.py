@@ -30,6 +30,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compactvision.artifacts import MANIFEST, atomic_write_json, load_weights, read_json, read_manifest, save_weights, verify_files
@@ -117,6 +118,9 @@ class TeacherConfig:
     # cowley protocol: the held-out (test and validation) sessions' first halves also train the trunk, with their
     # readouts, before each readout is refitted on the frozen trunk; their second halves stay unseen either way
     trunk_sees_held_out: bool = False
+    # the readouts also read the shared front end's maps (pooled to the back end's grid, batch-normalised) beside
+    # the back end's: what V1 already says need not pass through the back end's few channels to be read
+    readout_sees_front_end: bool = False
     # GPU throughput only (the weights mean the same)
     channels_last: bool = False
     compile: bool = False
@@ -179,15 +183,26 @@ class ResidualBlock(nn.Module):
 
 
 class BackEnd(nn.Module):
-    """1x1 bottleneck over the V1 channels, then residual blocks (the first may downsample)."""
+    """1x1 bottleneck over the V1 channels, then residual blocks (the first may downsample).
 
-    def __init__(self, c_in: int, width: int, n_blocks: int, first_stride: int) -> None:
+    With `front_end_shortcut` its output also carries its input, average-pooled
+    to the blocks' grid and batch-normalised, as further channels: the readout
+    then reads V1 (or the trunk) directly as well as what the blocks made of it.
+    """
+
+    def __init__(self, c_in: int, width: int, n_blocks: int, first_stride: int,
+                 front_end_shortcut: bool = False) -> None:
         super().__init__()
         self.bottleneck = nn.Sequential(nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.blocks = nn.Sequential(*[ResidualBlock(width, width, first_stride if i == 0 else 1) for i in range(n_blocks)])
+        self.shortcut_norm = nn.BatchNorm2d(c_in) if front_end_shortcut else None
+        self.out_channels = width + (c_in if front_end_shortcut else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.bottleneck(x))
+        y = self.blocks(self.bottleneck(x))
+        if self.shortcut_norm is None:
+            return y
+        return torch.cat([y, self.shortcut_norm(F.adaptive_avg_pool2d(x, y.shape[-2:]))], dim=1)
 
 
 class ResponseScale(nn.Module):
@@ -208,14 +223,16 @@ class TeacherMember(nn.Module):
     def __init__(self, c_in: int, config: TeacherConfig, map_hw: tuple[int, int], sessions: Mapping[str, int]) -> None:
         super().__init__()
         self.config, self.map_hw = config, map_hw
-        self.back_end = BackEnd(c_in, config.width, config.n_blocks, config.first_stride)
+        self.back_end = BackEnd(c_in, config.width, config.n_blocks, config.first_stride,
+                                front_end_shortcut=config.readout_sees_front_end)
         self.readouts = nn.ModuleDict({_slot(s): self._readout(n) for s, n in sessions.items()})
 
     def _readout(self, n_neurons: int) -> Readout:
         c = self.config
         if c.readout == "gaussian":
-            return GaussianReadout(c.width, *self.map_hw, n_neurons, feature_l1=c.feature_l1)
-        return FactorisedReadout(c.width, *self.map_hw, n_neurons, mask_l1=c.mask_l1, feature_l1=c.feature_l1)
+            return GaussianReadout(self.back_end.out_channels, *self.map_hw, n_neurons, feature_l1=c.feature_l1)
+        return FactorisedReadout(self.back_end.out_channels, *self.map_hw, n_neurons, mask_l1=c.mask_l1,
+                                 feature_l1=c.feature_l1)
 
     def forward(self, v1: torch.Tensor, session: str) -> torch.Tensor:
         return self.readouts[_slot(session)](self.back_end(v1))
