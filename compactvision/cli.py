@@ -338,7 +338,7 @@ def _compression_config(args: argparse.Namespace):
     config = replace(COMPRESS_PRESETS[args.preset], seed=args.seed)
     if args.strategy:
         # A fresh per-neuron student must be fitted; a preset whose shared copies skip that lends its shared epochs.
-        epochs = config.neuron_epochs or config.shared_epochs if args.strategy == "per_neuron" else config.neuron_epochs
+        epochs = (config.neuron_epochs or config.shared_epochs) if args.strategy == "per_neuron" else config.neuron_epochs
         config = replace(config, strategy=args.strategy, neuron_epochs=epochs)
     if args.readout_form:
         config = replace(config, readout_form=args.readout_form)

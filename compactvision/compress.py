@@ -168,9 +168,7 @@ def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: Label
     train_idx, val_idx = cache.split()
     stats = _label_stats(cache, train_idx, None)
     if config.readout_form == "factorised":
-        model.factorise_readout()
-        with torch.no_grad():
-            model.readout.bias.copy_(torch.from_numpy(stats[0]))  # start at the mean labels
+        model.factorise_readout(bias=torch.from_numpy(stats[0]))
     tc = replace(_train_config(config, config.shared_epochs, config.seed), device=device)
     fit(model, _stream(cache, train_idx, config.batch_size, None, config.seed), _val_arrays(cache, val_idx, None), tc,
         checkpoint_dir=run_dir / CACHE_DIR / "shared", resume=resume,
@@ -228,10 +226,9 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         model = CompactStudent(StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,
                                            n_outputs=1, output_names=(neuron_id,)))
         if config.readout_form == "factorised":
-            model.factorise_readout()
-            with torch.no_grad():
-                model.readout.bias.fill_(float(stats[""][0][0]))  # start at the mean label
+            model.factorise_readout(bias=float(stats[""][0][0]))
     if config.neuron_epochs > 0:
+        model.rank_one_readout()
         fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val,
             _train_config(config, config.neuron_epochs, seed), progress=False, target_stats=stats)
     model.dense_readout()
@@ -240,31 +237,36 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     def evaluate(m: CompactStudent) -> dict[str, float]:
         return {"r_teacher": _r(predict(m, val[0]), val[1]), **heldout(m)}
 
-    def finetune(m: CompactStudent, layer: int) -> CompactStudent:
-        """Retrain after a cut, keeping the cut network if retraining a few hundred images made it worse.
+    def refit(m: CompactStudent, idx: np.ndarray, epochs: int, task_seed: int) -> CompactStudent:
+        """Retrain `m` on images `idx`, keeping it as it was if retraining made it worse on validation.
 
-        A short fine-tune from a fresh optimiser can first disturb a network (its
-        BN statistics move with small batches); judged on validation images, the
-        better of the two goes on, so the next cut's budget is not spent on that.
+        A short fit from a fresh optimiser can first disturb a network (its BN
+        statistics move with small batches); judged on validation images, the
+        better of the two goes on, so the next cut's budget is not spent on
+        that. A readout that is still rank one is retrained at rank one.
         """
-        if config.finetune_epochs <= 0:
+        if epochs <= 0:
             return m.eval()
         before = copy.deepcopy(m.state_dict())
         r_before = _r(predict(m.eval(), val[0]), val[1])
-        fit(m, _stream(cache, tune_idx, config.batch_size, col, seed + layer + 1), val,
-            _train_config(config, config.finetune_epochs, seed + layer + 1), progress=False, target_stats=stats)
+        m.rank_one_readout()
+        fit(m, _stream(cache, idx, config.batch_size, col, task_seed), val,
+            _train_config(config, epochs, task_seed), progress=False, target_stats=stats)
+        m.dense_readout()
         if not _r(predict(m.eval(), val[0]), val[1]) >= r_before:
             m.load_state_dict(before)
         return m.eval()
+
+    def finetune(m: CompactStudent, layer: int) -> CompactStudent:
+        return refit(m, tune_idx, config.finetune_epochs, seed + layer + 1)
 
     probe = as_model_input(np.asarray(cache.images[probe_idx]))
     labels = np.asarray(cache.labels[probe_idx][:, index], np.float64)
     model, path = prune_neuron(model.eval(), probe, labels, config.prune, finetune=finetune, evaluate=evaluate)
     if config.final_epochs > 0:
         # The paper retrains the rebuilt network; the last path point records the result.
-        fit(model, _stream(cache, fit_idx, config.batch_size, col, seed + 99), val,
-            _train_config(config, config.final_epochs, seed + 99), progress=False, target_stats=stats)
-        scores = evaluate(model.eval())
+        model = refit(model, fit_idx, config.final_epochs, seed + 99)
+        scores = evaluate(model)
         path[-1].accuracy = scores.pop("r_teacher")
         path[-1].scores = scores
     metrics = {"r_teacher": path[-1].accuracy, "r_teacher_unpruned": path[0].accuracy,

@@ -39,7 +39,7 @@ from compactvision.prune import PruneConfig
 STUDENTS_112 = CompressConfig(
     stream=StreamConfig(n_images=8192, image_size=112, chunk=256, natural_fraction=0.075, synthetic_fraction=0.025),
     strategy="shared", readout_form="factorised",
-    student_channels=(64, 64, 64, 64, 64), shared_epochs=3, neuron_epochs=0, neuron_images=6144, finetune_epochs=1,
+    student_channels=(64, 64, 64, 64, 64), shared_epochs=3, neuron_epochs=0, neuron_images=3072, finetune_epochs=1,
     finetune_images=1024, final_epochs=1, batch_size=64, lr=2e-3, probe_images=256, score_images=512)
 
 

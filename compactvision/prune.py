@@ -345,6 +345,7 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
     floor = config.threshold * r_squared(responses(student, probe), labels)
     path = [step(None, student, None)]
     for visit in range(config.rounds):
+        before = student.arch.channels
         for layer in config.layer_order(config.order, len(student.layers)):
             if visit and student.arch.channels[layer] <= config.min_filters:
                 continue
@@ -353,4 +354,6 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
                 continue  # nothing more to cut here: no fine-tune, no step
             student = cut if finetune is None else finetune(cut, layer).eval()
             path.append(step(layer, student, explained, visit))
+        if visit and student.arch.channels == before:
+            break  # a later visit that cut nothing changed nothing: the next would be the same
     return student, path

@@ -61,6 +61,30 @@ def test_a_factorised_readout_made_dense_computes_the_same_and_keeps_the_referen
     assert torch.allclose(select_channels(m, [range(6)] * 4 + [range(5)])(x), before, atol=1e-5)
 
 
+def test_a_rank_one_readout_survives_pruning_and_is_taken_back_exactly():
+    """Fine-tunes after a cut retrain the readout at rank one only where that is the same model."""
+    torch.manual_seed(2)
+    m = CompactStudent(StudentArch(channels=(6, 6, 6, 6, 5), input_size=(32, 32))).eval()
+    m.factorise_readout(bias=0.25)
+    assert m.readout.bias.item() == 0.25
+    with torch.no_grad():
+        m.readout.feature.normal_()
+    m.dense_readout()
+    x = torch.rand(16, 3, 32, 32)
+    small = cut_layer(m, x, 4, [0, 2, 3])  # drops channels and folds their means into the bias
+    before = small(x)
+    assert small.rank_one_readout() and not isinstance(small.readout, torch.nn.Linear)
+    assert torch.allclose(small(x), before, atol=1e-5)
+    small.dense_readout()
+    assert torch.allclose(small(x), before, atol=1e-5)
+    # An imported (full-rank) readout is left dense and untouched.
+    with torch.no_grad():
+        small.readout.weight.add_(0.1 * torch.randn_like(small.readout.weight))
+    w = small.readout.weight.clone()
+    assert not small.rank_one_readout()
+    assert isinstance(small.readout, torch.nn.Linear) and torch.equal(small.readout.weight, w)
+
+
 @pytest.mark.parametrize("layer", range(5))
 def test_cutting_constant_filters_costs_almost_nothing(layer):
     """A filter that is constant over images is removed with its mean folded into the next bias.

@@ -219,11 +219,45 @@ class CompactStudent(nn.Module):
             x = layer(x)
         return self.readout_from(x)
 
-    def factorise_readout(self) -> "CompactStudent":
-        """Swap in a fresh rank-one readout for fitting (see `FactorisedReadout`); returns self."""
+    def factorise_readout(self, bias: torch.Tensor | float | None = None) -> "CompactStudent":
+        """Swap in a fresh rank-one readout for fitting (see `FactorisedReadout`); returns self.
+
+        `bias` (one value, or one per output) is where its outputs start: the
+        mean label, so the first steps learn the pattern, not the offset.
+        """
         h, w = self.arch.readout_hw
         self.readout = FactorisedReadout(h, w, self.arch.channels[-1], self.arch.n_outputs).to(self.readout.bias.device)
+        if bias is not None:
+            with torch.no_grad():
+                self.readout.bias.copy_(torch.as_tensor(bias, dtype=torch.float32).expand_as(self.readout.bias))
         return self
+
+    def rank_one_readout(self, tol: float = 1e-4) -> bool:
+        """Hold the dense readout as an equal `FactorisedReadout` if it is rank one per output; say whether it was.
+
+        A student whose readout was fitted at rank one stays rank one through
+        pruning (dropping channels and folding means into the bias keep the
+        product form), so its fine-tunes can again learn h*w + c weights
+        instead of h*w*c. A readout that is not rank one (an imported model's)
+        is left dense; `tol` is the largest relative part of any output's
+        weights outside its leading singular pair.
+        """
+        if isinstance(self.readout, FactorisedReadout):
+            return True
+        h, w = self.arch.readout_hw
+        c = self.arch.channels[-1]
+        with torch.no_grad():
+            wt = self.readout.weight.double().view(self.arch.n_outputs, h * w, c)
+            u, s, vh = torch.linalg.svd(wt, full_matrices=False)
+            if bool((s[:, 1:].pow(2).sum(1) > tol ** 2 * s.pow(2).sum(1)).any()):
+                return False
+            fr = FactorisedReadout(h, w, c, self.arch.n_outputs).to(self.readout.bias.device)
+            # What is a unit vector, so its entries are on one scale whatever the readout's.
+            fr.spatial.copy_(u[:, :, 0] * s[:, :1])
+            fr.feature.copy_(vh[:, 0, :])
+            fr.bias.copy_(self.readout.bias)
+        self.readout = fr
+        return True
 
     def dense_readout(self) -> "CompactStudent":
         """Back to the reference's dense readout, computing the same outputs; returns self."""
