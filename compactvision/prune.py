@@ -271,8 +271,8 @@ def _reconstruction_explained(student: CompactStudent, probe: torch.Tensor, laye
                               ) -> tuple[torch.Tensor, Callable[[torch.Tensor], float]]:
     """The reference's ranking of `layer`'s filters and its variance-explained criterion for a kept set."""
     nxt = student.layers[layer + 1]
-    pw = nxt.pointwise.weight[:, :, 0, 0]                                   # (C_next, C)
-    scale = nxt.bn.weight / torch.sqrt(nxt.bn.running_var + nxt.bn.eps)
+    pw = nxt.pointwise.weight[:, :, 0, 0].detach()                          # (C_next, C)
+    scale = (nxt.bn.weight / torch.sqrt(nxt.bn.running_var + nxt.bn.eps)).detach()
     d = torch.cat([nxt.depthwise(tf_same_pad(student.layers[layer](_layer_input(student, x, layer)), nxt.kernel,
                                              nxt.stride)) for x in _chunks(probe)])  # (N, C, H', W')
     rank = d.var(dim=(0, 2, 3)) * ((scale[:, None] * pw) ** 2).sum(0)
