@@ -8,6 +8,16 @@ filter that is nearly constant over images costs nothing to remove. The
 network is then physically rebuilt smaller (`select_channels`), the caller
 fine-tunes it, and the step is recorded as a point on the pruning path.
 
+What stands in for a dropped filter is the `compensation`. "mean" folds each
+dropped filter's mean into the next bias. "least_squares" (the default, after
+He et al. 2017's channel pruning) also lets the kept filters carry what the
+dropped ones shared with them: the next layer's pointwise weights are refitted
+so the kept filters reconstruct its input best over the probe images, and the
+last layer's readout is refitted to the unpruned response over the kept
+filters, which are then chosen by greedy forward selection. A distributed
+representation (a shared student's copy spreads one neuron over many
+correlated filters) is thereby consolidated instead of truncated.
+
 Two criteria decide how far a layer may be cut:
 
 * ``"output"`` (the default) judges every cut on the neuron's own response:
@@ -30,7 +40,7 @@ at the paper's 112 px and 100 filters.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -41,6 +51,7 @@ from compactvision.models.student import CompactStudent, select_channels, tf_sam
 
 CRITERIA = ("output", "reconstruction")
 ORDERS = ("last_first", "readout_then_first")
+COMPENSATIONS = ("least_squares", "mean")
 CHUNK = 128  # probe images per forward pass
 
 
@@ -60,6 +71,7 @@ class PruneConfig:
     criterion: str = "output"
     order: str = "readout_then_first"
     rounds: int = 2
+    compensation: str = "least_squares"  # the output criterion's; the reference criterion keeps its mean fold
 
     @staticmethod
     def layer_order(order: str, n_layers: int) -> list[int]:
@@ -85,6 +97,8 @@ class PruneConfig:
             raise ValueError("rounds must be >= 1")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if self.compensation not in COMPENSATIONS:
+            raise ValueError(f"compensation must be one of {COMPENSATIONS}, got {self.compensation!r}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.order != "last_first" and self.criterion != "output":
@@ -142,46 +156,91 @@ def r_squared(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------ cutting a layer
-@torch.no_grad()
-def _fold_means(student: CompactStudent, probe: torch.Tensor, layer: int) -> torch.Tensor:
-    """Each filter of `layer`'s mean contribution to the next stage (per next unit), (C_next, C).
+@dataclass(frozen=True)
+class Fold:
+    """What a layer's filters give the next stage: how dropped filters are carried by what stays.
 
-    For the last layer that stage is the readout (one unit); otherwise it is
-    the next layer's pointwise pre-activation, which filter j reaches only as
+    `means[k, c]` is filter c's mean contribution to next unit k (for the last
+    layer, the readout's one unit). `mean` and `cov` (non-last layers, least
+    squares only) are the mean (C,) and covariance (C, C), over images and
+    positions, of the depthwise outputs the next pointwise conv reads.
+    """
+
+    means: torch.Tensor
+    mean: torch.Tensor | None = None
+    cov: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def fold_of(student: CompactStudent, probe: torch.Tensor, layer: int, least_squares: bool = False) -> Fold:
+    """`layer`'s `Fold` on the probe images; with `least_squares`, the moments a refit needs too.
+
+    For the last layer the next stage is the readout; otherwise it is the next
+    layer's pointwise pre-activation, which filter j reaches only as
     pointwise[:, j] * depthwise_j(activation_j): linear, hence separable.
     """
     if layer == len(student.layers) - 1:
-        return _readout_contributions(student, probe).mean(dim=0, keepdim=True)
+        return Fold(_readout_contributions(student, probe).mean(dim=0, keepdim=True))
     nxt = student.layers[layer + 1]
-    total, n = None, 0
+    s1, s2, n = 0.0, 0.0, 0
     for x in _chunks(probe):
-        a = student.layers[layer](_layer_input(student, x, layer))
-        d = nxt.depthwise(tf_same_pad(a, nxt.kernel, nxt.stride)).mean(dim=(2, 3)).sum(0)  # (C,)
-        m = nxt.pointwise.weight[:, :, 0, 0] * d[None]
-        total = m if total is None else total + m
-        n += len(x)
-    return total / n
+        d = nxt.depthwise(tf_same_pad(student.layers[layer](_layer_input(student, x, layer)), nxt.kernel, nxt.stride))
+        f = d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]).double()
+        s1 = s1 + f.sum(0)
+        if least_squares:
+            s2 = s2 + f.T @ f
+        n += len(f)
+    mean = s1 / n
+    means = nxt.pointwise.weight[:, :, 0, 0].double() * mean[None]
+    if not least_squares:
+        return Fold(means.float())
+    return Fold(means.float(), mean, s2 / n - torch.outer(mean, mean))
+
+
+def _carried_by_kept(fold: Fold, pointwise: torch.Tensor, kept: list[int], dropped: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares carry of dropped filters: the next layer's new pointwise weights (C_next, K) and bias shift.
+
+    Each dropped input d_j is replaced by its regression on the kept ones,
+    m_j + B_j (d_K - m_K), with B from the probe covariance (a little ridge
+    keeps a dead filter harmless), so every next unit's pre-activation is
+    reconstructed as well as the kept filters can, all at once.
+    """
+    k = torch.tensor(kept)
+    d = torch.nonzero(dropped).flatten()
+    cov_kk = fold.cov[k][:, k]
+    ridge = 1e-6 * float(torch.diagonal(cov_kk).mean().clamp_min(1e-12))
+    b = torch.linalg.solve(cov_kk + ridge * torch.eye(len(k), dtype=cov_kk.dtype), fold.cov[k][:, d]).T  # (D, K)
+    pw = pointwise.double()
+    weight = pw[:, k] + pw[:, d] @ b
+    shift = pw[:, d] @ (fold.mean[d] - b @ fold.mean[k])
+    return weight.float(), shift.float()
 
 
 def cut_layer(student: CompactStudent, probe: torch.Tensor, layer: int, kept: torch.Tensor | list[int],
-              fold: torch.Tensor | None = None) -> CompactStudent:
-    """A rebuilt copy of `student` keeping only filters `kept` of `layer`, dropped means folded in.
+              fold: Fold | None = None) -> CompactStudent:
+    """A rebuilt copy of `student` keeping only filters `kept` of `layer`, the dropped ones carried.
 
-    `fold` is `_fold_means(student, probe, layer)`, passed in when several cuts
-    of the same layer are tried. The input model is left untouched.
+    `fold` is `fold_of(student, probe, layer)`, passed in when several cuts of
+    the same layer are tried; with a covariance it carries them by least
+    squares, otherwise by their means. The input model is left untouched.
     """
-    fold = _fold_means(student, probe, layer) if fold is None else fold
+    fold = fold_of(student, probe, layer) if fold is None else fold
     kept = sorted({int(j) for j in kept})
-    dropped = torch.ones(fold.shape[1], dtype=torch.bool)
+    dropped = torch.ones(fold.means.shape[1], dtype=torch.bool)
     dropped[kept] = False
     keep = [list(range(c)) for c in student.arch.channels]
     keep[layer] = kept
     small = select_channels(student, keep)
     with torch.no_grad():
-        shift = fold[:, dropped].sum(1)
         if layer == len(student.layers) - 1:
-            small.readout.bias.add_(shift)
+            small.readout.bias.add_(fold.means[:, dropped].sum(1))
+        elif fold.cov is None or not dropped.any():
+            small.layers[layer + 1].pointwise.bias.add_(fold.means[:, dropped].sum(1))
         else:
+            pointwise = student.layers[layer + 1].pointwise.weight[:, :, 0, 0]
+            weight, shift = _carried_by_kept(fold, pointwise, kept, dropped)
+            small.layers[layer + 1].pointwise.weight[:, :, 0, 0] = weight
             small.layers[layer + 1].pointwise.bias.add_(shift)
     return small.eval()
 
@@ -237,28 +296,88 @@ def _smallest_passing(order: torch.Tensor, passes: Callable[[int], bool], min_fi
 
 
 # ------------------------------------------------------------------ criteria
+def _forward_selection(x: torch.Tensor, y: torch.Tensor
+                       ) -> tuple[list[int], Callable[[int], tuple[torch.Tensor, float]]]:
+    """Columns of `x` (N, C) in greedy forward-selection order for a least-squares fit of `y` (N,).
+
+    Returns the order and `fit(k)`: the coefficients (k,) of the first k
+    columns and the intercept. Each step adds the column that most reduces the
+    residual sum of squares given those already chosen, so a column another one
+    already explains comes late, however large its own variance.
+    """
+    mean_x, mean_y = x.mean(0), y.mean()
+    xc, yc = x - mean_x, y - mean_y
+    gram, cross = xc.T @ xc, xc.T @ yc
+    ridge = 1e-9 * float(torch.diagonal(gram).mean().clamp_min(1e-12))
+
+    def coef(cols: list[int]) -> torch.Tensor:
+        idx = torch.tensor(cols)
+        return torch.linalg.solve(gram[idx][:, idx] + ridge * torch.eye(len(cols), dtype=gram.dtype), cross[idx])
+
+    order: list[int] = []
+    rest = list(range(x.shape[1]))
+    while rest:
+        gains = [float(cross[order + [j]] @ coef(order + [j])) for j in rest]
+        order.append(rest.pop(int(np.argmax(gains))))
+
+    def fit(k: int) -> tuple[torch.Tensor, float]:
+        c = coef(order[:k])
+        return c, float(mean_y - mean_x[order[:k]] @ c)
+
+    return order, fit
+
+
+def _prune_last_on_output(student: CompactStudent, probe: torch.Tensor, labels: np.ndarray, config: PruneConfig,
+                          floor: float) -> tuple[CompactStudent, float]:
+    """The last layer, whose response is linear in its filters: a kept set is scored without a forward pass."""
+    last = len(student.layers) - 1
+    contrib = _readout_contributions(student, probe)
+    fold = Fold(contrib.mean(dim=0, keepdim=True))
+    contrib = contrib.double()
+    bias = float(student.readout.bias.detach()[0])
+    if config.compensation == "least_squares":
+        # The kept filters' readout weights are rescaled to reconstruct the unpruned response.
+        ranked, fit = _forward_selection(contrib, contrib.sum(1))
+        order = torch.tensor(ranked)
+
+        def predict(k: int) -> torch.Tensor:
+            c, intercept = fit(k)
+            return contrib[:, order[:k]] @ c + intercept + bias
+    else:
+        order = torch.argsort(contrib.var(dim=0), descending=True)
+
+        def predict(k: int) -> torch.Tensor:
+            kept = order[:k]
+            return contrib[:, kept].sum(1) + bias + float(fold.means[0].sum() - fold.means[0, kept].sum())
+
+    def r2_of(k: int) -> float:
+        return r_squared(predict(k).numpy(), labels)
+
+    k = _smallest_passing(order, lambda k: r2_of(k) >= min(floor, r2_of(len(order))) - 1e-9, config.min_filters)
+    small = cut_layer(student, probe, last, order[:k], fold)
+    if config.compensation == "least_squares":
+        c, intercept = fit(k)
+        scale = dict(zip(order[:k].tolist(), c.tolist()))
+        h, w = small.arch.readout_hw
+        with torch.no_grad():
+            weight = small.readout.weight.view(1, h, w, k)
+            weight.mul_(torch.tensor([scale[j] for j in sorted(scale)], dtype=weight.dtype))
+            small.readout.bias.fill_(intercept + bias)
+    return small, r2_of(k)
+
+
 def _prune_on_output(student: CompactStudent, probe: torch.Tensor, labels: np.ndarray, layer: int,
                      config: PruneConfig, floor: float) -> tuple[CompactStudent, float]:
     if layer == len(student.layers) - 1:
-        # The readout is linear: a kept set's response is a sum of cached contributions, no forward pass.
-        contrib = _readout_contributions(student, probe)
-        fold = contrib.mean(dim=0, keepdim=True)
-        contrib = contrib.double()
-        base = float(student.readout.bias.detach()[0]) + float(fold.sum())
-        order = torch.argsort(contrib.var(dim=0), descending=True)
+        return _prune_last_on_output(student, probe, labels, config, floor)
+    fold = fold_of(student, probe, layer, least_squares=config.compensation == "least_squares")
+    order = torch.argsort(taylor_scores(student, probe, layer), descending=True)
+    tried: dict[int, float] = {}
 
-        def r2_of(k: int) -> float:
-            kept = order[:k]
-            return r_squared((contrib[:, kept].sum(1) + base - float(fold[0, kept].sum())).numpy(), labels)
-    else:
-        fold = _fold_means(student, probe, layer)
-        order = torch.argsort(taylor_scores(student, probe, layer), descending=True)
-        tried: dict[int, float] = {}
-
-        def r2_of(k: int) -> float:
-            if k not in tried:
-                tried[k] = r_squared(responses(cut_layer(student, probe, layer, order[:k], fold), probe), labels)
-            return tried[k]
+    def r2_of(k: int) -> float:
+        if k not in tried:
+            tried[k] = r_squared(responses(cut_layer(student, probe, layer, order[:k], fold), probe), labels)
+        return tried[k]
 
     # The budget is spent once the model is below the floor; from then on a cut may not cost anything.
     bar = min(floor, r2_of(len(order)))
@@ -294,7 +413,8 @@ def _reconstruction_explained(student: CompactStudent, probe: torch.Tensor, laye
 def _prune_on_reconstruction(student: CompactStudent, probe: torch.Tensor, labels: np.ndarray, layer: int,
                              config: PruneConfig, floor: float) -> tuple[CompactStudent, float]:
     if layer == len(student.layers) - 1:
-        return _prune_on_output(student, probe, labels, layer, config, floor)
+        # The reference's own last-layer cut: ranked by contribution, dropped filters carried by their means.
+        return _prune_last_on_output(student, probe, labels, replace(config, compensation="mean"), floor)
     order, explained = _reconstruction_explained(student, probe, layer)
     k = _smallest_passing(order, lambda k: explained(order[:k]) >= config.threshold, config.min_filters)
     return cut_layer(student, probe, layer, order[:k]), explained(order[:k])

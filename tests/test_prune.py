@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
-from compactvision.prune import (PruneConfig, cut_layer, prune_layer, prune_neuron, r_squared, responses,
+from compactvision.prune import (PruneConfig, cut_layer, fold_of, prune_layer, prune_neuron, r_squared, responses,
                                  taylor_scores)
 
 
@@ -107,6 +107,51 @@ def test_cutting_constant_filters_costs_almost_nothing(layer):
         assert torch.allclose(y_cut, y, atol=1e-5)
     else:
         assert (y_cut - y).abs().mean() < 0.5 * (y_off - y).abs().mean()
+
+
+def _duplicate(m: CompactStudent, layer: int, a: int, b: int) -> CompactStudent:
+    """Make filter b of `layer` an exact copy of filter a, read identically by the next layer's depthwise conv."""
+    with torch.no_grad():
+        conv, bn = m.layers[layer].pointwise, m.layers[layer].bn
+        for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t[b] = t[a]
+        if layer + 1 < len(m.layers):
+            m.layers[layer + 1].depthwise.weight[b] = m.layers[layer + 1].depthwise.weight[a]
+        else:  # the readout reads b as twice a: its contribution is exactly 2x a's
+            w = m.readout.weight.view(1, *m.arch.readout_hw, m.arch.channels[-1])
+            w[..., b] = 2 * w[..., a]
+    return m
+
+
+@pytest.mark.parametrize("layer", range(4))
+def test_least_squares_carries_a_redundant_filter_exactly(layer):
+    """A filter the kept ones reproduce is dropped at no cost: the next layer reads its copy twice as hard.
+
+    Folding only its mean cannot do that, which is why the least-squares carry is the default.
+    """
+    m = _duplicate(_random_student(seed=10 + layer, size=32), layer, 0, 5)
+    x = torch.rand(24, 3, 32, 32)
+    kept = [j for j in range(12) if j != 5]
+    with torch.no_grad():
+        y = m(x)
+        carried = cut_layer(m, x, layer, kept, fold_of(m, x, layer, least_squares=True))(x)
+        by_mean = cut_layer(m, x, layer, kept)(x)
+    assert torch.allclose(carried, y, atol=1e-4 * float(y.abs().max()))
+    assert (by_mean - y).abs().max() > 100 * (carried - y).abs().max()
+
+
+def test_least_squares_last_layer_drops_one_of_two_proportional_filters_by_rescaling_the_other():
+    m = _duplicate(_random_student(seed=3), 4, 2, 7)
+    x = torch.rand(48, 3, 32, 32)
+    labels = responses(m, x)
+    pruned, r2 = prune_layer(m, x, labels, 4, PruneConfig(threshold=0.99999, min_filters=1))
+    assert pruned.arch.channels[4] <= 11 and r2 > 0.99999
+    assert r2 == pytest.approx(r_squared(responses(pruned, x), labels))  # the rescaled readout is what was scored
+    plain, _ = prune_layer(m, x, labels, 4, PruneConfig(threshold=0.99999, min_filters=1, compensation="mean"))
+    # Ranked by contribution alone, neither copy can go: the least-squares cut keeps a filter fewer.
+    assert pruned.arch.channels[4] < plain.arch.channels[4]
+    with pytest.raises(ValueError, match="compensation"):
+        PruneConfig(compensation="zero")
 
 
 def test_taylor_scores_rank_silenced_filters_last():
