@@ -65,6 +65,10 @@ class CompressConfig:
     finetune_epochs: int = 1        # after each pruned layer
     finetune_images: int = 4096
     final_epochs: int = 2           # retraining of the fully pruned network, on the neuron-fit images
+    # Retraining a pruned copy (each fine-tune and the final one): its learning rate (None: `lr`), and whether
+    # its BatchNorm statistics stay as they were (see `TrainConfig.frozen_bn`).
+    retrain_lr: float | None = None
+    retrain_frozen_bn: bool = False
     batch_size: int = 64
     lr: float = 2e-3
     probe_images: int = 512         # images on which filter contributions are measured
@@ -250,8 +254,9 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         before = copy.deepcopy(m.state_dict())
         r_before = _r(predict(m.eval(), val[0]), val[1])
         m.rank_one_readout()
-        fit(m, _stream(cache, idx, config.batch_size, col, task_seed), val,
-            _train_config(config, epochs, task_seed), progress=False, target_stats=stats)
+        tc = replace(_train_config(config, epochs, task_seed), lr=config.retrain_lr or config.lr,
+                     frozen_bn=config.retrain_frozen_bn)
+        fit(m, _stream(cache, idx, config.batch_size, col, task_seed), val, tc, progress=False, target_stats=stats)
         m.dense_readout()
         if not _r(predict(m.eval(), val[0]), val[1]) >= r_before:
             m.load_state_dict(before)

@@ -64,6 +64,10 @@ class TrainConfig:
     prefetch: int = 2              # batches read ahead in a background thread (0: none)
     min_lr_ratio: float = 0.02     # the cosine schedule ends at lr * min_lr_ratio
     regularizer_weight: float = 1.0  # scale on `model.regularizer(...)`, when the model has one
+    # BatchNorm layers keep their running statistics (eval mode) while their affine weights train: a short
+    # fine-tune of an already fitted network on a few small batches would otherwise move them, and the network
+    # it is judged as (eval mode) would not be the one it trained.
+    frozen_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in ("mse", "poisson"):
@@ -373,6 +377,10 @@ def _train_epoch(model: nn.Module, forward: nn.Module, optimizer: torch.optim.Op
                  inv_std: Mapping[str, torch.Tensor]) -> tuple[float, int]:
     """One pass over the training data in epoch `epoch`'s order: (summed loss, images seen)."""
     model.train()
+    if config.frozen_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     n_batches = train.n_batches(config.batch_size)
     loss_sum, n_seen = 0.0, 0
     batches = prefetch(train.epoch(epoch, config.batch_size, config.seed, shuffle=True), config.prefetch)

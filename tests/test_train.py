@@ -122,6 +122,20 @@ def test_fit_learns_and_keeps_the_best_epoch() -> None:
     assert not model.training
 
 
+def test_frozen_bn_trains_the_weights_but_keeps_the_running_statistics() -> None:
+    train, val = _data(64, 8), _data(24, 9)
+    frozen, moving = _model(), _model()
+    bn = lambda m: {k: v for k, v in _state(m).items() if "running_" in k}  # noqa: E731
+    start = bn(frozen)
+    assert start
+    fit(frozen, train, val, _config(epochs=1, frozen_bn=True), progress=False)
+    fit(moving, train, val, _config(epochs=1), progress=False)
+    assert all(torch.equal(v, bn(frozen)[k]) for k, v in start.items())
+    assert not all(torch.equal(v, bn(moving)[k]) for k, v in start.items())
+    weights = {k: v for k, v in _state(frozen).items() if k.endswith("weight")}
+    assert any(not torch.equal(v, _state(_model())[k]) for k, v in weights.items())
+
+
 def test_early_stopping_stops() -> None:
     train, val = _data(48, 6), _data(24, 7)
     result = fit(_model(), train, val, _config(epochs=30, patience=1, lr=0.0, min_lr_ratio=1.0), progress=False)
