@@ -167,7 +167,8 @@ def compare_criteria(n_neurons: int) -> None:
         shutil.copytree(base, other)
         for d in ("students", "history"):
             shutil.rmtree(other / d)
-        reference = replace(tiny.compress.prune, criterion="reconstruction", order="last_first", rounds=1)
+        reference = replace(tiny.compress.prune, criterion="reconstruction", order="last_first", rounds=1,
+                            compensation="mean")
         cfg = replace(tiny.compress, prune=reference)
         compress_run(other, cfg, neurons=range(n_neurons), workers=1)
         print(f"\npruning criteria on the tiny preset, first {n_neurons} neurons")

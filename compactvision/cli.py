@@ -325,6 +325,9 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", choices=["output", "reconstruction"],
                    help="output: every cut judged on the neuron's response (default); reconstruction: the "
                         "reference's per-layer variance explained")
+    p.add_argument("--compensation", choices=["least_squares", "mean"],
+                   help="how the kept filters stand in for dropped ones: least_squares refits the next layer's "
+                        "weights (default); mean folds the dropped filters' means into its bias")
     p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
 
@@ -343,11 +346,16 @@ def _compression_config(args: argparse.Namespace):
     if args.readout_form:
         config = replace(config, readout_form=args.readout_form)
     prune = {k: v for k, v in (("threshold", args.threshold), ("criterion", args.criterion),
-                               ("min_filters", args.min_filters)) if v is not None}
+                               ("min_filters", args.min_filters), ("compensation", args.compensation))
+             if v is not None}
     if args.criterion == "reconstruction":
         prune["order"] = "last_first"  # the reference's criterion needs the reference's order
         prune["rounds"] = 1            # and visits each layer once, as the reference does
-    return replace(config, prune=replace(config.prune, **prune))
+        prune.setdefault("compensation", "mean")  # and carries dropped filters by their means
+    try:
+        return replace(config, prune=replace(config.prune, **prune))
+    except ValueError as e:  # options that do not go together: a usage error, not a traceback
+        raise CompactVisionError(str(e)) from None
 
 
 def _compress(args: argparse.Namespace) -> None:

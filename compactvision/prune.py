@@ -40,7 +40,7 @@ at the paper's 112 px and 100 filters.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -71,7 +71,7 @@ class PruneConfig:
     criterion: str = "output"
     order: str = "readout_then_first"
     rounds: int = 2
-    compensation: str = "least_squares"  # the output criterion's; the reference criterion keeps its mean fold
+    compensation: str = "least_squares"  # "mean" for the reference criterion, whose formulation it is
 
     @staticmethod
     def layer_order(order: str, n_layers: int) -> list[int]:
@@ -101,6 +101,9 @@ class PruneConfig:
             raise ValueError(f"compensation must be one of {COMPENSATIONS}, got {self.compensation!r}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.criterion == "reconstruction" and self.compensation != "mean":
+            raise ValueError("the reconstruction criterion is the reference's, which carries dropped filters by "
+                             "their means: use compensation='mean' with it")
         if self.order != "last_first" and self.criterion != "output":
             raise ValueError("only the output criterion can cut layers out of the reference's order")
 
@@ -414,7 +417,7 @@ def _prune_on_reconstruction(student: CompactStudent, probe: torch.Tensor, label
                              config: PruneConfig, floor: float) -> tuple[CompactStudent, float]:
     if layer == len(student.layers) - 1:
         # The reference's own last-layer cut: ranked by contribution, dropped filters carried by their means.
-        return _prune_last_on_output(student, probe, labels, replace(config, compensation="mean"), floor)
+        return _prune_last_on_output(student, probe, labels, config, floor)
     order, explained = _reconstruction_explained(student, probe, layer)
     k = _smallest_passing(order, lambda k: explained(order[:k]) >= config.threshold, config.min_filters)
     return cut_layer(student, probe, layer, order[:k]), explained(order[:k])

@@ -40,6 +40,9 @@ def test_strategy_and_readout_options_override_the_preset_into_a_valid_config():
     fresh = config("--strategy", "per_neuron", "--readout-form", "dense")
     assert fresh.strategy == "per_neuron" and fresh.readout_form == "dense"
     assert fresh.neuron_epochs >= 1, "a fresh per-neuron student is fitted, even where the preset's copies are not"
+    assert preset.prune.compensation == "least_squares"
+    assert config("--compensation", "mean").prune.compensation == "mean"
+    assert config("--criterion", "reconstruction").prune.compensation == "mean"  # the reference's own carry
 
 
 def test_unknown_compress_preset_is_a_usage_error_not_a_traceback(tmp_path, capsys):
@@ -106,3 +109,9 @@ def test_a_swallowed_interrupt_still_stops_at_the_next_progress_report(monkeypat
         pass  # what a finaliser would have swallowed
     with pytest.raises(KeyboardInterrupt):
         report("teacher", 2, 8)
+
+
+def test_pruning_options_that_do_not_go_together_are_a_clear_error(tmp_path, capsys):
+    code = cli.main(["compress", str(tmp_path / "run"), "--criterion", "reconstruction", "--compensation",
+                     "least_squares"])
+    assert code == 2 and "compensation='mean'" in capsys.readouterr().err

@@ -188,7 +188,7 @@ def test_output_criterion_removes_what_the_neuron_does_not_read():
     assert r2 > 0.999
 
 
-REFERENCE = {"criterion": "reconstruction", "order": "last_first"}  # Cowley et al.'s criterion, in their order
+REFERENCE = {"criterion": "reconstruction", "order": "last_first", "compensation": "mean"}  # Cowley et al.'s criterion, in their order
 
 
 def test_reconstruction_criterion_is_the_reference_formulation():
@@ -200,7 +200,9 @@ def test_reconstruction_criterion_is_the_reference_formulation():
     strict, explained = prune_layer(m, x, labels, 2, PruneConfig(threshold=1.0, **REFERENCE))
     assert strict.arch.channels[2] == 12 and explained > 0.999
     with pytest.raises(ValueError, match="order"):
-        PruneConfig(criterion="reconstruction", order="readout_then_first")
+        PruneConfig(criterion="reconstruction", order="readout_then_first", compensation="mean")
+    with pytest.raises(ValueError, match="compensation='mean'"):
+        PruneConfig(criterion="reconstruction", order="last_first")
 
 
 def test_prune_neuron_path_shrinks_and_records_every_step():
