@@ -343,8 +343,12 @@ class _FitState:
 
 def _resumed_state(state: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
                    config: TrainConfig, ckpt: Path) -> _FitState:
-    """Restore model, optimiser and RNGs from a checkpoint, refusing one written with another config."""
-    if state["config"] != config.to_dict():
+    """Restore model, optimiser and RNGs from a checkpoint, refusing one written with another config.
+
+    A setting the checkpoint does not name was added later, and its default is
+    what the older version did: a training interrupted before an upgrade resumes.
+    """
+    if {**TrainConfig().to_dict(), **state["config"]} != config.to_dict():
         raise ArtifactError(f"checkpoint was written with a different training config {state['config']}; "
                             "resume with the same settings or start a new run", ckpt)
     model.load_state_dict(state["model"])

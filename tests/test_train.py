@@ -103,6 +103,18 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
         fit(_model(), train, val, _config(epochs=1, lr=1e-2), checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    train, val = _data(40, 0), _data(20, 1)
+    fit(_model(), train, val, _config(epochs=1), checkpoint_dir=tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    del state["config"]["frozen_bn"]  # as written before the setting was added
+    torch.save(state, tmp_path / CHECKPOINT)
+    fit(_model(), train, val, _config(epochs=1), checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ArtifactError, match="different training config"):
+        fit(_model(), train, val, _config(epochs=1, frozen_bn=True), checkpoint_dir=tmp_path, resume=True,
+            progress=False)
+
+
 def test_corrupt_checkpoint_is_an_artifact_error(tmp_path: Path) -> None:
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ArtifactError, match="checkpoint"):
