@@ -327,7 +327,7 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
                         "reference's per-layer variance explained")
     p.add_argument("--compensation", choices=["least_squares", "mean"],
                    help="how the kept filters stand in for dropped ones: least_squares refits the next layer's "
-                        "weights (default); mean folds the dropped filters' means into its bias")
+                        "weights; mean folds the dropped filters' means into its bias (default from the preset)")
     p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
 

@@ -127,7 +127,7 @@ def _duplicate(m: CompactStudent, layer: int, a: int, b: int) -> CompactStudent:
 def test_least_squares_carries_a_redundant_filter_exactly(layer):
     """A filter the kept ones reproduce is dropped at no cost: the next layer reads its copy twice as hard.
 
-    Folding only its mean cannot do that, which is why the least-squares carry is the default.
+    Folding only its mean cannot do that.
     """
     m = _duplicate(_random_student(seed=10 + layer, size=32), layer, 0, 5)
     x = torch.rand(24, 3, 32, 32)
@@ -144,7 +144,8 @@ def test_least_squares_last_layer_drops_one_of_two_proportional_filters_by_resca
     m = _duplicate(_random_student(seed=3), 4, 2, 7)
     x = torch.rand(48, 3, 32, 32)
     labels = responses(m, x)
-    pruned, r2 = prune_layer(m, x, labels, 4, PruneConfig(threshold=0.99999, min_filters=1))
+    pruned, r2 = prune_layer(m, x, labels, 4, PruneConfig(threshold=0.99999, min_filters=1,
+                                                          compensation="least_squares"))
     assert pruned.arch.channels[4] <= 11 and r2 > 0.99999
     assert r2 == pytest.approx(r_squared(responses(pruned, x), labels))  # the rescaled readout is what was scored
     plain, _ = prune_layer(m, x, labels, 4, PruneConfig(threshold=0.99999, min_filters=1, compensation="mean"))
@@ -202,7 +203,7 @@ def test_reconstruction_criterion_is_the_reference_formulation():
     with pytest.raises(ValueError, match="order"):
         PruneConfig(criterion="reconstruction", order="readout_then_first", compensation="mean")
     with pytest.raises(ValueError, match="compensation='mean'"):
-        PruneConfig(criterion="reconstruction", order="last_first")
+        PruneConfig(criterion="reconstruction", order="last_first", compensation="least_squares")
 
 
 def test_prune_neuron_path_shrinks_and_records_every_step():
