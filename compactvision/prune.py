@@ -10,11 +10,12 @@ fine-tunes it, and the step is recorded as a point on the pruning path.
 
 What stands in for a dropped filter is the `compensation`. "mean" (the
 default) folds each dropped filter's mean into the next bias. "least_squares"
-(after He et al. 2017's channel pruning; the real-V4 presets use it) also lets the kept filters carry what the
-dropped ones shared with them: the next layer's pointwise weights are refitted
-so the kept filters reconstruct its input best over the probe images, and the
-last layer's readout is refitted to the unpruned response over the kept
-filters, which are then chosen by greedy forward selection. A distributed
+(after He et al. 2017's channel pruning; the real-V4 presets use it) also
+lets the kept filters carry what the dropped ones shared with them: the next
+layer's pointwise weights are refitted so the kept filters reconstruct its
+input best over the probe images, and the last layer's readout is refitted to
+the unpruned response over the kept filters, which are then chosen by greedy
+forward selection. A distributed
 representation (a shared student's copy spreads one neuron over many
 correlated filters) is thereby consolidated instead of truncated.
 
@@ -358,7 +359,8 @@ def _prune_last_on_output(student: CompactStudent, probe: torch.Tensor, labels: 
     def r2_of(k: int) -> float:
         return r_squared(predict(k).numpy(), labels)
 
-    k = _smallest_passing(order, lambda k: r2_of(k) >= min(floor, r2_of(len(order))) - 1e-9, config.min_filters)
+    bar = min(floor, r2_of(len(order)))  # as for the other layers: a spent budget allows only free cuts
+    k = _smallest_passing(order, lambda k: r2_of(k) >= bar - 1e-9, config.min_filters)
     small = cut_layer(student, probe, last, order[:k], fold)
     if config.compensation == "least_squares":
         c, intercept = fit(k)
