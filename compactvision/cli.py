@@ -404,6 +404,11 @@ def _print_compression(summary: dict) -> None:
         if key in summary:
             m = summary[key]
             print(f"  median {label}: {m['median']:.4g} (95% CI {m['ci_low']:.4g} to {m['ci_high']:.4g})")
+    stages = summary.get("stage_seconds") or {}
+    if stages:
+        from compactvision.compress import describe_stage_seconds
+
+        print(f"  shared by every neuron: {describe_stage_seconds(stages)}")
 
 
 @stage

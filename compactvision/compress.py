@@ -174,13 +174,29 @@ def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: Label
     if config.readout_form == "factorised":
         model.factorise_readout(bias=torch.from_numpy(stats[0]))
     tc = replace(_train_config(config, config.shared_epochs, config.seed), device=device)
-    fit(model, _stream(cache, train_idx, config.batch_size, None, config.seed), _val_arrays(cache, val_idx, None), tc,
-        checkpoint_dir=run_dir / CACHE_DIR / "shared", resume=resume,
-        progress=lambda s, d, t: progress("distill", d, t),
-        target_stats={"": stats})
+    result = fit(model, _stream(cache, train_idx, config.batch_size, None, config.seed),
+                 _val_arrays(cache, val_idx, None), tc, checkpoint_dir=run_dir / CACHE_DIR / "shared", resume=resume,
+                 progress=lambda s, d, t: progress("distill", d, t), target_stats={"": stats})
     model.dense_readout()
-    save_weights(out, model.state_dict(), metadata={"architecture": model.arch.to_json()})
+    # Its epochs' time, validation included and summed over resumes, is shared by every neuron:
+    # a per-neuron cost must count it.
+    seconds = sum(epoch["seconds"] for epoch in result.history)
+    save_weights(out, model.state_dict(), metadata={"architecture": model.arch.to_json(), "seconds": repr(seconds)})
     return model.eval()
+
+
+def stage_seconds(run_dir: str | Path, cache: LabelCache) -> dict[str, float]:
+    """Seconds the neurons' shared stages took: labelling, and the shared student where there is one.
+
+    Stages written before their time was recorded are left out rather than guessed.
+    """
+    out = {} if cache.seconds is None else {"labels": cache.seconds}
+    shared = Path(run_dir) / SHARED_STUDENT
+    if shared.exists():
+        seconds = load_weights(shared)[1].get("seconds")
+        if seconds is not None:
+            out["shared_student"] = float(seconds)
+    return out
 
 
 def _label_stats(cache: LabelCache, idx: np.ndarray, columns: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -322,20 +338,30 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
     ids = neuron_ids_of(run_dir)
     todo = list(range(len(ids))) if neurons is None else list(neurons)
     cfg = config.to_dict()
-    workers = workers or max(1, cpu_count() // max(1, config.threads_per_task))
+    workers = workers or default_workers(config)
     done = sum(history_path(run_dir, ids[i]).exists() for i in todo)
     progress("compress", done, len(todo))
     pending = [i for i in todo if not history_path(run_dir, ids[i]).exists()]
     for _ in run_tasks(run_dir, pending, cfg, backend=backend, workers=workers, address=address):
         done += 1
         progress("compress", done, len(todo))
-    summary = summarise_run(run_dir)
+    summary = {**summarise_run(run_dir), "stage_seconds": stage_seconds(run_dir, cache)}
     config_all = dict(manifest.get("config", {}))
     config_all["compress"] = cfg
     metrics = dict(manifest.get("metrics", {}))
     metrics["compression"] = summary
     write_manifest(run_dir, kind="compressed", config=config_all, metrics=metrics, seed=manifest.get("seed"))
     return summary
+
+
+def describe_stage_seconds(stages: Mapping[str, float]) -> str:
+    """`stage_seconds` as one line of text: "labels 83 s, shared student 912 s"."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in stages.items()) or "not recorded"
+
+
+def default_workers(config: CompressConfig) -> int:
+    """Local worker processes when none are asked for: as many as the cores hold at the config's threads each."""
+    return max(1, cpu_count() // max(1, config.threads_per_task))
 
 
 def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, Any], backend: str = "local",

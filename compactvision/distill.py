@@ -13,6 +13,7 @@ images, which anchor the students to the distribution they are scored on.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -89,6 +90,12 @@ class LabelCache:
     def neuron_ids(self) -> list[str]:
         return list(self.meta["neuron_ids"])
 
+    @property
+    def seconds(self) -> float | None:
+        """Time spent labelling, summed over resumes (None for a cache written before it was recorded)."""
+        value = self.meta.get("seconds")
+        return None if value is None else float(value)
+
     def split(self, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         """Fixed train/validation indices (the last `val_fraction` of the stream)."""
         n_val = max(1, int(round(len(self) * val_fraction)))
@@ -120,13 +127,14 @@ class LabelCache:
         n_chunks = -(-config.n_images // config.chunk)
         n_total = n_chunks * config.chunk
         meta = {"stream": asdict(config), "neuron_ids": list(neuron_ids), "n_images": n_total,
-                "chunks_done": 0, "complete": False}
+                "chunks_done": 0, "complete": False, "seconds": 0.0}
         if meta_path.exists():
             old = read_json(meta_path)
             if old.get("stream") == meta["stream"] and old.get("neuron_ids") == meta["neuron_ids"]:
                 if old.get("complete"):
                     return cls(root)
                 meta["chunks_done"] = int(old.get("chunks_done", 0))
+                meta["seconds"] = float(old.get("seconds", 0.0))
         mode = "r+" if meta["chunks_done"] else "w+"
         size = config.image_size
         images = np.lib.format.open_memmap(root / "images.npy", mode=mode, dtype=np.uint8, shape=(n_total, size, size, 3))
@@ -134,6 +142,7 @@ class LabelCache:
         dev = select_device(device)
         teacher = teacher.to(dev).eval()
         for c in range(meta["chunks_done"], n_chunks):
+            t0 = time.perf_counter()
             chunk = stream_chunk(config, c, own_images)
             out = []
             with torch.no_grad(), autocast(dev):
@@ -145,6 +154,7 @@ class LabelCache:
             images.flush()
             labels.flush()
             meta["chunks_done"] = c + 1  # recorded only after the data is on disk
+            meta["seconds"] += time.perf_counter() - t0  # summed over resumes: what the labels cost
             atomic_write_json(meta_path, meta)
             progress("label", c + 1, n_chunks)
         del images, labels

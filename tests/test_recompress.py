@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from compactvision.artifacts import list_students, load_student, read_json, read_manifest
+from compactvision import cli
 from compactvision.cli import main
 from compactvision.compress import CompressConfig, compress_run
 from compactvision.cowley import import_cowley
@@ -63,7 +64,7 @@ def test_the_stream_pool_holds_other_sessions_images_and_never_a_held_out_one(tm
         assert not (pool == img).all(axis=(1, 2, 3)).any(), "a held-out image reached the distillation stream"
 
 
-def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path):
+def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path, capsys):
     out = prepare_recompress(imported, tmp_path / "re", per_session=2)
     compress_run(out, TINY, neurons=[0], workers=1)
     first = history_path(out, "100101_neuron0")
@@ -74,6 +75,11 @@ def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path)
     summary = compress_run(out, TINY, workers=1)
     assert first.stat().st_mtime_ns == stamp
     assert summary["n_students"] == 2 and list_students(out) == ["100101_neuron0", "100101_neuron1"]
+    # The stages every neuron shares are timed, so a benchmark can charge each neuron its part.
+    assert set(summary["stage_seconds"]) == {"labels", "shared_student"}
+    assert all(s > 0 for s in summary["stage_seconds"].values())
+    cli._print_compression(summary)
+    assert "shared by every neuron: labels" in capsys.readouterr().out
     for nid in list_students(out):
         record = read_json(history_path(out, nid))
         path = record["path"]

@@ -1,0 +1,39 @@
+"""The label cache: teacher labels written chunk by chunk, resumed after an interruption."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compactvision.distill import LabelCache, StreamConfig
+
+
+class Stop(Exception):
+    """Stands for Ctrl-C arriving between two chunks."""
+
+
+def _teacher() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+
+
+def test_an_interrupted_cache_resumes_equals_an_uninterrupted_one_and_sums_its_seconds(tmp_path) -> None:
+    config = StreamConfig(n_images=48, image_size=16, chunk=16)
+
+    def stop_after_first(stage: str, done: int, total: int) -> None:
+        if done == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        LabelCache.build(tmp_path / "a", _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
+    with pytest.raises(Exception, match="incomplete"):
+        LabelCache(tmp_path / "a")
+    labelled: list[int] = []
+    resumed = LabelCache.build(tmp_path / "a", _teacher(), ["x", "y"], config, device="cpu",
+                               progress=lambda stage, done, total: labelled.append(done))
+    assert labelled == [2, 3], "the chunk already on disk is not labelled again"
+    whole = LabelCache.build(tmp_path / "b", _teacher(), ["x", "y"], config, device="cpu")
+    assert np.array_equal(resumed.images, whole.images) and np.array_equal(resumed.labels, whole.labels)
+    # Each chunk's time is recorded with it, so the resumed cache's total covers all three chunks.
+    assert resumed.seconds is not None and resumed.seconds > 0
+    assert LabelCache(tmp_path / "a").seconds == resumed.seconds
