@@ -92,7 +92,8 @@ def print_time(rows: list[dict[str, float | str]], stages: dict[str, float], wor
     the labels and the shared student are paid once for the whole sample.
     """
     pruning = sum(float(r["seconds"]) for r in rows)
-    line = f"time: shared stages ({describe_stage_seconds(stages)}); pruning {pruning:.0f} s summed over {len(rows)} neurons"
+    line = (f"time: shared stages ({describe_stage_seconds(stages)}); "
+            f"pruning {pruning:.0f} s summed over {len(rows)} neurons")
     if {"labels", "shared_student"} <= stages.keys():
         whole = stages["labels"] + stages["shared_student"] + pruning / workers
         line += f"; on {workers} workers the sample costs {whole / len(rows):.0f} s per neuron"

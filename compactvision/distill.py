@@ -134,7 +134,7 @@ class LabelCache:
                 if old.get("complete"):
                     return cls(root)
                 meta["chunks_done"] = int(old.get("chunks_done", 0))
-                meta["seconds"] = float(old.get("seconds", 0.0))
+                meta["seconds"] = old.get("seconds")  # None: chunks labelled before the time was recorded
         mode = "r+" if meta["chunks_done"] else "w+"
         size = config.image_size
         images = np.lib.format.open_memmap(root / "images.npy", mode=mode, dtype=np.uint8, shape=(n_total, size, size, 3))
@@ -154,7 +154,8 @@ class LabelCache:
             images.flush()
             labels.flush()
             meta["chunks_done"] = c + 1  # recorded only after the data is on disk
-            meta["seconds"] += time.perf_counter() - t0  # summed over resumes: what the labels cost
+            if meta["seconds"] is not None:  # summed over resumes: what the labels cost
+                meta["seconds"] += time.perf_counter() - t0
             atomic_write_json(meta_path, meta)
             progress("label", c + 1, n_chunks)
         del images, labels

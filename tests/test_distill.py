@@ -1,6 +1,8 @@
 """The label cache: teacher labels written chunk by chunk, resumed after an interruption."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,12 @@ class Stop(Exception):
     """Stands for Ctrl-C arriving between two chunks."""
 
 
+def stop_after_first(stage: str, done: int, total: int) -> None:
+    """A progress callback that interrupts the build once its first chunk is on disk."""
+    if done == 1:
+        raise Stop
+
+
 def _teacher() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
@@ -19,10 +27,6 @@ def _teacher() -> torch.nn.Module:
 
 def test_an_interrupted_cache_resumes_equals_an_uninterrupted_one_and_sums_its_seconds(tmp_path) -> None:
     config = StreamConfig(n_images=48, image_size=16, chunk=16)
-
-    def stop_after_first(stage: str, done: int, total: int) -> None:
-        if done == 1:
-            raise Stop
 
     with pytest.raises(Stop):
         LabelCache.build(tmp_path / "a", _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
@@ -37,3 +41,15 @@ def test_an_interrupted_cache_resumes_equals_an_uninterrupted_one_and_sums_its_s
     # Each chunk's time is recorded with it, so the resumed cache's total covers all three chunks.
     assert resumed.seconds is not None and resumed.seconds > 0
     assert LabelCache(tmp_path / "a").seconds == resumed.seconds
+
+
+def test_a_cache_begun_before_its_time_was_recorded_reports_no_time_rather_than_part_of_it(tmp_path) -> None:
+    config = StreamConfig(n_images=32, image_size=16, chunk=16)
+
+    with pytest.raises(Stop):
+        LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
+    meta_path = tmp_path / "cache.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["seconds"]  # as an older version wrote it
+    meta_path.write_text(json.dumps(meta))
+    assert LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu").seconds is None
