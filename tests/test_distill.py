@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from compactvision.distill import LabelCache, StreamConfig
+from compactvision.errors import ArtifactError
 
 
 class Stop(Exception):
@@ -27,10 +28,9 @@ def _teacher() -> torch.nn.Module:
 
 def test_an_interrupted_cache_resumes_equals_an_uninterrupted_one_and_sums_its_seconds(tmp_path) -> None:
     config = StreamConfig(n_images=48, image_size=16, chunk=16)
-
     with pytest.raises(Stop):
         LabelCache.build(tmp_path / "a", _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
-    with pytest.raises(Exception, match="incomplete"):
+    with pytest.raises(ArtifactError, match="incomplete"):
         LabelCache(tmp_path / "a")
     labelled: list[int] = []
     resumed = LabelCache.build(tmp_path / "a", _teacher(), ["x", "y"], config, device="cpu",
@@ -45,7 +45,6 @@ def test_an_interrupted_cache_resumes_equals_an_uninterrupted_one_and_sums_its_s
 
 def test_a_cache_begun_before_its_time_was_recorded_reports_no_time_rather_than_part_of_it(tmp_path) -> None:
     config = StreamConfig(n_images=32, image_size=16, chunk=16)
-
     with pytest.raises(Stop):
         LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
     meta_path = tmp_path / "cache.json"
