@@ -1,6 +1,6 @@
 """Re-compressing the published V4 compact models: ours against theirs, neuron by neuron.
 
-    python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4]
+    python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
 
 Each published model of Cowley et al. (2026) is taken as the teacher of its
 neuron (`compactvision recompress`): distilled into a fresh wide student
@@ -13,7 +13,9 @@ command continues where it stopped, and finished neurons are only re-scored.
 Per neuron, on the held-out second half of its session's images (the paper's
 protocol), it prints: parameters (ours, theirs), r of our model against
 theirs, r of ours and of theirs against the measured responses, and the
-seconds our compression took; then the medians.
+seconds our compression took; then the medians. `--shared-epochs N` trains
+the shared student for N epochs instead of the preset's, in a run of its own
+(`ours_<sample>_e<N>`), so the two can be compared neuron by neuron.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import argparse
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,12 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="every published model (the default where a GPU is present)")
     ap.add_argument("--preset", default="recompress", choices=COMPRESS_PRESETS)
     ap.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    ap.add_argument("--shared-epochs", type=int,
+                    help="epochs of the shared student instead of the preset's (its runs are kept apart)")
     args = ap.parse_args(argv)
     # Ctrl-C and SIGTERM stop the workers and keep every finished neuron, as `compactvision compress` does.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     per_session = None if args.all or torch.cuda.is_available() else args.per_session
-    imported, run = args.work / f"imported_{per_session or 'all'}", args.work / f"ours_{per_session or 'all'}"
+    config = COMPRESS_PRESETS[args.preset]
+    variant = f"{per_session or 'all'}" + (f"_e{args.shared_epochs}" if args.shared_epochs else "")
+    if args.shared_epochs:
+        config = replace(config, shared_epochs=args.shared_epochs)
+    imported, run = args.work / f"imported_{per_session or 'all'}", args.work / f"ours_{variant}"
     print(f"sample: {'every published model' if per_session is None else f'neurons 0-{per_session - 1}'} "
           f"of sessions {', '.join(TEST_SESSIONS)}; preset {args.preset}")
     try:
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             import_cowley(args.release / "compact_models", imported, sessions=TEST_SESSIONS, per_session=per_session,
                           progress=reporter("lines"))
         prepare_recompress(imported, run)
-        summary = compress_run(run, COMPRESS_PRESETS[args.preset], workers=args.workers, progress=reporter("lines"))
+        summary = compress_run(run, config, workers=args.workers, progress=reporter("lines"))
     except CompactVisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -134,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     rows = neuron_rows(imported, run)
     print_table(rows)
-    print_time(rows, summary["stage_seconds"], args.workers or default_workers(COMPRESS_PRESETS[args.preset]))
-    out = args.work / f"recompress_{per_session or 'all'}.csv"
+    print_time(rows, summary["stage_seconds"], args.workers or default_workers(config))
+    out = args.work / f"recompress_{variant}.csv"
     with open(out, "w") as f:
         f.write(",".join(rows[0]) + "\n")
         f.writelines(",".join(str(v) for v in r.values()) + "\n" for r in rows)
