@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, shared_epochs=args.shared_epochs)
     imported, run = args.work / f"imported_{per_session or 'all'}", args.work / f"ours_{variant}"
     print(f"sample: {'every published model' if per_session is None else f'neurons 0-{per_session - 1}'} "
-          f"of sessions {', '.join(TEST_SESSIONS)}; preset {args.preset}")
+          f"of sessions {', '.join(TEST_SESSIONS)}; preset {args.preset}, shared student {config.shared_epochs} epochs")
     try:
         if not (imported / MANIFEST).exists():
             import_cowley(args.release / "compact_models", imported, sessions=TEST_SESSIONS, per_session=per_session,
