@@ -14,7 +14,9 @@ def model_macs(model: torch.nn.Module, image_size: int | tuple[int, int] = 112) 
     from torch.utils.flop_counter import FlopCounterMode
 
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    x = torch.zeros(1, 3, h, w)
+    # the probe image lives where the model does: a teacher just trained on a GPU is counted there
+    device = next(model.parameters(), torch.empty(0)).device
+    x = torch.zeros(1, 3, h, w, device=device)
     was_training = model.training
     model.eval()
     try:

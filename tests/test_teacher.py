@@ -10,6 +10,7 @@ import torch
 
 from compactvision.artifacts import read_manifest, write_manifest
 from compactvision.cli import main
+from compactvision.compute import model_macs
 from compactvision.errors import ArtifactError
 from compactvision.models.teacher import PRESETS, TeacherConfig, build_teacher, load_teacher, save_teacher
 from compactvision.train import TrainConfig, fit
@@ -83,6 +84,17 @@ def test_readouts_that_see_the_front_end_read_its_pooled_maps_beside_the_back_en
     save_teacher(t, tmp_path)
     write_manifest(tmp_path, kind="teacher", config={})
     torch.testing.assert_close(load_teacher(tmp_path)(x), t(x), rtol=0, atol=0)
+
+
+def test_its_compute_is_counted_where_it_lives() -> None:
+    """A teacher trained on a GPU is counted (and saved) there: the probe image follows the model's device.
+
+    The meta device stands in for a GPU on a CPU-only machine; a probe made on the CPU fails on either.
+    """
+    t = build_teacher(SMALL, {"s": 4}, seed=2)
+    on_cpu = model_macs(t, 48)
+    assert on_cpu > 0
+    assert model_macs(t.to("meta"), 48) == on_cpu
 
 
 def test_frozen_trunk_fits_only_the_new_readout() -> None:
