@@ -251,7 +251,8 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         model.rank_one_readout()
         fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val,
             _train_config(config, config.neuron_epochs, seed), progress=False, target_stats=stats)
-    model.dense_readout()
+    # A fit runs on a GPU where there is one and leaves the model there; pruning measures it on CPU probe images.
+    model.cpu().dense_readout()
     heldout = _heldout_scorer(run_dir, neuron_id)
 
     def evaluate(m: CompactStudent) -> dict[str, float]:
@@ -273,7 +274,7 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         tc = replace(_train_config(config, epochs, task_seed), lr=config.retrain_lr or config.lr,
                      frozen_bn=config.retrain_frozen_bn)
         fit(m, _stream(cache, idx, config.batch_size, col, task_seed), val, tc, progress=False, target_stats=stats)
-        m.dense_readout()
+        m.cpu().dense_readout()
         if not _r(predict(m.eval(), val[0]), val[1]) >= r_before:
             m.load_state_dict(before)
         return m.eval()
