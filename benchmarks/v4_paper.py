@@ -1,4 +1,4 @@
-"""The `paper` teacher preset (~60M parameters) on the real-V4 cowley protocol, on a GPU, in one command.
+"""The `paper` teacher preset (~70M parameters on the V4 release) on the real-V4 cowley protocol, on a GPU.
 
     python benchmarks/v4_paper.py [--release ../shared/data/cowley_v4] [--out runs/v4-paper]
                                   [--minutes M] [--device cuda] [--report FILE.json]
@@ -11,7 +11,8 @@ the trunk's training: a few timed optimisation steps on the device measure image
 first, and the epoch count is cut to what fits, so the cosine schedule still runs to its
 end (a run killed midway would stop at a high learning rate). It prints the epochs it
 chose and why, the measured images/s, the validation and test sessions' median r with
-bootstrap CIs, and the time of each stage. Rerun with the same --out, it resumes.
+bootstrap CIs, and the time of each stage. Rerun with the same --out, it resumes, with the
+epoch count chosen when the run began.
 Meant for a CUDA machine (bf16 autocast, channels-last); on a CPU it runs, slowly.
 """
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from compactvision.artifacts import atomic_write_json
     from compactvision.data.formats import load_dataset
     from compactvision.models.teacher import PRESETS, build_teacher
     from compactvision.progress import line_reporter
@@ -85,9 +87,15 @@ def main() -> None:
     del probe
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    epochs = epochs_that_fit(args.minutes, rate, n_trunk_images, config.epochs)
-    why = (f"cut from {config.epochs} to fit {args.minutes:g} min" if epochs < config.epochs
-           else "the preset's")
+    chosen = Path(args.out) / "chosen_epochs.json"
+    if chosen.is_file():  # a resumed run keeps its schedule, whatever this machine measures now
+        epochs, why = int(json.loads(chosen.read_text())["epochs"]), "as chosen when this run began"
+    else:
+        epochs = epochs_that_fit(args.minutes, rate, n_trunk_images, config.epochs)
+        why = (f"cut from {config.epochs} to fit {args.minutes:g} min" if epochs < config.epochs
+               else "the preset's")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(chosen, {"epochs": epochs, "minutes": args.minutes, "images_per_second": rate})
     print(f"{args.preset} preset: {rate:.0f} training images/s "
           f"(batch {config.batch_size}); {epochs} epochs ({why})", flush=True)
 

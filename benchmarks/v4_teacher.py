@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict] = {
     "4-member ensemble, wider deeper": {"ensemble": 4, "width": 96, "n_blocks": 2},
     "4-member ensemble, trunk sees first halves": {"ensemble": 4, "trunk_sees_held_out": True},
     "4-member ensemble, readouts see V1": {"ensemble": 4, "readout_sees_front_end": True},
+    "4-member ensemble, readouts see V1, 3x the epochs": {"ensemble": 4, "readout_sees_front_end": True,
+                                                          "epochs": 24, "patience": 6},
 }
 
 
