@@ -80,17 +80,18 @@ def main() -> None:
 
     size = dataset.sessions[0].images.shape[1]
     config = replace(PRESETS[args.preset], image_size=size)
-    # one session's readout stands in for the rest: a step's cost is the trunk's
-    probe = build_teacher(config, {"probe": trunk[0].neuron_ids}, seed=0)
-    rate = train_rate(probe, device, config.batch_size, size, 5, len(trunk[0].neuron_ids),
-                      channels_last=config.channels_last)
-    del probe
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     chosen = Path(args.out) / "chosen_epochs.json"
-    if chosen.is_file():  # a resumed run keeps its schedule, whatever this machine measures now
-        epochs, why = int(json.loads(chosen.read_text())["epochs"]), "as chosen when this run began"
+    if chosen.is_file():  # a resumed run keeps its schedule, whatever this machine would measure now
+        plan = json.loads(chosen.read_text())
+        epochs, rate, why = int(plan["epochs"]), float(plan["images_per_second"]), "as chosen when this run began"
     else:
+        # one session's readout stands in for the rest: a step's cost is the trunk's
+        probe = build_teacher(config, {"probe": trunk[0].neuron_ids}, seed=0)
+        rate = train_rate(probe, device, config.batch_size, size, 5, len(trunk[0].neuron_ids),
+                          channels_last=config.channels_last)
+        del probe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         epochs = epochs_that_fit(args.minutes, rate, n_trunk_images, config.epochs)
         why = (f"cut from {config.epochs} to fit {args.minutes:g} min" if epochs < config.epochs
                else "the preset's")

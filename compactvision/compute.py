@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from compactvision.runtime import model_device
+
 
 def model_macs(model: torch.nn.Module, image_size: int | tuple[int, int] = 112) -> int:
     """Multiply-accumulates for one image through `model`, counted by running it once."""
@@ -15,8 +17,7 @@ def model_macs(model: torch.nn.Module, image_size: int | tuple[int, int] = 112) 
 
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     # the probe image lives where the model does: a teacher just trained on a GPU is counted there
-    device = next(model.parameters(), torch.empty(0)).device
-    x = torch.zeros(1, 3, h, w, device=device)
+    x = torch.zeros(1, 3, h, w, device=model_device(model))
     was_training = model.training
     model.eval()
     try:

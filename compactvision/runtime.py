@@ -22,6 +22,14 @@ def select_device(preference: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where `model` lives (its first parameter, else its first buffer; CPU when it has neither)."""
+    p = next(model.parameters(), None)
+    if p is None:
+        p = next(model.buffers(), None)
+    return torch.device("cpu") if p is None else p.device
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; a no-op on CPU, where bf16 is slower and less exact."""
     if enabled and device.type == "cuda":

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from compactvision.inputs import as_model_input
+from compactvision.runtime import model_device
 
 #: Default noise level for SmoothGrad / VarGrad / GradientShap, as a fraction of the [0, 1] input range.
 NOISE_FRACTION = 0.15
@@ -107,13 +108,6 @@ def attribution_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ inputs
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    if p is None:
-        p = next(model.buffers(), None)
-    return torch.device("cpu") if p is None else p.device
-
-
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode for the duration of a call, then whatever mode the caller had."""

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compactvision.inputs import as_model_input
-from compactvision.interpret.attribution import eval_mode, model_device, seeded
+from compactvision.interpret.attribution import eval_mode, seeded
+from compactvision.runtime import model_device
 from compactvision.metrics import pearson_r
 from compactvision.models.vone import VOneBlock
 from compactvision.progress import Progress, silent

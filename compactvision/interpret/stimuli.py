@@ -25,7 +25,8 @@ from torch import nn
 
 from compactvision.data import images as stim
 from compactvision.inputs import as_model_input
-from compactvision.interpret.attribution import eval_mode, model_device, response
+from compactvision.interpret.attribution import eval_mode, response
+from compactvision.runtime import model_device
 from compactvision.interpret.robustness import gaussian_blur
 from compactvision.metrics import pearson_r
 from compactvision.progress import Progress, silent
