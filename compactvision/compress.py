@@ -76,6 +76,9 @@ class CompressConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     seed: int = 0
     threads_per_task: int = 1
+    # Students train on NHWC tensors: speed only, the arithmetic is the same up to its order. On 2 CPU cores at
+    # 112 px a 64-filter student trains 1.8x faster and a pruned one 1.2x (`benchmarks/memory_layout.py`).
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in ("shared", "per_neuron"):
@@ -112,7 +115,7 @@ def _nested(kind: type, d: Mapping[str, Any], name: str) -> Any:
 # ----------------------------------------------------------------- helpers
 def _train_config(config: CompressConfig, epochs: int, seed: int) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=1e-4,
-                       patience=max(2, epochs), seed=seed, amp=True)
+                       patience=max(2, epochs), seed=seed, amp=True, channels_last=config.channels_last)
 
 
 def _task_seed(seed: int, index: int) -> int:

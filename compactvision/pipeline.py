@@ -49,7 +49,8 @@ STUDENTS_112 = CompressConfig(
     strategy="shared", readout_form="factorised",
     student_channels=(64, 64, 64, 64, 64), shared_epochs=3, neuron_epochs=0, neuron_images=3072, finetune_epochs=1,
     finetune_images=1024, final_epochs=1, batch_size=64, lr=2e-3, retrain_lr=2e-4, retrain_frozen_bn=True,
-    probe_images=256, score_images=512, prune=PruneConfig(compensation="least_squares", rounds=3))
+    probe_images=256, score_images=512, prune=PruneConfig(compensation="least_squares", rounds=3),
+    channels_last=True)
 
 
 @dataclass(frozen=True)

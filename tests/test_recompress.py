@@ -21,11 +21,12 @@ from compactvision.rundir import heldout_data, history_path, neuron_ids_of, teac
 from test_cowley_import import fake_release  # a miniature release in the real layout
 
 #: Small enough for the suite: 8-filter students on a 512-image stream (the published models are 112 px).
-#: Shaped like the `recompress` preset: a shared student read out at rank one, its copies pruned directly.
+#: Shaped like the `recompress` preset: a shared student read out at rank one, its copies pruned directly,
+#: trained on NHWC tensors.
 TINY = CompressConfig(stream=StreamConfig(n_images=512, image_size=112, chunk=128), strategy="shared",
                       readout_form="factorised", student_channels=(8, 8, 8, 8, 8), shared_epochs=1, neuron_epochs=0,
                       neuron_images=256, finetune_epochs=1, finetune_images=64, final_epochs=1, batch_size=32,
-                      probe_images=64, score_images=64, prune=PruneConfig(min_filters=2))
+                      probe_images=64, score_images=64, prune=PruneConfig(min_filters=2), channels_last=True)
 
 
 @pytest.fixture(scope="module")
