@@ -70,7 +70,7 @@ def main() -> None:
     held = [s for s in dataset.sessions if s.session_id in held_ids]
     training = [s.session_id for s in dataset.sessions if s.session_id not in held_ids]
     preset = PRESETS[args.preset]
-    columns = ["validation", *(s for s in COWLEY_TEST_SESSIONS if s in held_ids & {x.session_id for x in held})]
+    columns = ["validation", *(s for s in COWLEY_TEST_SESSIONS if any(h.session_id == s for h in held))]
     subsets = nested_subsets(training, args.counts, args.order_seed)
     print(f"{args.preset} teacher on {device.type}; training sessions added in the order "
           f"{subsets[max(subsets)]} (seed {args.order_seed}); median r [95% CI] on the second halves")
