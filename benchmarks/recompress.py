@@ -1,12 +1,14 @@
 """Re-compressing the published V4 compact models: ours against theirs, neuron by neuron.
 
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
+                                    [--images N] [--distil-only] [--sessions 190923 201025] [--preset recompress]
 
 Each published model of Cowley et al. (2026) is taken as the teacher of its
 neuron (`compactvision recompress`): distilled into a fresh wide student
 (shared by the sample's neurons, each read out alone) and pruned per neuron by
 our criterion. On CPU the sample is fixed and printed: the first
-`--per-session` (4) neurons of each test session, 190923 and 201025. With a
+`--per-session` (4) neurons of each test session, 190923 and 201025 unless
+`--sessions` names others. With a
 GPU, or `--all`, every published model. The work is resumable: rerunning the
 command continues where it stopped, and finished neurons are only re-scored.
 
@@ -15,7 +17,10 @@ protocol), it prints: parameters (ours, theirs), r of our model against
 theirs, r of ours and of theirs against the measured responses, and the
 seconds our compression took; then the medians. `--shared-epochs N` trains
 the shared student for N epochs instead of the preset's, in a run of its own
-(`ours_<sample>_e<N>`), so the two can be compared neuron by neuron.
+(`ours_<sample>_e<N>`), so the two can be compared neuron by neuron; `--images N`
+likewise labels N images for it instead of the preset's. `r distilled~theirs`
+is the unpruned shared student's column against the published model, so a
+shortfall can be put on distillation or on pruning; `--distil-only` stops there.
 """
 from __future__ import annotations
 
@@ -30,11 +35,12 @@ import numpy as np
 import torch
 
 from compactvision.artifacts import MANIFEST, list_students, load_student, read_json
-from compactvision.compress import compress_run, default_workers, describe_stage_seconds
+from compactvision.compress import compress_run, default_workers, describe_stage_seconds, load_shared_student
 from compactvision.cowley import import_cowley, session_predictions
 from compactvision.cowley.recompress import prepare_recompress
 from compactvision.errors import CompactVisionError
 from compactvision.metrics import pearson_r
+from compactvision.models.student import select_channels
 from compactvision.pipeline import COMPRESS_PRESETS
 from compactvision.progress import reporter
 from compactvision.rundir import heldout_data, history_path
@@ -48,10 +54,29 @@ def _r(a: np.ndarray, b: np.ndarray) -> float:
     return float(pearson_r(np.asarray(a, np.float64), np.asarray(b, np.float64))[0])
 
 
+def distilled_r(imported: Path, run: Path) -> dict[str, float]:
+    """Per neuron, r of the unpruned shared student against the published model on the held-out half.
+
+    Set beside the pruned model's r, it says where a shortfall comes from:
+    distillation (this column) or pruning (the drop from it).
+    """
+    shared = load_shared_student(run)
+    names = list(shared.arch.output_names)
+    full = [range(c) for c in shared.arch.channels]
+    out = {}
+    for s in heldout_data(run)["sessions"].values():
+        for nid in s["neuron_ids"]:
+            column = select_channels(shared, full, outputs=[names.index(nid)])
+            out[nid] = _r(session_predictions(column, s["images"]),
+                          session_predictions(load_student(imported, nid), s["images"]))
+    return out
+
+
 def neuron_rows(imported: Path, run: Path) -> list[dict[str, float | str]]:
     """One row per re-compressed neuron, scored on its session's held-out half."""
     rows = []
     held = heldout_data(run)["sessions"]
+    distilled = distilled_r(imported, run)
     for session, s in held.items():
         for j, nid in enumerate(s["neuron_ids"]):
             if not history_path(run, nid).exists():
@@ -62,6 +87,7 @@ def neuron_rows(imported: Path, run: Path) -> list[dict[str, float | str]]:
             rows.append({"neuron": nid, "params_ours": ours.n_parameters(), "params_theirs": theirs.n_parameters(),
                          "channels_ours": "-".join(map(str, ours.arch.channels)),
                          "channels_theirs": "-".join(map(str, theirs.arch.channels)),
+                         "r_distilled_vs_theirs": distilled[nid],
                          "r_ours_vs_theirs": _r(y_ours, y_theirs), "r_ours": _r(y_ours, s["responses"][j]),
                          "r_theirs": _r(y_theirs, s["responses"][j]), "seconds": float(metrics["seconds"])})
     return rows
@@ -69,17 +95,17 @@ def neuron_rows(imported: Path, run: Path) -> list[dict[str, float | str]]:
 
 def print_table(rows: list[dict[str, float | str]]) -> None:
     head = (f"{'neuron':<18} {'ours: filters':>16} {'params':>7} {'theirs: filters':>16} {'params':>7} "
-            f"{'r ours~theirs':>13} {'r ours':>7} {'r theirs':>8} {'s':>6}")
+            f"{'r distilled~theirs':>18} {'r ours~theirs':>13} {'r ours':>7} {'r theirs':>8} {'s':>6}")
     print(head)
     for r in rows:
         print(f"{r['neuron']:<18} {r['channels_ours']:>16} {r['params_ours']:>7} {r['channels_theirs']:>16} "
-              f"{r['params_theirs']:>7} {r['r_ours_vs_theirs']:>13.3f} {r['r_ours']:>7.3f} {r['r_theirs']:>8.3f} "
-              f"{r['seconds']:>6.0f}")
-    med = {k: float(np.median([r[k] for r in rows])) for k in ("params_ours", "params_theirs", "r_ours_vs_theirs",
-                                                                 "r_ours", "r_theirs", "seconds")}
+              f"{r['params_theirs']:>7} {r['r_distilled_vs_theirs']:>18.3f} {r['r_ours_vs_theirs']:>13.3f} "
+              f"{r['r_ours']:>7.3f} {r['r_theirs']:>8.3f} {r['seconds']:>6.0f}")
+    med = {k: float(np.median([r[k] for r in rows])) for k in ("params_ours", "params_theirs", "r_distilled_vs_theirs",
+                                                                 "r_ours_vs_theirs", "r_ours", "r_theirs", "seconds")}
     print(f"{'median (' + str(len(rows)) + ')':<18} {'':>16} {med['params_ours']:>7.0f} {'':>16} "
-          f"{med['params_theirs']:>7.0f} {med['r_ours_vs_theirs']:>13.3f} {med['r_ours']:>7.3f} "
-          f"{med['r_theirs']:>8.3f} {med['seconds']:>6.0f}")
+          f"{med['params_theirs']:>7.0f} {med['r_distilled_vs_theirs']:>18.3f} {med['r_ours_vs_theirs']:>13.3f} "
+          f"{med['r_ours']:>7.3f} {med['r_theirs']:>8.3f} {med['seconds']:>6.0f}")
     slowest = max(float(r["seconds"]) for r in rows)
     print(f"targets: median params ours <= theirs: {med['params_ours'] <= med['params_theirs']}; "
           f"r ours~theirs >= 0.95: {med['r_ours_vs_theirs'] >= 0.95}; "
@@ -113,38 +139,58 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "recompress", help="where the runs are kept (resumable)")
     ap.add_argument("--per-session", type=int, default=4, help="neurons per test session on CPU (default 4)")
     ap.add_argument("--all", action="store_true", help="every published model (the default where a GPU is present)")
+    ap.add_argument("--sessions", nargs="+", default=list(TEST_SESSIONS),
+                    help=f"the sessions whose published models are re-compressed (default {' '.join(TEST_SESSIONS)})")
     ap.add_argument("--preset", default="recompress", choices=COMPRESS_PRESETS)
     ap.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     ap.add_argument("--shared-epochs", type=int,
                     help="epochs of the shared student instead of the preset's (its runs are kept apart)")
+    ap.add_argument("--images", type=int,
+                    help="images the published models label for distillation, instead of the preset's (kept apart)")
+    ap.add_argument("--distil-only", action="store_true",
+                    help="stop after the shared student: print its r against the published models, prune nothing")
     args = ap.parse_args(argv)
     # Ctrl-C and SIGTERM stop the workers and keep every finished neuron, as `compactvision compress` does.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     per_session = None if args.all or torch.cuda.is_available() else args.per_session
     config = COMPRESS_PRESETS[args.preset]
-    variant = f"{per_session or 'all'}" + (f"_e{args.shared_epochs}" if args.shared_epochs else "")
+    variant = (f"{per_session or 'all'}" + (f"_e{args.shared_epochs}" if args.shared_epochs else "")
+               + (f"_i{args.images}" if args.images else ""))
     if args.shared_epochs:
         config = replace(config, shared_epochs=args.shared_epochs)
-    imported, run = args.work / f"imported_{per_session or 'all'}", args.work / f"ours_{variant}"
+    if args.images:
+        config = replace(config, stream=replace(config.stream, n_images=args.images))
+    # Another choice of sessions is another sample, kept in folders of its own.
+    tag = "" if tuple(args.sessions) == TEST_SESSIONS else "_" + "-".join(args.sessions)
+    imported, run = args.work / f"imported_{per_session or 'all'}{tag}", args.work / f"ours_{variant}{tag}"
     print(f"sample: {'every published model' if per_session is None else f'neurons 0-{per_session - 1}'} "
-          f"of sessions {', '.join(TEST_SESSIONS)}; preset {args.preset}, shared student {config.shared_epochs} epochs")
+          f"of sessions {', '.join(args.sessions)}; preset {args.preset}, shared student {config.shared_epochs} epochs "
+          f"on {config.stream.n_images} labelled images")
     try:
         if not (imported / MANIFEST).exists():
-            import_cowley(args.release / "compact_models", imported, sessions=TEST_SESSIONS, per_session=per_session,
+            import_cowley(args.release / "compact_models", imported, sessions=args.sessions, per_session=per_session,
                           progress=reporter("lines"))
         prepare_recompress(imported, run)
-        summary = compress_run(run, config, workers=args.workers, progress=reporter("lines"))
+        summary = compress_run(run, config, workers=args.workers, progress=reporter("lines"),
+                               neurons=[] if args.distil_only else None)
     except CompactVisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished neurons are kept; run the same command again to continue", file=sys.stderr)
         return 130
+    if args.distil_only:
+        distilled = distilled_r(imported, run)
+        for nid, r in distilled.items():
+            print(f"{nid:<18} r distilled~theirs {r:.3f}")
+        print(f"median ({len(distilled)}): {np.median(list(distilled.values())):.3f}; "
+              f"shared stages: {describe_stage_seconds(summary['stage_seconds'])}")
+        return 0
     rows = neuron_rows(imported, run)
     print_table(rows)
     print_time(rows, summary["stage_seconds"], args.workers or default_workers(config))
-    out = args.work / f"recompress_{variant}.csv"
+    out = args.work / f"recompress_{variant}{tag}.csv"
     with open(out, "w") as f:
         f.write(",".join(rows[0]) + "\n")
         f.writelines(",".join(str(v) for v in r.values()) + "\n" for r in rows)

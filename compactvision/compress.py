@@ -166,10 +166,7 @@ def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: Label
     arch = StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,
                        n_outputs=len(cache.neuron_ids), output_names=tuple(cache.neuron_ids))
     if out.exists():
-        tensors, meta = load_weights(out)
-        model = CompactStudent(StudentArch.from_json(meta["architecture"]))
-        model.load_state_dict(tensors)
-        return model.eval()
+        return load_shared_student(run_dir)
     torch.manual_seed(config.seed)
     model = CompactStudent(arch)
     train_idx, val_idx = cache.split()
@@ -185,6 +182,14 @@ def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: Label
     # a per-neuron cost must count it.
     seconds = sum(epoch["seconds"] for epoch in result.history)
     save_weights(out, model.state_dict(), metadata={"architecture": model.arch.to_json(), "seconds": repr(seconds)})
+    return model.eval()
+
+
+def load_shared_student(run_dir: str | Path) -> CompactStudent:
+    """The run's fitted shared student (every neuron a column), in eval mode."""
+    tensors, meta = load_weights(Path(run_dir) / SHARED_STUDENT)
+    model = CompactStudent(StudentArch.from_json(meta["architecture"]))
+    model.load_state_dict(tensors)
     return model.eval()
 
 
@@ -241,9 +246,7 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     stats = {"": _label_stats(cache, train_idx, col)}
 
     if config.strategy == "shared":
-        tensors, meta = load_weights(run_dir / SHARED_STUDENT)
-        shared = CompactStudent(StudentArch.from_json(meta["architecture"]))
-        shared.load_state_dict(tensors)
+        shared = load_shared_student(run_dir)
         model = select_channels(shared, [range(c) for c in shared.arch.channels], outputs=[index])
     else:
         model = CompactStudent(StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,

@@ -68,3 +68,13 @@ def copy_run(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+def load_benchmark(name: str):
+    """A script of `benchmarks/`, imported as a module so a test can call its functions and its `main`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

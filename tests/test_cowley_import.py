@@ -20,8 +20,8 @@ from compactvision.cowley import (N_ARRAYS, evaluate_published, find_published_m
                                   load_published_arrays, load_published_model, published_to_student)
 from compactvision.data.formats import read_jpeg_zip
 from compactvision.errors import ArtifactError
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 MEAN_RGB = np.array([116.222, 109.270, 100.381])
 STRIDES = (1, 2, 2, 1, 1)
 
@@ -222,11 +222,7 @@ def test_a_session_without_images_is_imported_and_says_why_it_has_no_score(tmp_p
 
 
 def test_cowley_benchmark_says_which_session_it_skips_and_why(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cowley_benchmark", ROOT / "benchmarks" / "cowley.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("cowley")
     root = fake_release(tmp_path / "release")
     (root / "images" / "images_100101.zip").unlink()
     assert bench.main(["--release", str(root), "--sessions", "100101"]) == 1

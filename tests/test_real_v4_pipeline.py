@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from compactvision.artifacts import list_students, read_manifest
+from conftest import load_benchmark
 
 SESSIONS = {"190923": "test", "210224": "validation", "190925": "trunk", "190927": "trunk"}
 IMAGES, NEURONS, SIZE = 80, 4, 48
@@ -148,11 +149,7 @@ def test_ours_against_the_published_models_on_the_same_images(cowley_dir, tmp_pa
     assert seen[-1] == ("compare", 2, 2)
     # The benchmark prints the same comparison and writes it per neuron.
     import csv
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cowley_benchmark", ROOT / "benchmarks" / "cowley.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("cowley")
     assert bench.main(["--release", str(release), "--ours", str(run), "--csv", str(tmp_path / "rows.csv")]) == 0
     with open(tmp_path / "rows.csv") as f:
         table = list(csv.DictReader(f))

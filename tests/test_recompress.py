@@ -18,6 +18,7 @@ from compactvision.models.teacher import load_teacher
 from compactvision.prune import PruneConfig
 from compactvision.cowley.scoring import load_session
 from compactvision.rundir import heldout_data, history_path, neuron_ids_of, teacher_image_size, training_images
+from conftest import load_benchmark
 from test_cowley_import import fake_release  # a miniature release in the real layout
 
 #: Small enough for the suite: 8-filter students on a 512-image stream (the published models are 112 px).
@@ -87,6 +88,15 @@ def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path,
         assert path[0]["channels"] == [8] * 5, "a fresh wide student, not the published one"
         assert path[-1]["n_parameters"] < path[0]["n_parameters"]
         assert "r_heldout" in record["metrics"], "scored against the measured held-out responses"
+    # The benchmark's table puts each neuron's shortfall on distillation (the unpruned column) or on pruning.
+    bench = load_benchmark("recompress")
+    rows = bench.neuron_rows(imported, out)
+    assert [r["neuron"] for r in rows] == ["100101_neuron0", "100101_neuron1"]
+    for r in rows:
+        assert -1 <= r["r_distilled_vs_theirs"] <= 1 and -1 <= r["r_ours_vs_theirs"] <= 1
+        assert r["params_ours"] < 8 * 8 * 25 * 5 and r["seconds"] > 0
+    bench.print_table(rows)
+    assert "r distilled~theirs" in capsys.readouterr().out
 
 
 def test_unknown_neurons_and_wrong_runs_are_refused_before_anything_is_written(imported, tmp_path):
