@@ -1,7 +1,8 @@
 """Re-compressing the published V4 compact models: ours against theirs, neuron by neuron.
 
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
-                                    [--images N] [--distil-only] [--sessions 190923 201025] [--preset recompress]
+                                    [--images N] [--readout-rank K] [--distil-only] [--sessions 190923 201025]
+                                    [--preset recompress]
 
 Each published model of Cowley et al. (2026) is taken as the teacher of its
 neuron (`compactvision recompress`): distilled into a fresh wide student
@@ -18,7 +19,8 @@ theirs, r of ours and of theirs against the measured responses, and the
 seconds our compression took; then the medians. `--shared-epochs N` trains
 the shared student for N epochs instead of the preset's, in a run of its own
 (`ours_<sample>_e<N>`), so the two can be compared neuron by neuron; `--images N`
-likewise labels N images for it instead of the preset's. `r distilled~theirs`
+likewise labels N images for it instead of the preset's, and `--readout-rank K`
+reads each neuron out at rank K. `r distilled~theirs`
 is the unpruned shared student's column against the published model, so a
 shortfall can be put on distillation or on pruning; `--distil-only` stops there.
 """
@@ -28,14 +30,14 @@ import argparse
 import os
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from compactvision.artifacts import MANIFEST, list_students, load_student, read_json
-from compactvision.compress import compress_run, default_workers, describe_stage_seconds, load_shared_student
+from compactvision.compress import CompressConfig, compress_run, default_workers, describe_stage_seconds, load_shared_student
 from compactvision.cowley import import_cowley, session_predictions
 from compactvision.cowley.recompress import prepare_recompress
 from compactvision.errors import CompactVisionError
@@ -43,7 +45,7 @@ from compactvision.metrics import pearson_r
 from compactvision.models.student import select_channels
 from compactvision.pipeline import COMPRESS_PRESETS
 from compactvision.progress import reporter
-from compactvision.rundir import heldout_data, history_path
+from compactvision.rundir import CACHE_DIR, heldout_data, history_path, neuron_ids_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RELEASE = Path(os.environ.get("COMPACTVISION_COWLEY_DIR", ROOT.parent / "shared" / "data" / "cowley_v4"))
@@ -129,6 +131,27 @@ def print_time(rows: list[dict[str, float | str]], stages: dict[str, float], wor
     print(line)
 
 
+def reuse_labels(run: Path, work: Path, config: CompressConfig) -> Path | None:
+    """Link a sibling run's finished label cache into `run` if it labelled the same stream for the same neurons.
+
+    Variants that differ only after labelling (epochs, readout rank) then skip
+    the labels' minutes. The files are hard links to caches that are complete,
+    which are only ever read. Returns the run whose labels were taken.
+    """
+    mine = run / CACHE_DIR / "labels"
+    if (mine / "cache.json").exists():
+        return None
+    ids = neuron_ids_of(run)
+    for other in sorted(work.glob("ours_*/" + CACHE_DIR + "/labels/cache.json")):
+        meta = read_json(other)
+        if meta.get("complete") and meta.get("neuron_ids") == ids and meta.get("stream") == asdict(config.stream):
+            mine.mkdir(parents=True, exist_ok=True)
+            for name in ("images.npy", "labels.npy", "cache.json"):
+                os.link(other.parent / name, mine / name)
+            return other.parents[2]
+    return None
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -147,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="epochs of the shared student instead of the preset's (its runs are kept apart)")
     ap.add_argument("--images", type=int,
                     help="images the published models label for distillation, instead of the preset's (kept apart)")
+    ap.add_argument("--readout-rank", type=int,
+                    help="rank of the shared student's factorised readout instead of the preset's (kept apart)")
     ap.add_argument("--distil-only", action="store_true",
                     help="stop after the shared student: print its r against the published models, prune nothing")
     args = ap.parse_args(argv)
@@ -156,22 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     per_session = None if args.all or torch.cuda.is_available() else args.per_session
     config = COMPRESS_PRESETS[args.preset]
     variant = (f"{per_session or 'all'}" + (f"_e{args.shared_epochs}" if args.shared_epochs else "")
-               + (f"_i{args.images}" if args.images else ""))
+               + (f"_i{args.images}" if args.images else "") + (f"_k{args.readout_rank}" if args.readout_rank else ""))
     if args.shared_epochs:
         config = replace(config, shared_epochs=args.shared_epochs)
     if args.images:
         config = replace(config, stream=replace(config.stream, n_images=args.images))
+    if args.readout_rank:
+        config = replace(config, readout_rank=args.readout_rank)
     # Another choice of sessions is another sample, kept in folders of its own.
     tag = "" if tuple(args.sessions) == TEST_SESSIONS else "_" + "-".join(args.sessions)
     imported, run = args.work / f"imported_{per_session or 'all'}{tag}", args.work / f"ours_{variant}{tag}"
     print(f"sample: {'every published model' if per_session is None else f'neurons 0-{per_session - 1}'} "
           f"of sessions {', '.join(args.sessions)}; preset {args.preset}, shared student {config.shared_epochs} epochs "
-          f"on {config.stream.n_images} labelled images")
+          f"on {config.stream.n_images} labelled images, read out at rank {config.readout_rank}")
     try:
         if not (imported / MANIFEST).exists():
             import_cowley(args.release / "compact_models", imported, sessions=args.sessions, per_session=per_session,
                           progress=reporter("lines"))
         prepare_recompress(imported, run)
+        source = reuse_labels(run, args.work, config)
+        if source is not None:
+            print(f"labels: the same stream as {source.name}'s, linked from it")
         summary = compress_run(run, config, workers=args.workers, progress=reporter("lines"),
                                neurons=[] if args.distil_only else None)
     except CompactVisionError as e:

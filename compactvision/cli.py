@@ -319,6 +319,8 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readout-form", choices=["dense", "factorised"],
                    help="how a fresh student's readout is fitted: dense (the reference's) or factorised (rank one, "
                         "made dense before pruning); default from the preset")
+    p.add_argument("--readout-rank", type=int,
+                   help="terms of where x what per neuron in the factorised readout; default from the preset")
     p.add_argument("--threshold", type=float,
                    help="fraction of the unpruned student's r² against the teacher that pruning must keep "
                         "(default from the preset, 0.9)")
@@ -345,6 +347,8 @@ def _compression_config(args: argparse.Namespace):
         config = replace(config, strategy=args.strategy, neuron_epochs=epochs)
     if args.readout_form:
         config = replace(config, readout_form=args.readout_form)
+    if args.readout_rank is not None:
+        config = replace(config, readout_rank=args.readout_rank)
     prune = {k: v for k, v in (("threshold", args.threshold), ("criterion", args.criterion),
                                ("min_filters", args.min_filters), ("compensation", args.compensation))
              if v is not None}

@@ -59,6 +59,7 @@ class CompressConfig:
     # (rank one per neuron, where x what, made dense again before pruning: far fewer weights to learn from the
     # few thousand images a CPU can afford).
     readout_form: str = "dense"
+    readout_rank: int = 1           # the factorised form's rank: terms of where x what per neuron
     shared_epochs: int = 8
     neuron_epochs: int = 3          # per-neuron fit of the (copied or fresh) student; 0: a copy goes straight to pruning
     neuron_images: int = 8192       # labels per neuron fit, drawn from the stream
@@ -85,6 +86,8 @@ class CompressConfig:
             raise ValueError(f"strategy must be 'shared' or 'per_neuron', got {self.strategy!r}")
         if self.readout_form not in ("dense", "factorised"):
             raise ValueError(f"readout_form must be 'dense' or 'factorised', got {self.readout_form!r}")
+        if self.readout_rank < 1:
+            raise ValueError(f"readout_rank must be at least 1, got {self.readout_rank}")
         if self.neuron_epochs < (1 if self.strategy == "per_neuron" else 0):
             raise ValueError("a fresh per-neuron student needs neuron_epochs >= 1 (a shared student's copy may take 0)")
 
@@ -172,7 +175,7 @@ def fit_shared_student(run_dir: str | Path, config: CompressConfig, cache: Label
     train_idx, val_idx = cache.split()
     stats = _label_stats(cache, train_idx, None)
     if config.readout_form == "factorised":
-        model.factorise_readout(bias=torch.from_numpy(stats[0]))
+        model.factorise_readout(bias=torch.from_numpy(stats[0]), rank=config.readout_rank)
     tc = replace(_train_config(config, config.shared_epochs, config.seed), device=device)
     result = fit(model, _stream(cache, train_idx, config.batch_size, None, config.seed),
                  _val_arrays(cache, val_idx, None), tc, checkpoint_dir=run_dir / CACHE_DIR / "shared", resume=resume,
@@ -252,9 +255,9 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         model = CompactStudent(StudentArch(channels=config.student_channels, input_size=(config.stream.image_size,) * 2,
                                            n_outputs=1, output_names=(neuron_id,)))
         if config.readout_form == "factorised":
-            model.factorise_readout(bias=float(stats[""][0][0]))
+            model.factorise_readout(bias=float(stats[""][0][0]), rank=config.readout_rank)
     if config.neuron_epochs > 0:
-        model.rank_one_readout()
+        model.low_rank_readout(config.readout_rank)
         fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val,
             _train_config(config, config.neuron_epochs, seed), progress=False, target_stats=stats)
     # A fit runs on a GPU where there is one and leaves the model there; pruning measures it on CPU probe images.
@@ -270,13 +273,13 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         A short fit from a fresh optimiser can first disturb a network (its BN
         statistics move with small batches); judged on validation images, the
         better of the two goes on, so the next cut's budget is not spent on
-        that. A readout that is still rank one is retrained at rank one.
+        that. A readout still of the fitted rank (or less) is retrained at it.
         """
         if epochs <= 0:
             return m.eval()
         before = copy.deepcopy(m.state_dict())
         r_before = _r(predict(m.eval(), val[0]), val[1])
-        m.rank_one_readout()
+        m.low_rank_readout(config.readout_rank)
         tc = replace(_train_config(config, epochs, task_seed), lr=config.retrain_lr or config.lr,
                      frozen_bn=config.retrain_frozen_bn)
         fit(m, _stream(cache, idx, config.batch_size, col, task_seed), val, tc, progress=False, target_stats=stats)

@@ -135,6 +135,8 @@ def test_config_round_trips_and_rejects_unknown_strategy():
         CompressConfig(strategy="magic")
     with pytest.raises(ValueError, match="readout_form"):
         CompressConfig(readout_form="gaussian")
+    with pytest.raises(ValueError, match="readout_rank"):
+        CompressConfig(readout_rank=0)
     with pytest.raises(ValueError, match="neuron_epochs"):
         CompressConfig(strategy="per_neuron", neuron_epochs=0)
     assert CompressConfig(strategy="shared", neuron_epochs=0).neuron_epochs == 0

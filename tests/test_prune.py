@@ -73,7 +73,7 @@ def test_a_rank_one_readout_survives_pruning_and_is_taken_back_exactly():
     x = torch.rand(16, 3, 32, 32)
     small = cut_layer(m, x, 4, [0, 2, 3])  # drops channels and folds their means into the bias
     before = small(x)
-    assert small.rank_one_readout() and not isinstance(small.readout, torch.nn.Linear)
+    assert small.low_rank_readout() and not isinstance(small.readout, torch.nn.Linear)
     assert torch.allclose(small(x), before, atol=1e-5)
     small.dense_readout()
     assert torch.allclose(small(x), before, atol=1e-5)
@@ -81,8 +81,33 @@ def test_a_rank_one_readout_survives_pruning_and_is_taken_back_exactly():
     with torch.no_grad():
         small.readout.weight.add_(0.1 * torch.randn_like(small.readout.weight))
     w = small.readout.weight.clone()
-    assert not small.rank_one_readout()
+    assert not small.low_rank_readout()
     assert isinstance(small.readout, torch.nn.Linear) and torch.equal(small.readout.weight, w)
+
+
+def test_a_rank_two_readout_reads_two_features_at_two_places_and_prunes_at_rank_two():
+    """Rank two can read one feature here and another there, which no rank-one readout can."""
+    torch.manual_seed(3)
+    m = CompactStudent(StudentArch(channels=(6, 6, 6, 6, 5), input_size=(32, 32))).eval()
+    m.factorise_readout(bias=0.5, rank=2)
+    assert sum(p.numel() for p in m.readout.parameters()) == 2 * (8 * 8 + 5) + 1
+    with torch.no_grad():
+        m.readout.spatial.zero_()
+        m.readout.feature.zero_()
+        m.readout.spatial[0, 0, 0] = m.readout.feature[0, 0, 1] = 1.0    # channel 1 at the top left
+        m.readout.spatial[0, 1, 63] = m.readout.feature[0, 1, 3] = -2.0  # channel 3 at the bottom right
+    x = torch.rand(16, 3, 32, 32)
+    last = m.features(x)[-1]
+    assert torch.allclose(m(x)[:, 0], 0.5 + last[:, 1, 0, 0] + 4.0 * last[:, 3, 7, 7], atol=1e-5)
+    before = m(x)
+    m.dense_readout()
+    assert torch.allclose(m(x), before, atol=1e-5)
+    small = cut_layer(m, x, 4, [1, 2, 3])
+    before = small(x)
+    assert not small.low_rank_readout(max_rank=1), "two places, two features: not rank one"
+    assert isinstance(small.readout, torch.nn.Linear)
+    assert small.low_rank_readout(max_rank=3) and small.readout.rank == 2, "held at the smallest rank that is exact"
+    assert torch.allclose(small(x), before, atol=1e-5)
 
 
 @pytest.mark.parametrize("layer", range(5))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from compactvision.cli import main
 from compactvision.compress import CompressConfig, compress_run
 from compactvision.cowley import import_cowley
 from compactvision.cowley.recompress import prepare_recompress
-from compactvision.distill import StreamConfig
+from compactvision.distill import LabelCache, StreamConfig
 from compactvision.errors import ArtifactError, DataError
 from compactvision.models.teacher import load_teacher
 from compactvision.prune import PruneConfig
@@ -67,7 +68,7 @@ def test_the_stream_pool_holds_other_sessions_images_and_never_a_held_out_one(tm
 
 
 def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path, capsys):
-    out = prepare_recompress(imported, tmp_path / "re", per_session=2)
+    out = prepare_recompress(imported, tmp_path / "ours_a", per_session=2)
     compress_run(out, TINY, neurons=[0], workers=1)
     first = history_path(out, "100101_neuron0")
     stamp = first.stat().st_mtime_ns
@@ -97,6 +98,12 @@ def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path,
         assert r["params_ours"] < 8 * 8 * 25 * 5 and r["seconds"] > 0
     bench.print_table(rows)
     assert "r distilled~theirs" in capsys.readouterr().out
+    # A variant of the same sample that labels the same stream takes the labels instead of making them again.
+    variant = prepare_recompress(imported, tmp_path / "ours_b", per_session=2)
+    assert bench.reuse_labels(variant, tmp_path, replace(TINY, stream=replace(TINY.stream, n_images=256))) is None
+    assert bench.reuse_labels(variant, tmp_path, TINY) == out
+    assert LabelCache(variant / ".cache" / "labels").seconds == LabelCache(out / ".cache" / "labels").seconds
+    assert bench.reuse_labels(variant, tmp_path, TINY) is None, "a run with labels keeps its own"
 
 
 def test_unknown_neurons_and_wrong_runs_are_refused_before_anything_is_written(imported, tmp_path):
