@@ -1,7 +1,7 @@
 """Re-compressing the published V4 compact models: ours against theirs, neuron by neuron.
 
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
-                                    [--images N] [--readout-rank K] [--distil-only] [--sessions 190923 201025]
+                                    [--images N] [--readout-rank K] [--distil-only] [--rank-cap] [--sessions 190923 201025]
                                     [--preset recompress]
 
 Each published model of Cowley et al. (2026) is taken as the teacher of its
@@ -20,13 +20,17 @@ seconds our compression took; then the medians. `--shared-epochs N` trains
 the shared student for N epochs instead of the preset's, in a run of its own
 (`ours_<sample>_e<N>`), so the two can be compared neuron by neuron; `--images N`
 likewise labels N images for it instead of the preset's, and `--readout-rank K`
-reads each neuron out at rank K. `r distilled~theirs`
+reads each neuron out at rank K. `--rank-cap` prints, and does nothing else,
+how closely each published model follows itself with its own readout cut to
+rank 1 and 2: what a readout of that form loses on the published model's own
+features. `r distilled~theirs`
 is the unpruned shared student's column against the published model, so a
 shortfall can be put on distillation or on pruning; `--distil-only` stops there.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import signal
 import sys
@@ -71,6 +75,31 @@ def distilled_r(imported: Path, run: Path) -> dict[str, float]:
             column = select_channels(shared, full, outputs=[names.index(nid)])
             out[nid] = _r(session_predictions(column, s["images"]),
                           session_predictions(load_student(imported, nid), s["images"]))
+    return out
+
+
+def readout_rank_cap(imported: Path, run: Path, ranks: tuple[int, ...] = (1, 2)) -> dict[str, list[float]]:
+    """Per neuron, r of each published model against itself with its readout cut to rank k (k in `ranks`).
+
+    The cut is the best rank-k approximation of the weights (by SVD), not of
+    the response, so this is what a rank-k readout of the published model's
+    own features reaches at the least: a rough ceiling on r distilled~theirs
+    that the readout's form alone sets.
+    """
+    out = {}
+    for s in heldout_data(run)["sessions"].values():
+        for nid in s["neuron_ids"]:
+            theirs = load_student(imported, nid)
+            y = session_predictions(theirs, s["images"])
+            h, w = theirs.arch.readout_hw
+            weight = theirs.readout.weight.detach().double().view(h * w, -1)
+            u, sv, vh = torch.linalg.svd(weight, full_matrices=False)
+            out[nid] = []
+            for k in ranks:
+                cut = copy.deepcopy(theirs)
+                with torch.no_grad():
+                    cut.readout.weight.copy_(((u[:, :k] * sv[:k]) @ vh[:k]).reshape_as(cut.readout.weight))
+                out[nid].append(_r(session_predictions(cut, s["images"]), y))
     return out
 
 
@@ -172,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="images the published models label for distillation, instead of the preset's (kept apart)")
     ap.add_argument("--readout-rank", type=int,
                     help="rank of the shared student's factorised readout instead of the preset's (kept apart)")
+    ap.add_argument("--rank-cap", action="store_true",
+                    help="print how closely each published model follows itself with its readout cut to rank 1 and 2")
     ap.add_argument("--distil-only", action="store_true",
                     help="stop after the shared student: print its r against the published models, prune nothing")
     args = ap.parse_args(argv)
@@ -199,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             import_cowley(args.release / "compact_models", imported, sessions=args.sessions, per_session=per_session,
                           progress=reporter("lines"))
         prepare_recompress(imported, run)
+        if args.rank_cap:
+            caps = readout_rank_cap(imported, run)
+            for nid, (r1, r2) in caps.items():
+                print(f"{nid:<18} theirs~theirs with the readout at rank 1 {r1:.3f}, rank 2 {r2:.3f}")
+            print(f"median ({len(caps)}): rank 1 {np.median([c[0] for c in caps.values()]):.3f}, "
+                  f"rank 2 {np.median([c[1] for c in caps.values()]):.3f}")
+            return 0
         source = reuse_labels(run, args.work, config)
         if source is not None:
             print(f"labels: the same stream as {source.name}'s, linked from it")
