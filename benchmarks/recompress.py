@@ -226,15 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     per_session = None if args.all or torch.cuda.is_available() else args.per_session
-    config = COMPRESS_PRESETS[args.preset]
-    variant = (f"{per_session or 'all'}" + (f"_e{args.shared_epochs}" if args.shared_epochs else "")
-               + (f"_i{args.images}" if args.images else "") + (f"_k{args.readout_rank}" if args.readout_rank else ""))
+    preset = config = COMPRESS_PRESETS[args.preset]
     if args.shared_epochs:
         config = replace(config, shared_epochs=args.shared_epochs)
     if args.images:
         config = replace(config, stream=replace(config.stream, n_images=args.images))
     if args.readout_rank:
         config = replace(config, readout_rank=args.readout_rank)
+    # A run's folder names what sets it apart (a preset other than `recompress`, each setting changed from the
+    # preset), so a variant never resumes another.
+    variant = (f"{per_session or 'all'}" + ("" if args.preset == "recompress" else f"_{args.preset}")
+               + (f"_e{config.shared_epochs}" if config.shared_epochs != preset.shared_epochs else "")
+               + (f"_i{config.stream.n_images}" if config.stream.n_images != preset.stream.n_images else "")
+               + (f"_k{config.readout_rank}" if config.readout_rank != preset.readout_rank else ""))
     # Another choice of sessions is another sample, kept in folders of its own.
     tag = "" if tuple(args.sessions) == TEST_SESSIONS else "_" + "-".join(args.sessions)
     imported, run = args.work / f"imported_{per_session or 'all'}{tag}", args.work / f"ours_{variant}{tag}"
