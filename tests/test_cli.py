@@ -40,6 +40,7 @@ def test_strategy_and_readout_options_override_the_preset_into_a_valid_config():
     fresh = config("--strategy", "per_neuron", "--readout-form", "dense")
     assert fresh.strategy == "per_neuron" and fresh.readout_form == "dense"
     assert fresh.neuron_epochs >= 1, "a fresh per-neuron student is fitted, even where the preset's copies are not"
+    assert config("--readout-rank", "2").readout_rank == 2 and preset.readout_rank == 1
     assert preset.prune.compensation == "least_squares"
     assert config("--compensation", "mean").prune.compensation == "mean"
     assert config("--criterion", "reconstruction").prune.compensation == "mean"  # the reference's own carry
