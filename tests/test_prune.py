@@ -85,17 +85,24 @@ def test_a_rank_one_readout_survives_pruning_and_is_taken_back_exactly():
     assert isinstance(small.readout, torch.nn.Linear) and torch.equal(small.readout.weight, w)
 
 
+def test_a_rank_one_readout_keeps_the_parameter_shapes_a_checkpointed_fit_resumes_with():
+    """A shared student's fit checkpointed before readouts had a rank held (outputs, h*w) and (outputs, c)."""
+    m = CompactStudent(StudentArch(channels=(6, 6, 6, 6, 5), input_size=(32, 32), n_outputs=3)).factorise_readout()
+    assert m.readout.spatial.shape == (3, 64) and m.readout.feature.shape == (3, 5) and m.readout.rank == 1
+
+
 def test_a_rank_two_readout_reads_two_features_at_two_places_and_prunes_at_rank_two():
     """Rank two can read one feature here and another there, which no rank-one readout can."""
     torch.manual_seed(3)
     m = CompactStudent(StudentArch(channels=(6, 6, 6, 6, 5), input_size=(32, 32))).eval()
     m.factorise_readout(bias=0.5, rank=2)
     assert sum(p.numel() for p in m.readout.parameters()) == 2 * (8 * 8 + 5) + 1
+    where, what = m.readout.factors()
     with torch.no_grad():
-        m.readout.spatial.zero_()
-        m.readout.feature.zero_()
-        m.readout.spatial[0, 0, 0] = m.readout.feature[0, 0, 1] = 1.0    # channel 1 at the top left
-        m.readout.spatial[0, 1, 63] = m.readout.feature[0, 1, 3] = -2.0  # channel 3 at the bottom right
+        where.zero_()
+        what.zero_()
+        where[0, 0, 0] = what[0, 0, 1] = 1.0    # channel 1 at the top left
+        where[0, 1, 63] = what[0, 1, 3] = -2.0  # channel 3 at the bottom right
     x = torch.rand(16, 3, 32, 32)
     last = m.features(x)[-1]
     assert torch.allclose(m(x)[:, 0], 0.5 + last[:, 1, 0, 0] + 4.0 * last[:, 3, 7, 7], atol=1e-5)

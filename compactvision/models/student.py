@@ -169,25 +169,32 @@ class FactorisedReadout(nn.Module):
         if rank < 1:
             raise ValueError(f"a factorised readout needs rank >= 1, got {rank}")
         self.hw, self.c = h * w, c
+        # Each output's terms side by side in one row: at rank one these are the shapes (and the random start)
+        # of the rank-one form before it, so a fit checkpointed by an older version resumes.
         # A flat spatial start (every position read equally) and small random features.
-        self.spatial = nn.Parameter(torch.full((n_outputs, rank, h * w), 1.0 / (h * w))
-                                    * (1 + 0.1 * torch.randn(n_outputs, rank, h * w)))
-        self.feature = nn.Parameter(0.1 * torch.randn(n_outputs, rank, c))
+        self.spatial = nn.Parameter(torch.full((n_outputs, rank * h * w), 1.0 / (h * w))
+                                    * (1 + 0.1 * torch.randn(n_outputs, rank * h * w)))
+        self.feature = nn.Parameter(0.1 * torch.randn(n_outputs, rank * c))
         self.bias = nn.Parameter(torch.zeros(n_outputs))
 
     @property
     def rank(self) -> int:
-        return int(self.spatial.shape[1])
+        return int(self.spatial.shape[1]) // self.hw
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(where, what) as (outputs, rank, h*w) and (outputs, rank, c) views."""
+        n = self.bias.shape[0]
+        return self.spatial.view(n, self.rank, self.hw), self.feature.view(n, self.rank, self.c)
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
         x = flat.view(flat.shape[0], self.hw, self.c)
-        return torch.einsum("npc,okp,okc->no", x, self.spatial, self.feature) + self.bias
+        return torch.einsum("npc,okp,okc->no", x, *self.factors()) + self.bias
 
     @torch.no_grad()
     def dense(self) -> nn.Linear:
-        """The equal dense layer: weight[o, (p, c)] = sum_k spatial[o, k, p] * feature[o, k, c], channel-last as the input."""
+        """The equal dense layer: weight[o, (p, c)] = sum_k where[o, k, p] * what[o, k, c], channel-last as the input."""
         out = nn.Linear(self.hw * self.c, self.bias.shape[0]).to(self.bias.device)
-        out.weight.copy_(torch.einsum("okp,okc->opc", self.spatial, self.feature).reshape(self.bias.shape[0], -1))
+        out.weight.copy_(torch.einsum("okp,okc->opc", *self.factors()).reshape(self.bias.shape[0], -1))
         out.bias.copy_(self.bias)
         return out
 
@@ -271,8 +278,9 @@ class CompactStudent(nn.Module):
                 return False
             fr = FactorisedReadout(h, w, c, self.arch.n_outputs, rank=rank).to(self.readout.bias.device)
             # What is a unit vector, so its entries are on one scale whatever the readout's.
-            fr.spatial.copy_(u[:, :, :rank].transpose(1, 2) * s[:, :rank, None])
-            fr.feature.copy_(vh[:, :rank, :])
+            where, what = fr.factors()
+            where.copy_(u[:, :, :rank].transpose(1, 2) * s[:, :rank, None])
+            what.copy_(vh[:, :rank, :])
             fr.bias.copy_(self.readout.bias)
         self.readout = fr
         return True
