@@ -47,7 +47,6 @@ from compactvision.cowley.recompress import prepare_recompress
 from compactvision.distill import LabelCache
 from compactvision.errors import CompactVisionError
 from compactvision.metrics import pearson_r
-from compactvision.models.student import select_channels
 from compactvision.pipeline import COMPRESS_PRESETS
 from compactvision.progress import reporter
 from compactvision.rundir import CACHE_DIR, heldout_data, history_path, neuron_ids_of
@@ -62,21 +61,25 @@ def _r(a: np.ndarray, b: np.ndarray) -> float:
     return float(pearson_r(np.asarray(a, np.float64), np.asarray(b, np.float64))[0])
 
 
-def distilled_r(imported: Path, run: Path) -> dict[str, float]:
-    """Per neuron, r of the unpruned shared student against the published model on the held-out half.
+def published_predictions(imported: Path, run: Path) -> dict[str, np.ndarray]:
+    """Each published model's responses to its session's held-out half: the costliest forward pass, done once."""
+    return {nid: session_predictions(load_student(imported, nid), s["images"])
+            for s in heldout_data(run)["sessions"].values() for nid in s["neuron_ids"]}
+
+
+def distilled_r(run: Path, theirs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per neuron, r of the unpruned shared student against the published model (`theirs`) on the held-out half.
 
     Set beside the pruned model's r, it says where a shortfall comes from:
     distillation (this column) or pruning (the drop from it).
     """
     shared = load_shared_student(run)
     names = list(shared.arch.output_names)
-    full = [range(c) for c in shared.arch.channels]
     out = {}
     for s in heldout_data(run)["sessions"].values():
+        pred = predict(shared, s["images"], amp=False)  # every neuron's column in one pass
         for nid in s["neuron_ids"]:
-            column = select_channels(shared, full, outputs=[names.index(nid)])
-            out[nid] = _r(session_predictions(column, s["images"]),
-                          session_predictions(load_student(imported, nid), s["images"]))
+            out[nid] = _r(pred[:, names.index(nid)], theirs[nid])
     return out
 
 
@@ -94,7 +97,8 @@ def distilled_r_stream(run: Path) -> dict[str, float]:
     return {nid: _r(pred[:, k], labels[:, k]) for k, nid in enumerate(shared.arch.output_names)}
 
 
-def readout_rank_cap(imported: Path, run: Path, ranks: tuple[int, ...] = (1, 2)) -> dict[str, list[float]]:
+def readout_rank_cap(imported: Path, run: Path, theirs: dict[str, np.ndarray],
+                     ranks: tuple[int, ...] = (1, 2)) -> dict[str, list[float]]:
     """Per neuron, r of each published model against itself with its readout cut to rank k (k in `ranks`).
 
     The cut is the best rank-k approximation of the weights (by SVD), not of
@@ -105,17 +109,16 @@ def readout_rank_cap(imported: Path, run: Path, ranks: tuple[int, ...] = (1, 2))
     out = {}
     for s in heldout_data(run)["sessions"].values():
         for nid in s["neuron_ids"]:
-            theirs = load_student(imported, nid)
-            y = session_predictions(theirs, s["images"])
-            h, w = theirs.arch.readout_hw
-            weight = theirs.readout.weight.detach().double().view(h * w, -1)
+            model = load_student(imported, nid)
+            h, w = model.arch.readout_hw
+            weight = model.readout.weight.detach().double().view(h * w, -1)
             u, sv, vh = torch.linalg.svd(weight, full_matrices=False)
             out[nid] = []
             for k in ranks:
-                cut = copy.deepcopy(theirs)
+                cut = copy.deepcopy(model)
                 with torch.no_grad():
                     cut.readout.weight.copy_(((u[:, :k] * sv[:k]) @ vh[:k]).reshape_as(cut.readout.weight))
-                out[nid].append(_r(session_predictions(cut, s["images"]), y))
+                out[nid].append(_r(session_predictions(cut, s["images"]), theirs[nid]))
     return out
 
 
@@ -123,13 +126,14 @@ def neuron_rows(imported: Path, run: Path) -> list[dict[str, float | str]]:
     """One row per re-compressed neuron, scored on its session's held-out half."""
     rows = []
     held = heldout_data(run)["sessions"]
-    distilled = distilled_r(imported, run)
+    theirs_y = published_predictions(imported, run)
+    distilled = distilled_r(run, theirs_y)
     for session, s in held.items():
         for j, nid in enumerate(s["neuron_ids"]):
             if not history_path(run, nid).exists():
                 continue
             ours, theirs = load_student(run, nid), load_student(imported, nid)
-            y_ours, y_theirs = session_predictions(ours, s["images"]), session_predictions(theirs, s["images"])
+            y_ours, y_theirs = session_predictions(ours, s["images"]), theirs_y[nid]
             metrics = read_json(history_path(run, nid))["metrics"]
             rows.append({"neuron": nid, "params_ours": ours.n_parameters(), "params_theirs": theirs.n_parameters(),
                          "channels_ours": "-".join(map(str, ours.arch.channels)),
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                           progress=reporter("lines"))
         prepare_recompress(imported, run)
         if args.rank_cap:
-            caps = readout_rank_cap(imported, run)
+            caps = readout_rank_cap(imported, run, published_predictions(imported, run))
             for nid, (r1, r2) in caps.items():
                 print(f"{nid:<18} theirs~theirs with the readout at rank 1 {r1:.3f}, rank 2 {r2:.3f}")
             print(f"median ({len(caps)}): rank 1 {np.median([c[0] for c in caps.values()]):.3f}, "
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished neurons are kept; run the same command again to continue", file=sys.stderr)
         return 130
     if args.distil_only:
-        distilled, stream = distilled_r(imported, run), distilled_r_stream(run)
+        distilled, stream = distilled_r(run, published_predictions(imported, run)), distilled_r_stream(run)
         for nid, r in distilled.items():
             print(f"{nid:<18} r distilled~theirs {r:.3f} (held-back stream images: {stream[nid]:.3f})")
         print(f"median ({len(distilled)}): {np.median(list(distilled.values())):.3f} "

@@ -101,7 +101,7 @@ def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path,
     assert sorted(stream) == ["100101_neuron0", "100101_neuron1"] and all(-1 <= r <= 1 for r in stream.values())
     assert "r distilled~theirs" in capsys.readouterr().out
     # Cut to its full rank (3 channels), a published readout is itself; cut to rank one, at most as close.
-    caps = bench.readout_rank_cap(imported, out, ranks=(1, 3))
+    caps = bench.readout_rank_cap(imported, out, bench.published_predictions(imported, out), ranks=(1, 3))
     assert set(caps) == {"100101_neuron0", "100101_neuron1"}
     assert all(c[1] == pytest.approx(1.0, abs=1e-6) and c[0] <= c[1] + 1e-9 for c in caps.values())
     # A variant of the same sample that labels the same stream takes the labels instead of making them again.
