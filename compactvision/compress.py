@@ -342,6 +342,7 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
     size = teacher_image_size(run_dir)
     if config.stream.image_size != size:
         config = replace(config, stream=replace(config.stream, image_size=size))
+    guard_settings(run_dir, config, manifest)
     cache = build_label_cache(run_dir, config, progress, device)
     if config.strategy == "shared":
         fit_shared_student(run_dir, config, cache, progress, device)
@@ -362,6 +363,65 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
     metrics["compression"] = summary
     write_manifest(run_dir, kind="compressed", config=config_all, metrics=metrics, seed=manifest.get("seed"))
     return summary
+
+
+# ------------------------------------------------------- settings guard
+SETTINGS = f"{CACHE_DIR}/compress.json"  # the settings of a compression in progress; the manifest has them once done
+# Which settings decide each stage's files. A later stage depends on every earlier one; `threads_per_task` decides
+# nothing (it only spreads the work).
+_STAGE_SETTINGS = {
+    "labels": ("stream",),
+    "shared student": ("student_channels", "strategy", "readout_form", "readout_rank", "shared_epochs", "batch_size",
+                       "lr", "seed", "channels_last"),
+}
+_NOT_DECIDING = ("threads_per_task",)
+
+
+def guard_settings(run_dir: str | Path, config: CompressConfig, manifest: Mapping[str, Any] | None = None) -> None:
+    """Refuse to resume a compression with settings other than those its finished work was made with.
+
+    Without this, a half-done run resumed under another preset reuses its
+    labels, shared student or compact models and mixes two configurations
+    without a word. The settings are written before any work starts; a run
+    whose work predates that record is checked against its manifest.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / SETTINGS
+    new = config.to_dict()
+    if path.exists():
+        old = read_json(path)
+    else:
+        old = dict((manifest or read_manifest(run_dir, verify=False)).get("config", {})).get("compress")
+    if old is not None:
+        _refuse_changed(run_dir, old, new)
+    atomic_write_json(path, new)
+
+
+def _refuse_changed(run_dir: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    old, new = _flat(old), _flat(new)
+    changed = [k for k in sorted(set(old) | set(new)) if k.split(".")[0] not in _NOT_DECIDING and old.get(k) != new.get(k)]
+    made = {"its labels were": (run_dir / CACHE_DIR / "labels" / "cache.json").exists(),
+            "its shared student was": (run_dir / SHARED_STUDENT).exists() or any((run_dir / CACHE_DIR / "shared").glob("*")),
+            "its compact models were": any((run_dir / "history").glob("prune_*.json"))}
+    deciding: set[str] = set()
+    for (what, done), stage in zip(made.items(), (*_STAGE_SETTINGS, None)):
+        deciding |= set(_STAGE_SETTINGS[stage]) if stage else {k.split(".")[0] for k in changed}
+        clash = [k for k in changed if k.split(".")[0] in deciding]
+        if done and clash:
+            detail = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in clash)
+            raise ArtifactError(f"{what} made with other compression settings ({detail}). Resume with the settings "
+                                "it was started with, or compress into a fresh copy of the teacher run", run_dir)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys ("stream.n_images"), lists as tuples: JSON and dataclass forms compare equal."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, (list, tuple)) else v
+    return out
 
 
 def describe_stage_seconds(stages: Mapping[str, float]) -> str:

@@ -111,6 +111,39 @@ def test_interrupted_job_resumes_without_redoing(tiny_run, tmp_path):
     read_manifest(run)
 
 
+def test_a_resume_with_other_settings_is_refused_and_changes_nothing(tiny_run, tmp_path):
+    """A half-done run resumed under other settings would mix two configurations; it must say so instead."""
+    from dataclasses import replace
+
+    from compactvision.errors import ArtifactError
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    tiny = PRESETS["tiny"].compress
+    ids = neuron_ids_of(run)
+    history_path(run, ids[0]).unlink()  # as if killed before the first neuron was done
+    files = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    other_prune = replace(tiny, prune=replace(tiny.prune, threshold=tiny.prune.threshold / 2))
+    with pytest.raises(ArtifactError, match=r"compact models were made .*prune\.threshold"):
+        compress_run(run, other_prune, workers=1)
+    with pytest.raises(ArtifactError, match=r"shared_epochs"):
+        compress_run(run, replace(tiny, shared_epochs=tiny.shared_epochs + 1), workers=1)
+    with pytest.raises(ArtifactError, match=r"stream\.n_images"):
+        compress_run(run, replace(tiny, stream=replace(tiny.stream, n_images=2 * tiny.stream.n_images)), workers=1)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == files, "a refused resume wrote"
+
+    # Without compact models, only their own settings may change: the labels and the shared student are reused.
+    for nid in ids[1:]:
+        history_path(run, nid).unlink()
+    with pytest.raises(ArtifactError, match=r"shared student was made"):
+        compress_run(run, replace(tiny, seed=1), workers=1)
+    shared = (run / "distill" / "shared_student.safetensors").stat().st_mtime_ns
+    compress_run(run, replace(other_prune, threads_per_task=2), neurons=[0], workers=1)
+    assert (run / "distill" / "shared_student.safetensors").stat().st_mtime_ns == shared
+    assert read_manifest(run)["config"]["compress"]["prune"]["threshold"] == other_prune.prune.threshold
+    with pytest.raises(ArtifactError, match=r"threshold"):  # the new settings are now the run's
+        compress_run(run, tiny, neurons=[0], workers=1)
+
+
 def test_ray_backend_equals_local(tiny_run, tmp_path):
     ray = pytest.importorskip("ray")
     run = copy_run(tiny_run, tmp_path / "run")

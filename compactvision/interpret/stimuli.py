@@ -63,12 +63,14 @@ def top_images(model: nn.Module, images: np.ndarray, neuron: int, k: int = 9,
 # --------------------------------------------------------------- synthesis
 def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: int = 128, lr: float = 0.05,
                          seed: int = 0, jitter: int = 4, blur: float = 0.5, blur_every: int = 4,
-                         norm_bound: float = 0.25, grayscale: bool = False, n_starts: int = 8,
+                         norm_bound: float = 0.25, grayscale: bool = False, n_starts: int = 8, ascents: int = 4,
                          progress: Progress = silent) -> np.ndarray:
     """The image maximising `neuron`'s predicted response, by regularised gradient ascent.
 
-    Starts from the best of `n_starts` faint smooth-noise images about grey
-    and takes Adam steps on the response.
+    Takes Adam steps on the response from the best `ascents` of `n_starts`
+    faint smooth-noise images about grey, side by side, and returns the image
+    that ends highest: ascent on a rectified network finds local optima, and
+    which one it finds depends on where it starts.
     Three regularisers keep the image natural-looking rather than adversarial:
     `jitter` (random shifts of up to that many px each step, so the image must
     work at nearby positions), `blur` (a Gaussian of that sigma, px, every
@@ -85,28 +87,31 @@ def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: 
     # gradient at grey, and ascent from there would never move.
     starts = gaussian_blur(torch.randn(n_starts, channels, size, size, generator=gen), 1.0).to(device)
     starts = starts * (0.5 * norm_bound / starts.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt())
+    drive = lambda d: model((0.5 + d).clamp(0.0, 1.0).expand(-1, 3, -1, -1))[:, neuron]  # noqa: E731
     with eval_mode(model), torch.no_grad():
-        first = model((0.5 + starts).clamp(0.0, 1.0).expand(-1, 3, -1, -1))[:, neuron]
-    delta = starts[int(torch.argmax(first))][None].clone().requires_grad_(True)
-    opt = torch.optim.Adam([delta], lr=lr)
+        first = drive(starts)
+    best = torch.argsort(first, descending=True, stable=True)[: max(1, min(ascents, n_starts))]
+    delta = starts[best].clone().requires_grad_(True)
+    opt = torch.optim.Adam([delta], lr=lr)  # element-wise: each image's ascent is its own
     shifts = torch.randint(-jitter, jitter + 1, (steps, 2), generator=gen).tolist() if jitter else [[0, 0]] * steps
     with eval_mode(model):
         for step in range(steps):
             img = (0.5 + delta).clamp(0.0, 1.0)
             img = torch.roll(img, shifts=tuple(shifts[step]), dims=(2, 3)).expand(-1, 3, -1, -1)
             # Gradient to the image only: the model's own .grad stays untouched.
-            (grad,) = torch.autograd.grad(-model(img)[0, neuron], delta)
+            (grad,) = torch.autograd.grad(-model(img)[:, neuron].sum(), delta)
             delta.grad = grad
             opt.step()
             with torch.no_grad():
                 if blur > 0 and (step + 1) % blur_every == 0:
                     delta.copy_(gaussian_blur(delta, blur))
-                rms = delta.pow(2).mean().sqrt()
-                if rms > norm_bound:
-                    delta.mul_(norm_bound / rms)
+                rms = delta.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+                delta.mul_(torch.clamp(norm_bound / rms.clamp_min(1e-12), max=1.0))
                 delta.clamp_(-0.5, 0.5)
             progress("synthesis", step + 1, steps)
-    img = (0.5 + delta.detach()).clamp(0.0, 1.0).expand(-1, 3, -1, -1)[0].permute(1, 2, 0).cpu().numpy()
+    with eval_mode(model), torch.no_grad():
+        final = delta.detach()[int(torch.argmax(drive(delta.detach())))]
+    img = (0.5 + final).clamp(0.0, 1.0).expand(3, -1, -1).permute(1, 2, 0).cpu().numpy()
     return np.rint(img * 255.0).astype(np.uint8)
 
 
