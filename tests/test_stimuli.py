@@ -45,6 +45,15 @@ def test_synthesis_is_reproducible_bounded_and_preferred(twin):
     assert response(twin, a[None])[0, 0] > 1.5 * response(twin, grey)[0, 0]
 
 
+def test_synthesis_keeps_the_best_of_its_ascents(twin):
+    """Each ascent is its own (element-wise Adam, per-image contrast bound), so more of them can only do better."""
+    for i in range(len(twin.ground_truth())):
+        one, four = (response(twin, synthesise_preferred(twin, i, size=SIZE, steps=24, seed=0, ascents=k)[None])[0, i]
+                     for k in (1, 4))
+        # The single ascent is among the four (uint8 rounding moves each response a little).
+        assert four >= one - 0.01 * abs(one), (i, one, four)
+
+
 def test_grating_tuning_finds_a_simple_cells_true_orientation(twin):
     truth = twin.ground_truth()[0]
     assert truth["cell_type"] == "v1_simple"
