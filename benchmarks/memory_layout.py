@@ -1,13 +1,15 @@
 """Training speed on this machine's CPU (or a GPU) in the two memory layouts, side by side.
 
-    python benchmarks/memory_layout.py [--steps 4] [--batch 64] [--device cpu]
+    python benchmarks/memory_layout.py [--steps 4] [--batch 64] [--size 112] [--threads N] [--device cpu]
 
 Prints training images/s (forward, MSE, backward, AdamW; `gpu.train_rate`) with
 NCHW (PyTorch's default) and channels-last (NHWC) tensors, for the models the
 CPU presets train at 112 px: the `v4` teacher, the 64-filter student that
 re-compression and the `v4` pipeline distil, and a pruned student of the
 reference's median size [47, 57, 3, 7, 3]. The layout changes the arithmetic's
-order only, so it is chosen by this table, per model kind.
+order only, so it is chosen by this table, per model kind. `--size 64` times
+them at the bundled demo's image size; `--threads 1` as a compression task
+runs (one thread per worker).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu import train_rate  # noqa: E402
 
+import torch  # noqa: E402
+
 from compactvision.models.student import CompactStudent, StudentArch  # noqa: E402
 from compactvision.models.teacher import PRESETS, build_teacher  # noqa: E402
 from compactvision.pipeline import PRESETS as PIPELINES  # noqa: E402
@@ -30,20 +34,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--size", type=int, default=112, help="image side, px")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = select_device(args.device)
     v4 = PIPELINES["v4"]
-    teacher_config = replace(PRESETS[v4.teacher_preset], **v4.teacher_overrides)
+    teacher_config = replace(PRESETS[v4.teacher_preset], **{**v4.teacher_overrides, "image_size": args.size})
+    size = (args.size, args.size)
     models = {
         "v4 teacher (40 neurons)": (lambda: build_teacher(teacher_config, {"s": [str(i) for i in range(40)]}), 40),
-        "student 64-64-64-64-64 (8 neurons)": (lambda: CompactStudent(StudentArch(channels=(64,) * 5, n_outputs=8)), 8),
-        "student 47-57-3-7-3 (1 neuron)": (lambda: CompactStudent(StudentArch(channels=(47, 57, 3, 7, 3))), 1),
+        "student 64-64-64-64-64 (8 neurons)": (lambda: CompactStudent(StudentArch(channels=(64,) * 5, n_outputs=8,
+                                                                                  input_size=size)), 8),
+        "student 47-57-3-7-3 (1 neuron)": (lambda: CompactStudent(StudentArch(channels=(47, 57, 3, 7, 3),
+                                                                              input_size=size)), 1),
     }
-    print(f"training images/s on {device.type}, batch {args.batch}, 112 px, {args.steps} timed steps")
+    print(f"training images/s on {device.type}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size} px, "
+          f"{args.steps} timed steps")
     print(f"{'model':<36} {'NCHW':>8} {'channels-last':>14} {'ratio':>6}")
     for name, (make, n_out) in models.items():
-        rates = [train_rate(make(), device, args.batch, 112, args.steps, n_out, channels_last=cl) for cl in (False, True)]
+        rates = [train_rate(make(), device, args.batch, args.size, args.steps, n_out, channels_last=cl) for cl in (False, True)]
         print(f"{name:<36} {rates[0]:>8.1f} {rates[1]:>14.1f} {rates[1] / rates[0]:>6.2f}", flush=True)
 
 
