@@ -24,9 +24,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from compactvision.artifacts import atomic_write_json
 from compactvision.errors import ArtifactError
@@ -275,9 +276,12 @@ class PipelineJob:
                 log.write(f"--- resumed {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}\n".encode())
                 log.flush()
             offset = log.tell()
-            # A new session: SIGINT reaches the pipeline and its workers, never the app.
-            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=str(cwd), env=env, start_new_session=True)
+            # A new session: SIGINT reaches the pipeline and its workers, never the app. The child starts
+            # with SIGINT blocked, which it inherits through exec: a cancel sent while it starts (between
+            # fork and exec a signal would be lost) waits until the CLI has its handler and unblocks it.
+            with _sigint_blocked():
+                proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        cwd=str(cwd), env=env, start_new_session=True)
         return cls(list(argv), out_dir, log_path, proc, started=started, log_offset=offset)
 
     @property
@@ -322,6 +326,16 @@ class PipelineJob:
 
     def wait(self, timeout: float | None = None) -> int:
         return self.process.wait(timeout)
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread for the block (children forked here inherit the mask)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # ------------------------------------------------------- the server's jobs

@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        # The app starts jobs with SIGINT blocked so that a cancel sent while they start is held, not lost:
+        # now that it stops cleanly, a held one is taken here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         return int(args.func(args) or 0)
     except CompactVisionError as e:
         print(f"error: {e}", file=sys.stderr)

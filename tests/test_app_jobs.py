@@ -146,6 +146,26 @@ def test_registry_resumes_a_cancelled_job_with_its_command_and_after_a_restart(t
         again.wait(20)
 
 
+def test_a_cancel_sent_while_the_job_starts_is_held_until_it_can_stop_cleanly(tmp_path, monkeypatch):
+    """Its handler comes a second after the start, as the CLI's does after importing torch; the cancel at once."""
+    _fake_pipeline(monkeypatch, script="import time; time.sleep(1.0)\n" + _WORKER)
+    job = JobRegistry(tmp_path / "runs").start("tiny", "r1")
+    job.cancel()
+    assert job.wait(20) == 130, job.output()  # without the held signal: killed at once (-2), nothing saved
+    assert "checkpoint intact" in job.output()
+
+
+def test_the_cli_takes_a_signal_its_launcher_held_back(tmp_path):
+    from compactvision import cli
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        assert cli.main(["export", str(tmp_path / "missing"), "--neuron", "n", "--out", str(tmp_path / "x")]) == 2
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def test_resume_refuses_a_record_for_another_folder(tmp_path):
     runs = tmp_path / "runs"
     JobRecord(runs / "moved", [sys.executable, "-c", "pass", "--out", str(tmp_path / "elsewhere")], "tiny", 0.0).write()
@@ -175,6 +195,7 @@ _WORKER = textwrap.dedent("""
     import signal, sys, time
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as the CLI does, even if launched with SIGINT ignored
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # and takes a cancel held while it started
         for i in range(1, 400):
             print(f"PROGRESS work {i}/400", flush=True)
             time.sleep(0.05)

@@ -309,7 +309,8 @@ def test_robustness_runs_and_follows_the_perturbation(open_page):
 # ------------------------------------------------------------------ Train page
 # Its pipeline is a stand-in that takes the same arguments, starts slowly (as importing torch does) and never
 # finishes on its own; everything else (registry, records, resume, clashes) is the page's real code.
-_SLOW_START = ("import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); time.sleep(1.5); "
+_SLOW_START = ("import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); time.sleep(1.5); "
                "print('PROGRESS data 0/1', flush=True); time.sleep(120)")
 
 
