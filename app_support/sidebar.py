@@ -104,7 +104,9 @@ def run_sidebar() -> None:
         st.session_state["run_path"] = next((q for q in paths if Path(q).resolve() == Path(wanted).expanduser().resolve()),
                                             wanted)
     if st.session_state.get("run_path") not in paths:
-        first = str(Path(preferred).expanduser()) if preferred and str(Path(preferred).expanduser()) in paths else None
+        # The preferred run may be named relatively (`COMPACTVISION_RUN=runs/v4`) while the list holds it absolute.
+        first = next((q for q in paths if preferred and Path(q).resolve() == Path(preferred).expanduser().resolve()),
+                     None)
         st.session_state["run_path"] = first or (paths[0] if paths else None)
     if paths:
         sb.selectbox("Run", paths, key="run_path", format_func=labels.get,

@@ -46,3 +46,18 @@ def test_sidebar_opens_typed_run_directory_and_explains_bad_ones(train_page, tmp
     at.sidebar.text_input(key="run_dir_input").set_value(str(tmp_path / "nowhere")).run()
     assert any("not a run directory" in e.value for e in at.sidebar.error)
     assert at.session_state["run_path"] == str(other), "a bad path must not change the open run"
+
+
+def test_the_run_named_by_the_environment_opens_when_named_relatively(monkeypatch, tmp_path):
+    """`COMPACTVISION_RUN=runs/v4 make run`: the picker lists runs/ by absolute path, yet that run must open."""
+    import app_support.sidebar as sidebar
+
+    runs = tmp_path / "runs"
+    _bare_run(runs / "older")
+    wanted = _bare_run(runs / "wanted")
+    monkeypatch.setattr(sidebar, "RUNS_DIR", runs)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPACTVISION_RUN", "runs/wanted")
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception, at.exception
+    assert Path(at.session_state["run_path"]).resolve() == wanted.resolve()
