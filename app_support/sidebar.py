@@ -84,6 +84,12 @@ def _draw_import(job: PipelineJob, ticking: bool) -> None:
         st.error("Import failed:\n\n" + "\n".join(prog.last_lines(5)))
 
 
+def _listed(paths: list[str], folder: str) -> str | None:
+    """How `paths` names `folder`, however `folder` is written (relative, with ~); None if it is not listed."""
+    target = Path(folder).expanduser().resolve()
+    return next((q for q in paths if Path(q).resolve() == target), None)
+
+
 def run_sidebar() -> None:
     """Run picker: the bundle, runs under runs/ (Train page, imports), and typed-in directories.
 
@@ -101,12 +107,10 @@ def run_sidebar() -> None:
     labels = dict(zip(paths, (c.label for c in choices)))
     wanted = st.session_state.get("run_path")
     if wanted and wanted not in paths:  # the same folder named another way (a URL's relative path)
-        st.session_state["run_path"] = next((q for q in paths if Path(q).resolve() == Path(wanted).expanduser().resolve()),
-                                            wanted)
+        st.session_state["run_path"] = _listed(paths, wanted) or wanted
     if st.session_state.get("run_path") not in paths:
         # The preferred run may be named relatively (`COMPACTVISION_RUN=runs/v4`) while the list holds it absolute.
-        first = next((q for q in paths if preferred and Path(q).resolve() == Path(preferred).expanduser().resolve()),
-                     None)
+        first = _listed(paths, preferred) if preferred else None
         st.session_state["run_path"] = first or (paths[0] if paths else None)
     if paths:
         sb.selectbox("Run", paths, key="run_path", format_func=labels.get,

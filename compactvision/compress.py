@@ -391,7 +391,7 @@ def guard_settings(run_dir: str | Path, config: CompressConfig, manifest: Mappin
     if path.exists():
         old = read_json(path)
     else:
-        old = dict((manifest or read_manifest(run_dir, verify=False)).get("config", {})).get("compress")
+        old = (manifest or read_manifest(run_dir, verify=False)).get("config", {}).get("compress")
     if old is not None:
         _refuse_changed(run_dir, old, new)
     atomic_write_json(path, new)
@@ -400,12 +400,15 @@ def guard_settings(run_dir: str | Path, config: CompressConfig, manifest: Mappin
 def _refuse_changed(run_dir: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     old, new = _flat(old), _flat(new)
     changed = [k for k in sorted(set(old) | set(new)) if k.split(".")[0] not in _NOT_DECIDING and old.get(k) != new.get(k)]
-    made = {"its labels were": (run_dir / CACHE_DIR / "labels" / "cache.json").exists(),
-            "its shared student was": (run_dir / SHARED_STUDENT).exists() or any((run_dir / CACHE_DIR / "shared").glob("*")),
-            "its compact models were": any((run_dir / "history").glob("prune_*.json"))}
+    # Each stage in order: whether its files exist, and what it reads beyond the stages before it (None: all).
+    stages = [("its labels were", (run_dir / CACHE_DIR / "labels" / "cache.json").exists(), _STAGE_SETTINGS["labels"]),
+              ("its shared student was",
+               (run_dir / SHARED_STUDENT).exists() or any((run_dir / CACHE_DIR / "shared").glob("*")),
+               _STAGE_SETTINGS["shared student"]),
+              ("its compact models were", any((run_dir / "history").glob("prune_*.json")), None)]
     deciding: set[str] = set()
-    for (what, done), stage in zip(made.items(), (*_STAGE_SETTINGS, None)):
-        deciding |= set(_STAGE_SETTINGS[stage]) if stage else {k.split(".")[0] for k in changed}
+    for what, done, settings in stages:
+        deciding |= set(settings) if settings is not None else {k.split(".")[0] for k in changed}
         clash = [k for k in changed if k.split(".")[0] in deciding]
         if done and clash:
             detail = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in clash)
