@@ -100,7 +100,7 @@ PRESETS: dict[str, PipelinePreset] = {
         teacher_overrides={"ensemble": 4, "readout_sees_front_end": True, "epochs": 24, "patience": 6},
         compress=STUDENTS_112),
     # The bundled default: two neurons of each cell type, a 4-member CPU teacher ensemble. `make bundle` takes 12.4 min
-    # on 2 cores (teacher 72 s, labels 12 s, shared student 97 s, compression 9.3 min with NHWC students).
+    # on 2 cores (twin data and teacher 72 s, labels 12 s, shared student 97 s, compression 9.3 min, NHWC students).
     # A better teacher is at hand and not taken: with its readouts also reading V1 and up to 24 epochs (patience 6),
     # as the v4 preset's, it follows the demo twins of seeds 0 and 1 at r 0.822 and 0.842 against the noise-free
     # truth instead of 0.790 and 0.786, the V1 simple cells at 0.62-0.84 instead of 0.39-0.51
