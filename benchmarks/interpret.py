@@ -1,13 +1,15 @@
 """Interpretation speed, and how often compression recovered the twin's known computation.
 
     python benchmarks/interpret.py [--teacher-preset cpu] [--repeats 3] [--run RUN] [--max-neurons 24] [--app-jobs]
+                                   [--synthesis-seeds 2 3]
 
 Latency of every attribution method on one 112 x 112 image, for a student of
 the paper's median size (filters [47, 57, 3, 7, 3]) and for a teacher of the
 given preset (untrained weights: latency does not depend on training);
 synthesis of a preferred image (128 steps); graph extraction with
 activations, with and without the per-filter ablations. Targets: IG (32
-steps) on the student <= 50 ms; a graph with activations <= 100 ms.
+steps) on the student <= 50 ms; a graph with activations <= 100 ms. Then the
+synthesis optimisers side by side on digital twins, whose optima are known.
 
 With `--run RUN` (a run directory on the digital twin with compressed
 students), it also prints the ground-truth recovery table: for each cell
@@ -123,6 +125,32 @@ def app_job_seconds(run_dir: str, neurons: int = 4) -> None:
           f"median {statistics.median(first):.1f} s, worst {max(first):.1f} s (target <= 30 s)")
 
 
+def synthesis_on_twin(seeds: list[int], size: int = 64, n_natural: int = 512) -> None:
+    """Each synthesis optimiser on digital twins, whose neurons' optima are known: how hard and where it drives them."""
+    from compactvision.data.twin import DigitalTwin
+    from compactvision.interpret.stimuli import SYNTHESIS_OPTIMISERS
+
+    print(f"\n== preferred-image synthesis on the digital twin ({size} px, 16 neurons a seed, 128 steps) ==")
+    print("drive: the twin neuron's response to its synthesised image over its best of "
+          f"{n_natural} natural images; near RF: the share of the image's contrast within 10 px of the true RF centre")
+    print(f"{'twin seed':>9s} {'optimiser':>10s} {'median drive':>13s} {'lowest drive':>13s} {'near RF':>8s} {'s':>6s}")
+    yy, xx = np.mgrid[:size, :size]
+    for seed in seeds:
+        twin = DigitalTwin(16, seed=seed, image_size=size)
+        truth = twin.ground_truth()
+        best_natural = np.asarray(twin.rates(natural_crops(n_natural, size, seed=seed + 100))).max(1)
+        for opt in SYNTHESIS_OPTIMISERS:
+            t0 = time.perf_counter()
+            imgs = np.stack([synthesise_preferred(twin, i, size=size, optimizer=opt) for i in range(len(truth))])
+            seconds = time.perf_counter() - t0
+            drive = np.asarray(twin.rates(imgs))[np.arange(len(truth)), np.arange(len(truth))] / best_natural
+            energy = ((imgs / 255.0 - 0.5) ** 2).sum(-1)
+            near = [e[np.hypot(xx - t["rf_center"][0], yy - t["rf_center"][1]) <= 10].sum() / e.sum()
+                    for e, t in zip(energy, truth)]
+            print(f"{seed:9d} {opt:>10s} {np.median(drive):13.3f} {drive.min():13.3f} {np.median(near):8.2f} "
+                  f"{seconds:6.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher-preset", default="cpu", help="teacher size to time (tiny, cpu, paper)")
@@ -132,12 +160,16 @@ def main() -> None:
     ap.add_argument("--max-neurons", type=int, default=24, help="students compared with the twin (recovery table)")
     ap.add_argument("--recovery-only", action="store_true", help="skip the latency figures")
     ap.add_argument("--app-jobs", action="store_true", help="with --run: time the app's synthesis and robustness jobs")
+    ap.add_argument("--synthesis-seeds", type=int, nargs="*", default=[2, 3],
+                    help="twin seeds on which the synthesis optimisers are compared (none: skip)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     if not args.recovery_only:
         latency_tables(args)
+        if args.synthesis_seeds:
+            synthesis_on_twin(args.synthesis_seeds)
 
     if args.run is None:
         print("\n(recovery table skipped: pass --run RUN, a twin run with compressed students)")

@@ -51,9 +51,9 @@ else:
 
 # ------------------------------------------------------------ synthesis
 st.subheader("Synthesised preferred images")
-st.caption("Gradient ascent on the predicted response from four faint-noise starts side by side, kept natural by "
-           "jitter, blur and a contrast bound; the image that ends highest is shown. Seeded: the same settings give "
-           "the same image.")
+st.caption("Gradient ascent on the predicted response from four faint-noise starts side by side, each pixel moved "
+           "in proportion to how much the neuron sees it and kept natural by jitter, blur and a contrast bound; the "
+           "highest image any ascent showed is kept. Seeded: the same settings give the same image.")
 c1, c2 = st.columns(2)
 steps = c1.slider("Steps", 32, 256, 96, step=32, key="ps_steps")
 seed = c2.number_input("Seed", 0, 10_000, 0, key="ps_seed")
