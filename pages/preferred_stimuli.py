@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from compactvision.interpret.stimuli import (bar_length_tuning, curvature_tuning, dot_size_tuning,
-                                             orientation_sf_tuning, synthesise_preferred, top_images)
+from compactvision.interpret.stimuli import (SYNTHESIS_OPTIMISERS, bar_length_tuning, curvature_tuning,
+                                             dot_size_tuning, orientation_sf_tuning, synthesise_preferred,
+                                             top_images)
 from compactvision.interpret.profile import ground_truth_facts
 from compactvision.viz.tuning import tuning_figure, tuning_overlay_figure
 from app_support.caches import model_lock, twin
@@ -54,9 +55,14 @@ st.subheader("Synthesised preferred images")
 st.caption("Gradient ascent on the predicted response from four faint-noise starts side by side, each pixel moved "
            "in proportion to how much the neuron sees it and kept natural by jitter, blur and a contrast bound; the "
            "highest image any ascent showed is kept. Seeded: the same settings give the same image.")
-c1, c2 = st.columns(2)
+ASCENTS = {"normalised": "whole-gradient steps", "adam": "Adam, pixel by pixel"}
+c1, c2, c3 = st.columns(3)
 steps = c1.slider("Steps", 32, 256, 96, step=32, key="ps_steps")
 seed = c2.number_input("Seed", 0, 10_000, 0, key="ps_seed")
+ascent = c3.selectbox("Ascent", SYNTHESIS_OPTIMISERS, format_func=ASCENTS.get, key="ps_ascent",
+                      help="Adam scales each pixel's step by that pixel's own gradient history, so pixels the neuron "
+                           "barely sees move as fast as the rest and pattern fills the image; whole-gradient steps "
+                           "move each pixel in proportion to how much the neuron sees it.")
 
 
 def _synthesise_all(progress) -> dict:
@@ -64,13 +70,13 @@ def _synthesise_all(progress) -> dict:
     images = {}
     for k, (label, model, j) in enumerate(models):
         with model_lock(run, model):
-            images[label] = synthesise_preferred(model, j, size=size, steps=steps, seed=int(seed),
+            images[label] = synthesise_preferred(model, j, size=size, steps=steps, seed=int(seed), optimizer=ascent,
                                                  progress=lambda _s, d, _t, k=k: progress("", k * steps + d,
                                                                                           len(models) * steps))
     return images
 
 
-synth = long_work(run, "ps_synth", ("synthesis", neuron_id, steps, int(seed)), "Ascending the gradient",
+synth = long_work(run, "ps_synth", ("synthesis", neuron_id, steps, int(seed), ascent), "Ascending the gradient",
                   _synthesise_all, button="Synthesise")
 if synth is not None:
     st.image(list(synth.values()), caption=list(synth), width=160)

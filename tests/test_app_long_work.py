@@ -112,6 +112,10 @@ def test_synthesis_is_reused_per_neuron_and_settings(open_page):
     fresh.slider(key="ps_steps").set_value(32).run()
     assert len(fresh.image) == before + 1, "the result is shared, not recomputed"
     assert not [b for b in fresh.button if b.key == "ps_synth__start"]
+    fresh.selectbox(key="ps_ascent").set_value("adam").run()
+    assert [b for b in fresh.button if b.key == "ps_synth__start"], "another ascent is another synthesis"
+    fresh.button(key="ps_synth__start").click().run()
+    assert not fresh.exception and len(fresh.image) == before + 1
 
 
 def test_robustness_compares_populations_with_error_bars(open_page):
