@@ -52,9 +52,9 @@ else:
 
 # ------------------------------------------------------------ synthesis
 st.subheader("Synthesised preferred images")
-st.caption("Gradient ascent on the predicted response from four faint-noise starts side by side, each pixel moved "
-           "in proportion to how much the neuron sees it and kept natural by jitter, blur and a contrast bound; the "
-           "highest image any ascent showed is kept. Seeded: the same settings give the same image.")
+st.caption("Gradient ascent on the predicted response from four faint-noise starts side by side, kept natural by "
+           "jitter, blur and a contrast bound; the highest image any ascent showed is kept. Seeded: the same settings "
+           "give the same image.")
 ASCENTS = {"normalised": "whole-gradient steps", "adam": "Adam, pixel by pixel"}
 c1, c2, c3 = st.columns(3)
 steps = c1.slider("Steps", 32, 256, 96, step=32, key="ps_steps")

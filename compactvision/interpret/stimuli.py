@@ -107,8 +107,10 @@ def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: 
     delta = starts[best].clone().requires_grad_(True)
     if optimizer not in SYNTHESIS_OPTIMISERS:
         raise ValueError(f"optimizer must be one of {SYNTHESIS_OPTIMISERS}, got {optimizer!r}")
-    opt = (torch.optim.Adam([delta], lr=lr or 0.05) if optimizer == "adam"
-           else torch.optim.SGD([delta], lr=lr or 0.02, momentum=0.9))
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam([delta], lr=0.05 if lr is None else lr)
+    else:
+        opt = torch.optim.SGD([delta], lr=0.02 if lr is None else lr, momentum=0.9)
     shifts = torch.randint(-jitter, jitter + 1, (steps, 2), generator=gen).tolist() if jitter else [[0, 0]] * steps
     kept, kept_score = delta.detach().clone(), torch.full((len(delta),), -math.inf, device=device)
     with eval_mode(model):
