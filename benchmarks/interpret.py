@@ -1,7 +1,7 @@
 """Interpretation speed, and how often compression recovered the twin's known computation.
 
     python benchmarks/interpret.py [--teacher-preset cpu] [--repeats 3] [--run RUN] [--max-neurons 24] [--app-jobs]
-                                   [--synthesis-seeds 2 3]
+                                   [--teacher] [--synthesis-seeds 2 3]
 
 Latency of every attribution method on one 112 x 112 image, for a student of
 the paper's median size (filters [47, 57, 3, 7, 3]) and for a teacher of the
@@ -14,7 +14,8 @@ synthesis optimisers side by side on digital twins, whose optima are known.
 With `--run RUN` (a run directory on the digital twin with compressed
 students), it also prints the ground-truth recovery table: for each cell
 type, the fraction of neurons whose compact model recovered the twin's
-computation (see `interpret.stimuli.recovered`). With `--app-jobs` it first
+computation (see `interpret.stimuli.recovered`), and with `--teacher` the
+same for the run's teacher. With `--app-jobs` it first
 times the app's long jobs on that run, as the pages run them: synthesis of
 each compact model's preferred image, and the Robustness page's first answer.
 """
@@ -151,6 +152,24 @@ def synthesis_on_twin(seeds: list[int], size: int = 64, n_natural: int = 512) ->
                   f"{seconds:6.1f}")
 
 
+def print_recovery(results: list[dict], what: str) -> None:
+    """The ground-truth recovery table, per cell type, of `compare_with_twin` results."""
+    print(f"\n== twin ground-truth recovery ({what}) ==")
+    print("closed loop: the model's synthesised image shown to the twin neuron drives it to >= 80% of its "
+          "optimum\n(its own synthesised image or its best held-out image) and above its best held-out image")
+    print(f"{'cell type':18s} {'n':>4s} {'recovered':>10s} {'fraction':>9s} {'orientation <=15 deg':>21s} "
+          f"{'closed loop':>12s} {'median ratio':>13s}")
+    for cell_type, row in sorted(recovery_table(results).items()):
+        rs = [r for r in results if r["cell_type"] == cell_type]
+        ori = [r["orientation_error_deg"] <= 15 for r in rs if "orientation_error_deg" in r]
+        loop = [r["closed_loop_ratio"] >= 0.8 and r.get("closed_loop_beats_natural", True) for r in rs]
+        print(f"{cell_type:18s} {row['n']:4d} {row['recovered']:10d} {row['fraction']:9.2f} "
+              f"{(f'{sum(ori)}/{len(ori)}' if ori else '-'):>21s} {f'{sum(loop)}/{len(loop)}':>12s} "
+              f"{np.median([r['closed_loop_ratio'] for r in rs]):13.2f}")
+    total = sum(row["recovered"] for row in recovery_table(results).values())
+    print(f"recovered {total}/{len(results)} ({total / len(results):.0%})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher-preset", default="cpu", help="teacher size to time (tiny, cpu, paper)")
@@ -160,6 +179,8 @@ def main() -> None:
     ap.add_argument("--max-neurons", type=int, default=24, help="students compared with the twin (recovery table)")
     ap.add_argument("--recovery-only", action="store_true", help="skip the latency figures")
     ap.add_argument("--app-jobs", action="store_true", help="with --run: time the app's synthesis and robustness jobs")
+    ap.add_argument("--teacher", action="store_true",
+                    help="with --run: the same recovery table for the run's teacher, on the same neurons")
     ap.add_argument("--synthesis-seeds", type=int, nargs="*", default=[2, 3],
                     help="twin seeds on which the synthesis optimisers are compared (default 2 3; none: skip)")
     args = ap.parse_args()
@@ -189,21 +210,14 @@ def main() -> None:
     index = {str(r["neuron_id"]): i for i, r in enumerate(truth)}
     ids = [i for i in run.student_ids() if i in index][: args.max_neurons]
     results = [compare_with_twin(run.load_student(i), twin, index[i], natural_images=held) for i in ids]
-    print(f"\n== twin ground-truth recovery ({len(results)} students of {args.run}) ==")
-    print("closed loop: the compact model's synthesised image shown to the twin neuron drives it to >= 80% of its "
-          "optimum\n(its own synthesised image or its best held-out image) and above its best held-out image")
-    print(f"{'cell type':18s} {'n':>4s} {'recovered':>10s} {'fraction':>9s} {'orientation <=15 deg':>21s} "
-          f"{'closed loop':>12s} {'median ratio':>13s}")
-    for cell_type, row in sorted(recovery_table(results).items()):
-        rs = [r for r in results if r["cell_type"] == cell_type]
-        ori = [r["orientation_error_deg"] <= 15 for r in rs if "orientation_error_deg" in r]
-        loop = [r["closed_loop_ratio"] >= 0.8 and r.get("closed_loop_beats_natural", True) for r in rs]
-        print(f"{cell_type:18s} {row['n']:4d} {row['recovered']:10d} {row['fraction']:9.2f} "
-              f"{(f'{sum(ori)}/{len(ori)}' if ori else '-'):>21s} {f'{sum(loop)}/{len(loop)}':>12s} "
-              f"{np.median([r['closed_loop_ratio'] for r in rs]):13.2f}")
-    total = sum(row["recovered"] for row in recovery_table(results).values())
-    print(f"recovered {total}/{len(results)} ({total / len(results):.0%})")
+    print_recovery(results, f"{len(results)} students of {args.run}")
+    if args.teacher and run.has_teacher:
+        from compactvision.runs import teacher_view
 
+        teacher = run.load_teacher()
+        views = [teacher_view(teacher, i) for i in ids]
+        print_recovery([compare_with_twin(view, twin, index[i], model_neuron=j, natural_images=held)
+                        for i, (view, j) in zip(ids, views)], f"the teacher of {args.run}, same neurons")
 
 if __name__ == "__main__":
     main()
