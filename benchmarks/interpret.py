@@ -129,13 +129,12 @@ def app_job_seconds(run_dir: str, neurons: int = 4) -> None:
 def synthesis_on_twin(seeds: list[int], size: int = 64, n_natural: int = 512) -> None:
     """Each synthesis optimiser on digital twins, whose neurons' optima are known: how hard and where it drives them."""
     from compactvision.data.twin import DigitalTwin
-    from compactvision.interpret.stimuli import SYNTHESIS_OPTIMISERS
+    from compactvision.interpret.stimuli import SYNTHESIS_OPTIMISERS, contrast_share_near
 
     print(f"\n== preferred-image synthesis on the digital twin ({size} px, 16 neurons a seed, 128 steps) ==")
     print("drive: the twin neuron's response to its synthesised image over its best of "
           f"{n_natural} natural images; near RF: the share of the image's contrast within 10 px of the true RF centre")
     print(f"{'twin seed':>9s} {'optimiser':>10s} {'median drive':>13s} {'lowest drive':>13s} {'near RF':>8s} {'s':>6s}")
-    yy, xx = np.mgrid[:size, :size]
     for seed in seeds:
         twin = DigitalTwin(16, seed=seed, image_size=size)
         truth = twin.ground_truth()
@@ -145,9 +144,7 @@ def synthesis_on_twin(seeds: list[int], size: int = 64, n_natural: int = 512) ->
             imgs = np.stack([synthesise_preferred(twin, i, size=size, optimizer=opt) for i in range(len(truth))])
             seconds = time.perf_counter() - t0
             drive = np.asarray(twin.rates(imgs))[np.arange(len(truth)), np.arange(len(truth))] / best_natural
-            energy = ((imgs / 255.0 - 0.5) ** 2).sum(-1)
-            near = [e[np.hypot(xx - t["rf_center"][0], yy - t["rf_center"][1]) <= 10].sum() / e.sum()
-                    for e, t in zip(energy, truth)]
+            near = contrast_share_near(imgs, [t["rf_center"] for t in truth])
             print(f"{seed:9d} {opt:>10s} {np.median(drive):13.3f} {drive.min():13.3f} {np.median(near):8.2f} "
                   f"{seconds:6.1f}")
 
@@ -218,6 +215,7 @@ def main() -> None:
         views = [teacher_view(teacher, i) for i in ids]
         print_recovery([compare_with_twin(view, twin, index[i], model_neuron=j, natural_images=held)
                         for i, (view, j) in zip(ids, views)], f"the teacher of {args.run}, same neurons")
+
 
 if __name__ == "__main__":
     main()

@@ -7,9 +7,9 @@ import pytest
 from compactvision.data.images import natural_crops
 from compactvision.data.twin import DigitalTwin
 from compactvision.interpret.attribution import response
-from compactvision.interpret.stimuli import (compare_with_twin, dot_size_tuning, estimate_rf_center,
-                                             orientation_difference, orientation_sf_tuning, synthesise_preferred,
-                                             top_images)
+from compactvision.interpret.stimuli import (compare_with_twin, contrast_share_near, dot_size_tuning,
+                                             estimate_rf_center, orientation_difference, orientation_sf_tuning,
+                                             synthesise_preferred, top_images)
 
 SIZE = 48
 
@@ -153,12 +153,8 @@ def test_synthesis_beats_natural_images_for_every_twin_neuron(twin64_syntheses):
 def test_normalised_ascent_gathers_contrast_in_the_receptive_field(twin64_syntheses):
     """Adam moves pixels the neuron barely sees as fast as the rest; a whole-gradient step does not."""
     tw, _, images = twin64_syntheses
-    yy, xx = np.mgrid[:64, :64]
-    share = {}
-    for opt, imgs in images.items():
-        energy = ((imgs / 255.0 - 0.5) ** 2).sum(-1)
-        share[opt] = np.median([e[np.hypot(xx - t["rf_center"][0], yy - t["rf_center"][1]) <= 10].sum() / e.sum()
-                                for e, t in zip(energy, tw.ground_truth())])
+    centres = [t["rf_center"] for t in tw.ground_truth()]
+    share = {opt: np.median(contrast_share_near(imgs, centres, 10)) for opt, imgs in images.items()}
     assert share["normalised"] > share["adam"] + 0.15, share
     drive = {opt: np.median(np.asarray(tw.rates(imgs))[np.arange(16), np.arange(16)]) for opt, imgs in images.items()}
     assert drive["normalised"] >= 0.98 * drive["adam"], drive
@@ -167,3 +163,10 @@ def test_normalised_ascent_gathers_contrast_in_the_receptive_field(twin64_synthe
 def test_an_unknown_synthesis_optimiser_is_refused(twin):
     with pytest.raises(ValueError, match="optimizer"):
         synthesise_preferred(twin, 0, size=SIZE, steps=2, optimizer="sgd")
+
+
+def test_contrast_share_near_counts_only_the_disc():
+    img = np.full((2, 32, 32, 3), 128, np.uint8)  # 128 is grey to within 1/255
+    img[0, 14:18, 14:18] = 255  # a bright patch at the centre
+    img[1, 0:4, 0:4] = 255      # the same in a corner
+    np.testing.assert_allclose(contrast_share_near(img, [(16, 16), (16, 16)], radius=5), [1.0, 0.0], atol=0.01)

@@ -141,6 +141,19 @@ def synthesise_preferred(model: nn.Module, neuron: int, size: int = 112, steps: 
     return np.rint(img * 255.0).astype(np.uint8)
 
 
+def contrast_share_near(images: np.ndarray, centers: Sequence[Sequence[float]], radius: float = 10.0) -> np.ndarray:
+    """For each uint8 H x W x 3 image, the share of its contrast energy about grey within `radius` px of its centre.
+
+    Says where a synthesis spent its contrast budget: near a known receptive
+    field (the twin's) or spread over the frame.
+    """
+    images = np.asarray(images, np.float64)
+    yy, xx = np.mgrid[:images.shape[1], :images.shape[2]]
+    energy = ((images / 255.0 - 0.5) ** 2).sum(-1)
+    near = np.stack([np.hypot(xx - c[0], yy - c[1]) <= radius for c in centers])
+    return (energy * near).sum((1, 2)) / energy.sum((1, 2))
+
+
 # ------------------------------------------------------------ RF location
 def estimate_rf_center(model: nn.Module, neuron: int, size: int = 112, n_probes: int = 8, seed: int = 0) -> Point:
     """Where `neuron` looks, from the model itself: the peak of its mean gradient magnitude over noise probes.
