@@ -40,7 +40,7 @@ from compactvision.progress import Progress, silent
 from compactvision.runtime import cpu_count, torch_threads
 from compactvision.rundir import (CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of,
                                   teacher_image_size, training_images)
-from compactvision.prune import PruneConfig, prune_neuron
+from compactvision.prune import PruneConfig, prune_neuron, r_squared, responses
 from compactvision.inputs import as_model_input
 from compactvision.metrics import pearson_r, summarise
 from compactvision.models.teacher import load_teacher
@@ -66,6 +66,12 @@ class CompressConfig:
     finetune_epochs: int = 1        # after each pruned layer
     finetune_images: int = 4096
     final_epochs: int = 2           # retraining of the fully pruned network, on the neuron-fit images
+    # Slimming after the per-neuron fit (`TrainConfig.channel_l1`, `scale_lr_ratio`; 0: none): a copy of a
+    # shared student carries every neuron's channels, and those this neuron does not need go to zero before
+    # pruning. The fitted student is trained on with the L1 at this strength, then at half and a quarter of it,
+    # and the first that keeps `prune.threshold` of the fit's r² on the probe goes on (none: the fit itself).
+    neuron_channel_l1: float = 0.0
+    neuron_scale_lr_ratio: float = 40.0
     # Retraining a pruned copy (each fine-tune and the final one): its learning rate (None: `lr`), and whether
     # its BatchNorm statistics stay as they were (see `TrainConfig.frozen_bn`).
     retrain_lr: float | None = None
@@ -88,6 +94,8 @@ class CompressConfig:
             raise ValueError(f"readout_form must be 'dense' or 'factorised', got {self.readout_form!r}")
         if self.readout_rank < 1:
             raise ValueError(f"readout_rank must be at least 1, got {self.readout_rank}")
+        if self.neuron_channel_l1 < 0 or (self.neuron_channel_l1 > 0 and self.neuron_epochs < 1):
+            raise ValueError("slimming (neuron_channel_l1 > 0) trains the per-neuron fit on: it needs neuron_epochs >= 1")
         if self.neuron_epochs < (1 if self.strategy == "per_neuron" else 0):
             raise ValueError("a fresh per-neuron student needs neuron_epochs >= 1 (a shared student's copy may take 0)")
 
@@ -220,6 +228,24 @@ def _label_stats(cache: LabelCache, idx: np.ndarray, columns: np.ndarray | None)
 
 
 # ------------------------------------------------------------ one neuron
+def slim_to_threshold(fitted: CompactStudent, slimmed: Callable[[float], CompactStudent], probe: torch.Tensor,
+                      labels: np.ndarray, l1: float, threshold: float, tries: int = 3) -> tuple[CompactStudent, float]:
+    """The sparsest slimmed version of `fitted` that keeps `threshold` of its r² on the probe, and its L1.
+
+    Slimming zeroes channels whatever they cost, so its strength is searched,
+    not fixed: `slimmed(l1)` at `l1`, then half and a quarter of it. The first
+    that keeps the budget goes on; if none does, `fitted` itself (L1 0). A
+    neuron whose teacher response is simple loses almost nothing at full
+    strength; one with a rich response needs the weaker L1 or none.
+    """
+    floor = threshold * r_squared(responses(fitted, probe), labels)
+    for k in range(tries):
+        m = slimmed(l1 / 2 ** k)
+        if r_squared(responses(m, probe), labels) >= floor:
+            return m, l1 / 2 ** k
+    return fitted, 0.0
+
+
 def compress_neuron(run_dir: str | Path, index: int, config_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Distil and prune neuron `index` of the run; writes its student and history. Pure in its inputs."""
     run_dir = Path(run_dir)
@@ -262,6 +288,20 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
             _train_config(config, config.neuron_epochs, seed), progress=False, target_stats=stats)
     # A fit runs on a GPU where there is one and leaves the model there; pruning measures it on CPU probe images.
     model.cpu().dense_readout()
+    probe = as_model_input(np.asarray(cache.images[probe_idx]))
+    labels = np.asarray(cache.labels[probe_idx][:, index], np.float64)
+    fitted, slim_l1 = model, 0.0
+    if config.neuron_channel_l1 > 0:
+        def slimmed(l1: float) -> CompactStudent:
+            m = copy.deepcopy(fitted)
+            m.low_rank_readout(config.readout_rank)
+            tc = replace(_train_config(config, config.neuron_epochs, seed + 7), channel_l1=l1,
+                         scale_lr_ratio=config.neuron_scale_lr_ratio)
+            fit(m, _stream(cache, fit_idx, config.batch_size, col, seed + 7), val, tc, progress=False,
+                target_stats=stats)
+            return m.cpu().dense_readout().eval()
+        model, slim_l1 = slim_to_threshold(fitted, slimmed, probe, labels, config.neuron_channel_l1,
+                                           config.prune.threshold)
     heldout = _heldout_scorer(run_dir, neuron_id)
 
     def evaluate(m: CompactStudent) -> dict[str, float]:
@@ -291,16 +331,15 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     def finetune(m: CompactStudent, layer: int) -> CompactStudent:
         return refit(m, tune_idx, config.finetune_epochs, seed + layer + 1)
 
-    probe = as_model_input(np.asarray(cache.images[probe_idx]))
-    labels = np.asarray(cache.labels[probe_idx][:, index], np.float64)
-    model, path = prune_neuron(model.eval(), probe, labels, config.prune, finetune=finetune, evaluate=evaluate)
+    model, path = prune_neuron(model.eval(), probe, labels, config.prune, finetune=finetune, evaluate=evaluate,
+                               reference=fitted if model is not fitted else None)
     if config.final_epochs > 0:
         # The paper retrains the rebuilt network; the last path point records the result.
         model = refit(model, fit_idx, config.final_epochs, seed + 99)
         scores = evaluate(model)
         path[-1].accuracy = scores.pop("r_teacher")
         path[-1].scores = scores
-    metrics = {"r_teacher": path[-1].accuracy, "r_teacher_unpruned": path[0].accuracy,
+    metrics = {"r_teacher": path[-1].accuracy, "r_teacher_unpruned": path[0].accuracy, "slimming_l1": slim_l1,
                "n_parameters": model.n_parameters(), "channels": list(model.arch.channels), "macs": model.macs(),
                **path[-1].scores}
     metrics["seconds"] = time.perf_counter() - t0

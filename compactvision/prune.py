@@ -451,14 +451,18 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
                  config: PruneConfig = PruneConfig(),
                  finetune: Callable[[CompactStudent, int], CompactStudent] | None = None,
                  evaluate: Callable[[CompactStudent], dict[str, float]] | None = None,
-                 on_step: Callable[[PruneStep], None] | None = None) -> tuple[CompactStudent, list[PruneStep]]:
+                 on_step: Callable[[PruneStep], None] | None = None,
+                 reference: CompactStudent | None = None) -> tuple[CompactStudent, list[PruneStep]]:
     """Prune every layer of a one-output student, last to first.
 
     Every cut must keep `threshold` x the *unpruned* student's r² against the
     teacher on the probe, so the whole path, not only each step, stays within
     the budget. `finetune(model, layer)` retrains after each cut (the paper
     retrains the rebuilt network); `evaluate(model)` returns the scores of
-    each step ("r_teacher" becomes the step's accuracy).
+    each step ("r_teacher" becomes the step's accuracy). `reference` is the
+    unpruned student when `student` is already a sparser version of it (a
+    slimmed fit): the budget is then the reference's, so the two losses do not
+    compound, and the path starts from the reference.
     """
     def step(layer: int | None, m: CompactStudent, explained: float | None, visit: int = 0) -> PruneStep:
         scores = dict(evaluate(m)) if evaluate else {}
@@ -469,8 +473,9 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
         return s
 
     student = student.eval()
-    floor = config.threshold * r_squared(responses(student, probe), labels)
-    path = [step(None, student, None)]
+    unpruned = student if reference is None else reference.eval()
+    floor = config.threshold * r_squared(responses(unpruned, probe), labels)
+    path = [step(None, unpruned, None)] + ([] if reference is None else [step(None, student, None)])
     for visit in range(config.rounds):
         before = student.arch.channels
         for layer in config.layer_order(config.order, len(student.layers)):

@@ -68,10 +68,18 @@ class TrainConfig:
     # fine-tune of an already fitted network on a few small batches would otherwise move them, and the network
     # it is judged as (eval mode) would not be the one it trained.
     frozen_bn: bool = False
+    # Network slimming (Liu et al. 2017): after every step each BatchNorm scale moves `channel_l1` times its
+    # learning rate toward zero (a proximal L1 step), so a channel the loss does not defend reaches exactly zero
+    # and pruning removes it for free. The scales train at `scale_lr_ratio` times lr: Adam moves a parameter by
+    # about its learning rate a step, so at the network's rate a scale near one could not reach zero in a short fit.
+    channel_l1: float = 0.0
+    scale_lr_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if self.loss not in ("mse", "poisson"):
             raise ValueError(f"loss must be 'mse' or 'poisson', got {self.loss!r}")
+        if self.channel_l1 < 0 or self.scale_lr_ratio <= 0:
+            raise ValueError("channel_l1 must be >= 0 and scale_lr_ratio > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
 
@@ -317,7 +325,29 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in params if p.ndim >= 2]
     keep = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    if config.channel_l1 or config.scale_lr_ratio != 1.0:
+        # Only then a group of their own: checkpoints of fits without slimming keep their optimiser layout.
+        scales = {id(p) for p in _bn_scales(model)}
+        groups[1]["params"] = [p for p in keep if id(p) not in scales]
+        groups.append({"params": [p for p in keep if id(p) in scales], "weight_decay": 0.0,
+                       "lr_scale": config.scale_lr_ratio, "channel_l1": config.channel_l1})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def _bn_scales(model: nn.Module) -> list[torch.Tensor]:
+    """The trainable affine scales of the model's BatchNorm layers: one per channel, what slimming drives to zero."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.requires_grad]
+
+
+@torch.no_grad()
+def _shrink_scales(optimizer: torch.optim.Optimizer) -> None:
+    """The proximal step of L1 on BatchNorm scales: soft-threshold each by its group's lr x channel_l1."""
+    for g in optimizer.param_groups:
+        if g.get("channel_l1"):
+            step = g["lr"] * g["channel_l1"]
+            for p in g["params"]:
+                p.copy_(p.sign() * (p.abs() - step).clamp_min(0.0))
 
 
 # ------------------------------------------------------------------- fit
@@ -393,7 +423,7 @@ def _train_epoch(model: nn.Module, forward: nn.Module, optimizer: torch.optim.Op
             continue  # BatchNorm cannot train on one image
         frac = i / n_batches if n_batches else 0.0
         for g in optimizer.param_groups:
-            g["lr"] = _lr_at(config, (epoch + frac) / config.epochs)
+            g["lr"] = _lr_at(config, (epoch + frac) / config.epochs) * g.get("lr_scale", 1.0)
         xt = as_model_input(x, device).contiguous(memory_format=layout)
         yt = torch.as_tensor(np.asarray(y), dtype=torch.float32, device=device)
         with autocast(device, config.amp):
@@ -406,6 +436,7 @@ def _train_epoch(model: nn.Module, forward: nn.Module, optimizer: torch.optim.Op
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        _shrink_scales(optimizer)
         loss_sum += loss.item() * len(xt)
         n_seen += len(xt)
     return loss_sum, n_seen

@@ -1,6 +1,7 @@
 """Distillation + pruning end to end on the `tiny` preset, resume, and backends."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -254,3 +255,34 @@ def test_sigterm_stops_workers_and_a_rerun_finishes(tiny_run, tmp_path, caller):
     assert all(history_path(run, nid).exists() for nid in ids)
     read_manifest(run)
     assert not [p for p in run.rglob("*.tmp")]
+
+
+def test_slimming_strength_is_searched_down_until_the_budget_holds():
+    """`slim_to_threshold` takes the strongest L1 whose slimmed model keeps the budget, else the fit itself."""
+    from compactvision.compress import slim_to_threshold
+    from compactvision.models.student import CompactStudent, StudentArch
+    from compactvision.prune import responses
+
+    torch.manual_seed(0)
+    fitted = CompactStudent(StudentArch(channels=(6,) * 5, input_size=(24, 24))).eval()
+    x = torch.rand(48, 3, 24, 24)
+    labels = responses(fitted, x)
+
+    def slimming(zeroed_at: dict[float, int], tried: list[float]):
+        """Slimming at strength l1 silences `zeroed_at[l1]` of layer 1's 6 filters (all 6: a constant output)."""
+        def slimmed(l1: float) -> CompactStudent:
+            tried.append(l1)
+            m = copy.deepcopy(fitted)
+            with torch.no_grad():
+                m.layers[1].bn.weight[: zeroed_at[l1]] = 0.0
+            return m
+        return slimmed
+
+    for zeroed_at, want in (({0.4: 0}, 0.4), ({0.4: 6, 0.2: 6, 0.1: 0}, 0.1), ({0.4: 6, 0.2: 6, 0.1: 6}, 0.0)):
+        tried: list[float] = []
+        model, l1 = slim_to_threshold(fitted, slimming(zeroed_at, tried), x, labels, 0.4, threshold=0.9)
+        assert l1 == want
+        assert tried == sorted(zeroed_at, reverse=True)
+        assert (model is fitted) == (want == 0.0)
+    with pytest.raises(ValueError, match="neuron_epochs"):
+        CompressConfig(strategy="shared", neuron_epochs=0, neuron_channel_l1=0.5)

@@ -301,3 +301,22 @@ def test_prune_refuses_shared_students_and_mismatched_labels():
         prune_layer(m, x, np.zeros(8), 4, PruneConfig())
     with pytest.raises(ValueError, match="labels"):
         prune_layer(_random_student(), x, np.zeros(5), 4, PruneConfig())
+
+
+def test_a_slimmed_student_is_pruned_within_its_references_budget():
+    """The budget of a slimmed student is the unslimmed fit's, so slimming and cuts do not compound."""
+    reference = _random_student(seed=5)
+    x = torch.rand(64, 3, 32, 32)
+    labels = responses(reference, x)
+    slim = _silence(select_channels(reference, [range(12)] * 5), 2, list(range(8)))  # 8 of layer 2's 12 at zero
+    config = PruneConfig(threshold=0.8)
+
+    def evaluate(model):
+        return {"r_teacher": float(np.corrcoef(responses(model, x), labels)[0, 1])}
+
+    small, path = prune_neuron(slim, x, labels, config, evaluate=evaluate, reference=reference)
+    assert [s.layer for s in path[:2]] == [None, None]  # the reference, then the slimmed student
+    assert path[0].accuracy == pytest.approx(1.0) and path[1].accuracy < 1.0
+    floor = 0.8 * r_squared(responses(reference, x), labels)
+    assert r_squared(responses(small, x), labels) >= min(floor, path[1].accuracy ** 2) - 1e-6
+    assert small.arch.channels[2] <= 4  # the zeroed filters went for free
