@@ -334,6 +334,10 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
                    help="how the kept filters stand in for dropped ones: least_squares refits the next layer's "
                         "weights; mean folds the dropped filters' means into its bias (default from the preset)")
     p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
+    p.add_argument("--slimming", type=float, metavar="L1",
+                   help="network slimming after each neuron's fit: an L1 on BatchNorm scales zeroes the channels "
+                        "the neuron does not need before pruning; its strength is searched down from L1 until the "
+                        "pruning budget holds (0: off; default from the preset; needs a per-neuron fit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
 
 
@@ -360,6 +364,8 @@ def _compression_config(args: argparse.Namespace):
         prune["rounds"] = 1            # and visits each layer once, as the reference does
         prune.setdefault("compensation", "mean")  # and carries dropped filters by their means
     try:
+        if args.slimming is not None:
+            config = replace(config, neuron_channel_l1=args.slimming)
         return replace(config, prune=replace(config.prune, **prune))
     except ValueError as e:  # options that do not go together: a usage error, not a traceback
         raise CompactVisionError(str(e)) from None

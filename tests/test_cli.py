@@ -44,6 +44,13 @@ def test_strategy_and_readout_options_override_the_preset_into_a_valid_config():
     assert preset.prune.compensation == "least_squares"
     assert config("--compensation", "mean").prune.compensation == "mean"
     assert config("--criterion", "reconstruction").prune.compensation == "mean"  # the reference's own carry
+    assert preset.neuron_channel_l1 == 0 and preset.neuron_epochs == 0
+    assert config("--strategy", "per_neuron", "--slimming", "0.5").neuron_channel_l1 == 0.5
+
+
+def test_slimming_without_a_per_neuron_fit_is_a_clear_error(tmp_path, capsys):
+    code = cli.main(["compress", str(tmp_path / "run"), "--preset", "recompress", "--slimming", "0.5"])
+    assert code == 2 and "neuron_epochs" in capsys.readouterr().err
 
 
 def test_unknown_compress_preset_is_a_usage_error_not_a_traceback(tmp_path, capsys):
