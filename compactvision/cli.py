@@ -334,11 +334,15 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
                    help="how the kept filters stand in for dropped ones: least_squares refits the next layer's "
                         "weights; mean folds the dropped filters' means into its bias (default from the preset)")
     p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
+    _add_slimming_option(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
+
+
+def _add_slimming_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slimming", type=float, metavar="L1",
                    help="network slimming after each neuron's fit: an L1 on BatchNorm scales zeroes the channels "
                         "the neuron does not need before pruning; its strength is searched down from L1 until the "
                         "pruning budget holds (0: off; default from the preset; needs a per-neuron fit)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
 
 
 def _compression_config(args: argparse.Namespace):
@@ -442,8 +446,24 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
     real.add_argument("--validation-session", metavar="ID",
                       help="kept out of the trunk and scored apart (default: 210224 when the data has it)")
     real.add_argument("--per-session", type=int, metavar="K", help="compress only the first K neurons of each test session")
+    _add_slimming_option(p)
     _add_compress_options(p)
     p.set_defaults(func=_pipeline)
+
+
+def _pipeline_preset(args: argparse.Namespace):
+    """The preset's name, or with `--slimming` its sizes with that one change (recorded as a custom preset)."""
+    from dataclasses import replace
+
+    from compactvision.pipeline import PRESETS
+
+    if args.slimming is None:
+        return args.preset
+    p = PRESETS[args.preset]
+    try:
+        return replace(p, compress=replace(p.compress, neuron_channel_l1=args.slimming))
+    except ValueError as e:  # a preset without a per-neuron fit: a usage error, not a traceback
+        raise CompactVisionError(str(e)) from None
 
 
 def _pipeline(args: argparse.Namespace) -> None:
@@ -452,11 +472,12 @@ def _pipeline(args: argparse.Namespace) -> None:
 
     from compactvision.pipeline import run_pipeline
 
+    preset = _pipeline_preset(args)
     if args.force and Path(args.out).exists():
         shutil.rmtree(args.out)
     if args.data is None and (args.test_sessions or args.validation_session or args.per_session):
         raise CompactVisionError("--test-sessions, --validation-session and --per-session need --data")
-    manifest = run_pipeline(args.preset, args.out, seed=args.seed, progress=_progress(args.progress_format),
+    manifest = run_pipeline(preset, args.out, seed=args.seed, progress=_progress(args.progress_format),
                             backend=args.backend, workers=args.workers, address=args.address, device=args.device,
                             data=args.data, test_sessions=args.test_sessions,
                             validation_session=args.validation_session, per_session=args.per_session)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -46,6 +47,20 @@ def test_strategy_and_readout_options_override_the_preset_into_a_valid_config():
     assert config("--criterion", "reconstruction").prune.compensation == "mean"  # the reference's own carry
     assert preset.neuron_channel_l1 == 0 and preset.neuron_epochs == 0
     assert config("--strategy", "per_neuron", "--slimming", "0.5").neuron_channel_l1 == 0.5
+
+
+def test_pipeline_slimming_changes_only_the_presets_slimming():
+    from compactvision.pipeline import PRESETS
+
+    def preset(*extra: str):
+        return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
+
+    assert preset() == "demo"
+    slim = preset("--preset", "tiny", "--slimming", "0.25")
+    assert slim.compress.neuron_channel_l1 == 0.25
+    assert slim.compress == replace(PRESETS["tiny"].compress, neuron_channel_l1=0.25)
+    with pytest.raises(cli.CompactVisionError, match="neuron_epochs"):
+        preset("--preset", "v4", "--slimming", "0.5")
 
 
 def test_slimming_without_a_per_neuron_fit_is_a_clear_error(tmp_path, capsys):

@@ -286,3 +286,26 @@ def test_slimming_strength_is_searched_down_until_the_budget_holds():
         assert (model is fitted) == (want == 0.0)
     with pytest.raises(ValueError, match="neuron_epochs"):
         CompressConfig(strategy="shared", neuron_epochs=0, neuron_channel_l1=0.5)
+
+
+def test_a_slimmed_compression_keeps_the_budget_of_its_unslimmed_fit(tiny_run, tmp_path):
+    """Slimming on the tiny twin: where a strength is taken, the path starts from the plain fit, then the slimmed
+    model, and the final model keeps the threshold of the plain fit's accuracy, not of the slimmed one's."""
+    from dataclasses import replace
+
+    run = copy_run(tiny_run, tmp_path / "slim")
+    for nid in neuron_ids_of(run):
+        history_path(run, nid).unlink()
+    tiny = PRESETS["tiny"].compress
+    compress_run(run, replace(tiny, neuron_channel_l1=0.5), neurons=[0, 1, 2, 3], workers=2)
+    histories = _histories(run)
+    assert len(histories) == 4
+    taken = [h for h in histories if h["metrics"]["slimming_l1"] > 0]
+    assert taken, "slimming was taken for no neuron"
+    for h in histories:
+        path, l1 = h["path"], h["metrics"]["slimming_l1"]
+        assert l1 in (0.0, 0.5, 0.25, 0.125)
+        starts = [s["layer"] for s in path[:3]]
+        assert starts == ([None, None, 4] if l1 else [None, 4, 0])
+        assert path[0]["channels"] == [64] * 5 and (not l1 or path[1]["channels"] == [64] * 5)
+        assert path[-1]["accuracy"] ** 2 >= tiny.prune.threshold * path[0]["accuracy"] ** 2 - 0.02, h["neuron_id"]
