@@ -432,8 +432,20 @@ def guard_settings(run_dir: str | Path, config: CompressConfig, manifest: Mappin
     else:
         old = (manifest or read_manifest(run_dir, verify=False)).get("config", {}).get("compress")
     if old is not None:
-        _refuse_changed(run_dir, old, new)
+        _refuse_changed(run_dir, _with_defaults(old), new)
     atomic_write_json(path, new)
+
+
+def _with_defaults(recorded: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Recorded settings, with any setting added since filled in at its default: what the older version did.
+
+    So a run compressed before a setting existed resumes under the version that
+    has it. A record this version cannot read is compared as it is.
+    """
+    try:
+        return CompressConfig.from_dict(recorded).to_dict()
+    except (TypeError, ValueError):
+        return recorded
 
 
 def _refuse_changed(run_dir: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:

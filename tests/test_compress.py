@@ -297,7 +297,7 @@ def test_a_slimmed_compression_keeps_the_budget_of_its_unslimmed_fit(tiny_run, t
     for nid in neuron_ids_of(run):
         history_path(run, nid).unlink()
     tiny = PRESETS["tiny"].compress
-    compress_run(run, replace(tiny, neuron_channel_l1=0.5), neurons=[0, 1, 2, 3], workers=2)
+    compress_run(run, replace(tiny, neuron_channel_l1=0.5), neurons=[0, 1, 2, 3], workers=1)  # no pool under pytest
     histories = _histories(run)
     assert len(histories) == 4
     taken = [h for h in histories if h["metrics"]["slimming_l1"] > 0]
@@ -309,3 +309,22 @@ def test_a_slimmed_compression_keeps_the_budget_of_its_unslimmed_fit(tiny_run, t
         assert starts == ([None, None, 4] if l1 else [None, 4, 0])
         assert path[0]["channels"] == [64] * 5 and (not l1 or path[1]["channels"] == [64] * 5)
         assert path[-1]["accuracy"] ** 2 >= tiny.prune.threshold * path[0]["accuracy"] ** 2 - 0.02, h["neuron_id"]
+
+
+def test_a_run_compressed_before_a_setting_existed_resumes_at_its_default(tiny_run, tmp_path):
+    """Settings recorded by an older version lack the newer ones; they are read at their defaults, not refused."""
+    from compactvision.compress import SETTINGS, guard_settings
+
+    run = copy_run(tiny_run, tmp_path / "old")
+    tiny = PRESETS["tiny"].compress
+    recorded = tiny.to_dict()
+    for newer in ("neuron_channel_l1", "neuron_scale_lr_ratio"):
+        recorded.pop(newer)
+    (run / SETTINGS).write_text(json.dumps(recorded))
+    guard_settings(run, tiny)  # compact models exist: a refusal would raise
+    assert json.loads((run / SETTINGS).read_text()) == json.loads(json.dumps(tiny.to_dict()))
+    from dataclasses import replace
+
+    from compactvision.errors import ArtifactError
+    with pytest.raises(ArtifactError, match="neuron_channel_l1"):
+        guard_settings(run, replace(tiny, neuron_channel_l1=0.5))  # a real change is still refused
