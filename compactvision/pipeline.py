@@ -111,7 +111,7 @@ PRESETS: dict[str, PipelinePreset] = {
     # Slimming after each neuron's fit (`--slimming 0.5`, `neuron_channel_l1`) is measured and not taken. On the
     # demo twin of seed 0 (this bundle) it took the median student from 2,442 to 1,405 parameters, 16 of 16
     # consolidated, r against the teacher 0.929 -> 0.925, but against the truth 0.735 -> 0.711, the same 5 of 16
-    # recovered, and 14 of 16 ended at 3 filters a layer, so size no longer followed the computation (14.1 min for
+    # recovered, and 12 of 16 ended at 3 filters a layer, so size no longer followed the computation (14.1 min for
     # `make bundle`). On seed 1: 1,939 -> 1,477 parameters, r against the truth 0.752 -> 0.757.
     # It does not rescue the richer teacher either: there the unpruned fit is what fails.
     "demo": PipelinePreset(
