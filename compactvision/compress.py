@@ -282,24 +282,28 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
                                            n_outputs=1, output_names=(neuron_id,)))
         if config.readout_form == "factorised":
             model.factorise_readout(bias=float(stats[""][0][0]), rank=config.readout_rank)
+
+    def train(m: CompactStudent, idx: np.ndarray, tc: TrainConfig) -> CompactStudent:
+        """Fit `m` on images `idx` (its readout at the fitted rank, the stream seeded by `tc.seed`), back dense.
+
+        A fit runs on a GPU where there is one and leaves the model there;
+        pruning measures it on CPU probe images.
+        """
+        m.low_rank_readout(config.readout_rank)
+        fit(m, _stream(cache, idx, config.batch_size, col, tc.seed), val, tc, progress=False, target_stats=stats)
+        return m.cpu().dense_readout()
+
     if config.neuron_epochs > 0:
-        model.low_rank_readout(config.readout_rank)
-        fit(model, _stream(cache, fit_idx, config.batch_size, col, seed), val,
-            _train_config(config, config.neuron_epochs, seed), progress=False, target_stats=stats)
-    # A fit runs on a GPU where there is one and leaves the model there; pruning measures it on CPU probe images.
-    model.cpu().dense_readout()
+        train(model, fit_idx, _train_config(config, config.neuron_epochs, seed))
+    model.cpu().dense_readout()  # an unfitted copy too: pruning measures a dense CPU model
     probe = as_model_input(np.asarray(cache.images[probe_idx]))
     labels = np.asarray(cache.labels[probe_idx][:, index], np.float64)
     fitted, slim_l1 = model, 0.0
     if config.neuron_channel_l1 > 0:
         def slimmed(l1: float) -> CompactStudent:
-            m = copy.deepcopy(fitted)
-            m.low_rank_readout(config.readout_rank)
             tc = replace(_train_config(config, config.neuron_epochs, seed + 7), channel_l1=l1,
                          scale_lr_ratio=config.neuron_scale_lr_ratio)
-            fit(m, _stream(cache, fit_idx, config.batch_size, col, seed + 7), val, tc, progress=False,
-                target_stats=stats)
-            return m.cpu().dense_readout().eval()
+            return train(copy.deepcopy(fitted), fit_idx, tc).eval()
         model, slim_l1 = slim_to_threshold(fitted, slimmed, probe, labels, config.neuron_channel_l1,
                                            config.prune.threshold)
     heldout = _heldout_scorer(run_dir, neuron_id)
@@ -319,11 +323,8 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
             return m.eval()
         before = copy.deepcopy(m.state_dict())
         r_before = _r(predict(m.eval(), val[0]), val[1])
-        m.low_rank_readout(config.readout_rank)
-        tc = replace(_train_config(config, epochs, task_seed), lr=config.retrain_lr or config.lr,
-                     frozen_bn=config.retrain_frozen_bn)
-        fit(m, _stream(cache, idx, config.batch_size, col, task_seed), val, tc, progress=False, target_stats=stats)
-        m.cpu().dense_readout()
+        train(m, idx, replace(_train_config(config, epochs, task_seed), lr=config.retrain_lr or config.lr,
+                              frozen_bn=config.retrain_frozen_bn))
         if not _r(predict(m.eval(), val[0]), val[1]) >= r_before:
             m.load_state_dict(before)
         return m.eval()

@@ -313,7 +313,10 @@ def test_a_slimmed_compression_keeps_the_budget_of_its_unslimmed_fit(tiny_run, t
 
 def test_a_run_compressed_before_a_setting_existed_resumes_at_its_default(tiny_run, tmp_path):
     """Settings recorded by an older version lack the newer ones; they are read at their defaults, not refused."""
+    from dataclasses import replace
+
     from compactvision.compress import SETTINGS, guard_settings
+    from compactvision.errors import ArtifactError
 
     run = copy_run(tiny_run, tmp_path / "old")
     tiny = PRESETS["tiny"].compress
@@ -323,8 +326,5 @@ def test_a_run_compressed_before_a_setting_existed_resumes_at_its_default(tiny_r
     (run / SETTINGS).write_text(json.dumps(recorded))
     guard_settings(run, tiny)  # compact models exist: a refusal would raise
     assert json.loads((run / SETTINGS).read_text()) == json.loads(json.dumps(tiny.to_dict()))
-    from dataclasses import replace
-
-    from compactvision.errors import ArtifactError
     with pytest.raises(ArtifactError, match="neuron_channel_l1"):
         guard_settings(run, replace(tiny, neuron_channel_l1=0.5))  # a real change is still refused
