@@ -136,12 +136,20 @@ def twin_accuracy(preset: str, n_images: int, n_neurons: int, device: str | None
 
 _LONGER = {"readout_sees_front_end": True, "epochs": 24, "patience": 6}  # the v4 preset's teacher recipe
 
-#: The `demo` pipeline preset's teacher and the alternatives measured against it (overrides on top of it).
-DEMO_VARIANTS: dict[str, dict] = {
-    "demo: 8 epochs, readouts on the back end only": {},
-    "readouts also see V1": {"readout_sees_front_end": True},
-    "readouts also see V1, up to 24 epochs (patience 6)": _LONGER,
-    "the same on a 16 x 16 readout map (first stride 1)": {**_LONGER, "first_stride": 1},
+#: Two designs of the same 12,000-trial twin experiment: (images, repeats, test_images), see `make_twin_dataset`.
+DESIGNS: dict[str, tuple[int, int, int | None]] = {
+    "3,000 images x 4 trials": (3000, 4, None),
+    "300 test images x 4 trials, 10,800 others once": (11100, 4, 300),
+}
+
+#: The `demo` pipeline preset's teacher and the alternatives measured against it: (teacher overrides on top of
+#: the preset's, data design). `None` is the preset's own design.
+DEMO_VARIANTS: dict[str, tuple[dict, str | None]] = {
+    "demo: 8 epochs, readouts on the back end only": ({}, None),
+    **{f"demo teacher on {d}": ({}, d) for d in DESIGNS},
+    "readouts also see V1": ({"readout_sees_front_end": True}, None),
+    "readouts also see V1, up to 24 epochs (patience 6)": (_LONGER, None),
+    "the same on a 16 x 16 readout map (first stride 1)": ({**_LONGER, "first_stride": 1}, None),
 }
 
 
@@ -151,7 +159,9 @@ def demo_variants(seeds: list[int], names: list[str] | None, device: str | None)
     Per variant: median r against the twin's noise-free truth and against the
     held-out responses, the same per cell type (one figure per neuron), and the
     teacher's seconds. The cell types show what the median hides: whether the
-    teacher learnt the sparse cells (V1 simple, end-stopped) at all.
+    teacher learnt the sparse cells (V1 simple, end-stopped) at all. A variant
+    may also change the experiment's design (how many distinct images, how
+    often each is shown), at the same number of trials.
     """
     from compactvision.data.twin import make_twin_dataset
     from compactvision.pipeline import PRESETS as PIPELINE_PRESETS
@@ -159,15 +169,21 @@ def demo_variants(seeds: list[int], names: list[str] | None, device: str | None)
     from compactvision.teacher_stage import train_teacher
 
     p = PIPELINE_PRESETS["demo"]
+    own = (p.images, p.repeats, p.test_images)
     for seed in seeds:
-        data = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
-        print(f"Demo teachers on the demo twin, seed {seed} ({p.neurons} neurons, {p.images} images x {p.repeats}):")
-        for name, extra in DEMO_VARIANTS.items():
+        print(f"Demo teachers on the demo twin, seed {seed} ({p.neurons} neurons; the preset's design: "
+              f"{own[0]} images, {own[2] or 'all'} of them x {own[1]} trials):")
+        datasets: dict[tuple, object] = {}
+        for name, (extra, design) in DEMO_VARIANTS.items():
             if names and not any(n in name for n in names):
                 continue
+            images, repeats, test = DESIGNS[design] if design else own
+            if (images, repeats, test) not in datasets:
+                datasets[images, repeats, test] = make_twin_dataset(p.neurons, images, repeats, seed=seed,
+                                                                    image_size=p.image_size, test_images=test)
             with tempfile.TemporaryDirectory() as out:
                 t0 = time.perf_counter()
-                train_teacher(data, out, preset=p.teacher_preset, seed=seed, device=device,
+                train_teacher(datasets[images, repeats, test], out, preset=p.teacher_preset, seed=seed, device=device,
                               config_overrides={"image_size": p.image_size, **p.teacher_overrides, **extra})
                 seconds = time.perf_counter() - t0
                 run = Run.open(out)
@@ -175,7 +191,8 @@ def demo_variants(seeds: list[int], names: list[str] | None, device: str | None)
             by_type: dict[str, list[float]] = {}
             for t in truth:
                 by_type.setdefault(t["cell_type"], []).append(scores["r_truth"][str(t["neuron_id"])])
-            print(f"  {name}: r vs truth {np.median(list(scores['r_truth'].values())):.3f}, "
+            trials = (test or images) * repeats + (images - test if test else 0)
+            print(f"  {name} ({trials:,} trials): r vs truth {np.median(list(scores['r_truth'].values())):.3f}, "
                   f"vs responses {np.median(list(scores['r_heldout'].values())):.3f}, {seconds:.0f} s")
             print("    " + "  ".join(f"{k} {'/'.join(f'{v:.2f}' for v in vs)}" for k, vs in sorted(by_type.items())))
 

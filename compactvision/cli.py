@@ -144,9 +144,16 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--neurons", type=int, default=32, help="simulated neurons, cycling through the cell types")
     t.add_argument("--images", type=int, default=1000, help="natural-image crops shown to every neuron")
     t.add_argument("--repeats", type=int, default=4, help="noisy trials per image")
+    _add_test_images(t)
     t.add_argument("--seed", type=int, default=0, help="seed of the population, the images and the trial noise")
     t.add_argument("--image-size", type=int, default=112, help="image side in pixels")
     t.set_defaults(func=_data_twin)
+
+
+def _add_test_images(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--test-images", type=int, default=None, metavar="N",
+                   help="repeat only N images (the test set) and show every other image once, as system-identification "
+                        "experiments do (default: every image is repeated)")
 
 
 def _data_describe(args: argparse.Namespace) -> None:
@@ -172,9 +179,11 @@ def _data_twin(args: argparse.Namespace) -> None:
     from compactvision.data.formats import save_npz
     from compactvision.data.twin import make_twin_dataset
 
-    ds = make_twin_dataset(args.neurons, args.images, args.repeats, seed=args.seed, image_size=args.image_size)
+    ds = make_twin_dataset(args.neurons, args.images, args.repeats, seed=args.seed, image_size=args.image_size,
+                           test_images=args.test_images)
     out = save_npz(ds, args.out)
-    print(f"{out}: {args.neurons} neurons x {args.images} images x {args.repeats} repeats, seed {args.seed} "
+    shown = f"{args.test_images} of them" if args.test_images else "each"
+    print(f"{out}: {args.neurons} neurons x {args.images} images, {shown} x {args.repeats} repeats, seed {args.seed} "
           f"({out.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -213,6 +222,7 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     twin.add_argument("--neurons", type=int, default=32, help="simulated neurons")
     twin.add_argument("--images", type=int, default=1000, help="images shown to every neuron")
     twin.add_argument("--repeats", type=int, default=4, help="noisy trials per image")
+    _add_test_images(twin)
     bb = p.add_argument_group("optional pretrained trunk (a local file; nothing is downloaded)")
     bb.add_argument("--backbone", metavar="CHECKPOINT",
                     help="a torchvision ResNet state dict (.pth/.pt, read with weights_only=True, or .safetensors)")
@@ -227,8 +237,8 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
 def _teacher(args: argparse.Namespace) -> None:
     from compactvision.teacher_stage import COWLEY_TEST_SESSIONS, train_teacher
 
-    kwargs = ({"n_neurons": args.neurons, "n_images": args.images, "n_repeats": args.repeats, "seed": args.seed}
-              if args.data == "twin" else {})
+    kwargs = ({"n_neurons": args.neurons, "n_images": args.images, "n_repeats": args.repeats, "seed": args.seed,
+               "test_images": args.test_images} if args.data == "twin" else {})
     manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
                              progress=_progress(args.progress),

@@ -3,7 +3,9 @@
 Two protocols:
   * "split" (default): every session is split into train / validation / test
     images; the teacher trains on all sessions' training images, early-stops
-    on validation, and is scored on the held-out test images.
+    on validation, and is scored on the held-out test images. A session that
+    names its own test images (`TEST_INDICES`, such as the repeated test set
+    of a train-once design) is scored on those.
   * "cowley": the paper's protocol for the public V4 release. The teacher's
     trunk trains on every session except the test sessions (190923, 201025 by
     default) and the validation session (210224 when present). Then, for each
@@ -34,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from compactvision.artifacts import atomic_write_json, load_weights, save_weights, write_manifest
+from compactvision.data.dataset import designated_test
 from compactvision.data.formats import NeuralDataset, Session, load_dataset, split_images
 from compactvision.errors import DataError
 from compactvision.metrics import feve, pearson_r, r2_er, summarise
@@ -186,7 +189,7 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
     readout_only = held_out + ([validation] if validation is not None else [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = {s.session_id: split_images(s.n_images, seed=seed) for s in trunk_sessions}
+    splits = {s.session_id: split_images(s.n_images, seed=seed, test=designated_test(s, source)) for s in trunk_sessions}
     splits.update({s.session_id: _split_half(s.n_images) for s in readout_only})
 
     # the held-out sessions' first halves may join the trunk's training (their second halves never do)

@@ -89,6 +89,9 @@ def test_data_twin_command_writes_what_the_loader_reads(tmp_path, capsys):
     assert main(["data", "describe", str(out)]) == 0
     text = capsys.readouterr().out
     assert "twin" in text and "reliability" in text and "dot_detector" in text
+    assert main(["data", "twin", "--out", str(out), "--neurons", "4", "--images", "10", "--test-images", "4",
+                 "--image-size", "32"]) == 0
+    assert len(load_dataset(out).sessions[0].metadata["test_indices"]) == 4
 
 
 def test_split_images_is_a_deterministic_partition():
@@ -97,6 +100,43 @@ def test_split_images_is_a_deterministic_partition():
     assert (len(a["train"]), len(a["val"]), len(a["test"])) == (80, 10, 10)
     assert all(np.array_equal(a[k], split_images(100, seed=1)[k]) for k in a)
     assert not np.array_equal(a["test"], split_images(100, seed=2)["test"])
+
+
+
+def test_a_designated_test_set_is_the_test_split():
+    test = np.array([3, 50, 97])
+    a = split_images(100, seed=1, test=test)
+    assert np.array_equal(a["test"], test)
+    assert np.array_equal(np.sort(np.concatenate(list(a.values()))), np.arange(100))
+    assert len(a["val"]) == 10 and not np.isin(a["val"], test).any()
+    assert all(np.array_equal(a[k], split_images(100, seed=1, test=test)[k]) for k in a)
+
+
+def test_a_twin_with_a_test_set_repeats_only_it_and_keeps_it_through_npz(tmp_path):
+    ds = make_twin_dataset(4, 40, 3, seed=2, image_size=32, test_images=6)
+    s = ds.sessions[0]
+    test = np.asarray(s.metadata["test_indices"])
+    shown = np.sum(~np.isnan(s.responses), axis=2)  # neurons x images: trials per image
+    assert len(test) == 6 and (shown[:, test] == 3).all()
+    assert (np.delete(shown, test, axis=1) == 1).all()
+    assert 6 * 3 + 34 == int(shown[0].sum())  # 52 trials
+    save_npz(ds, tmp_path / "t.npz")
+    back = load_npz(tmp_path / "t.npz").sessions[0]
+    assert back.metadata["test_indices"] == test.tolist()
+    with pytest.raises(ValueError, match="test_images"):
+        make_twin_dataset(4, 40, 3, test_images=39)
+
+
+@pytest.mark.parametrize("named, message", [
+    ([1, 1, 2], "twice"), ([0, 5], "must lie in"), ([], "non-empty"), (["a"], "non-empty"),
+    ([0, 1, 2, 3], "leaves 1 image"),
+])
+def test_a_bad_designated_test_set_is_refused_naming_the_file(tmp_path, named, message):
+    meta = np.array(json.dumps({"test_indices": named}))
+    path = _bad_npz(tmp_path, "x.npz", **{"session_metadata/s1": meta})
+    with pytest.raises(DataError, match=message) as e:
+        load_npz(path)
+    assert "x.npz" in str(e.value)
 
 
 # ----------------------------------------------------------------- bad inputs

@@ -28,6 +28,14 @@ def test_a_64px_dataset_trains_a_64px_teacher(tmp_path):
     assert np.isfinite(manifest["metrics"]["teacher"]["r"]["median"])
 
 
+def test_a_session_is_scored_on_its_own_test_images(tmp_path):
+    ds = make_twin_dataset(4, 80, 3, seed=0, image_size=32, test_images=12)
+    train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False)
+    split = json.loads((tmp_path / "run" / "data.json").read_text())["sessions"]["twin"]["split"]
+    assert split["test"] == ds.sessions[0].metadata["test_indices"]
+    assert not set(split["train"]) & set(split["test"]) and len(split["train"]) + len(split["val"]) == 68
+
+
 def test_an_image_size_that_contradicts_the_data_is_refused_before_training(tmp_path):
     ds = make_twin_dataset(4, 60, 2, seed=0, image_size=64)
     with pytest.raises(DataError, match="64x64 px but image_size=112"):

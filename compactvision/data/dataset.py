@@ -17,6 +17,11 @@ import numpy as np
 from compactvision.errors import DataError
 from compactvision.metrics import split_half_reliability
 
+#: Session metadata naming the images a recording holds out for scoring: the usual system-identification
+#: design shows each training image once and a test set many times (its repeats give the noise ceiling).
+#: With it, that test set is the test split; without it, a seeded random tenth is (`split_images`).
+TEST_INDICES = "test_indices"
+
 
 @dataclass
 class Session:
@@ -99,17 +104,50 @@ def validate_session(s: Session, source: str | None = None) -> None:
     no_data_image = np.isnan(r).all(axis=(0, 2))
     if no_data_image.any():
         raise DataError(f"session {s.session_id}: {int(no_data_image.sum())} image(s) have no response from any neuron", src)
+    if TEST_INDICES in s.metadata:
+        designated_test(s, src)
+
+
+def designated_test(s: Session, source: str | None = None) -> np.ndarray | None:
+    """The session's own test images (`TEST_INDICES` in its metadata), sorted; None where it names none.
+
+    Refused with a DataError: indices that are not whole numbers, out of range or repeated, an empty set,
+    or one that leaves fewer than two images to train and validate on.
+    """
+    named = s.metadata.get(TEST_INDICES)
+    if named is None:
+        return None
+    where = f"session {s.session_id}: metadata {TEST_INDICES!r}"
+    idx = np.asarray(named)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise DataError(f"{where} must be a non-empty list of image indices, got {str(named)[:80]}", source)
+    if idx.min() < 0 or idx.max() >= s.n_images:
+        raise DataError(f"{where} must lie in [0, {s.n_images}), got {int(idx.min())}..{int(idx.max())}", source)
+    if len(np.unique(idx)) != len(idx):
+        raise DataError(f"{where} names an image twice", source)
+    if s.n_images - len(idx) < 2:
+        raise DataError(f"{where} leaves {s.n_images - len(idx)} image(s) to train and validate on; need 2", source)
+    return np.sort(idx.astype(np.int64))
 
 
 # ------------------------------------------------------------------- splits
 def split_images(n_images: int, seed: int = 0, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1) -> dict[str, np.ndarray]:
-    """Deterministic random train/val/test image indices (each sorted, together a partition)."""
+                 test_fraction: float = 0.1, test: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Deterministic random train/val/test image indices (each sorted, together a partition).
+
+    `test`, a recording's own test set (`designated_test`), is taken as the test
+    split as it is; `val_fraction` of the other images then validate.
+    """
     if n_images < 1:
         raise ValueError(f"need at least one image, got {n_images}")
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise ValueError(f"fractions must be >= 0 and leave some training images, got val={val_fraction}, test={test_fraction}")
-    order = np.random.default_rng(seed).permutation(n_images)
+    rng = np.random.default_rng(seed)
+    if test is not None:
+        rest = rng.permutation(np.setdiff1d(np.arange(n_images), test))
+        n_val = min(max(1, int(round(val_fraction * len(rest)))), len(rest) - 1)
+        return {"train": np.sort(rest[n_val:]), "val": np.sort(rest[:n_val]), "test": np.sort(np.asarray(test))}
+    order = rng.permutation(n_images)
     n_test, n_val = int(round(test_fraction * n_images)), int(round(val_fraction * n_images))
     return {"train": np.sort(order[n_test + n_val:]), "val": np.sort(order[n_test:n_test + n_val]),
             "test": np.sort(order[:n_test])}
