@@ -169,10 +169,10 @@ def demo_variants(seeds: list[int], names: list[str] | None, device: str | None)
     from compactvision.teacher_stage import train_teacher
 
     p = PIPELINE_PRESETS["demo"]
-    own = (p.images, p.repeats, p.test_images)
+    own = (p.images, p.repeats, None)  # every image repeated
     for seed in seeds:
         print(f"Demo teachers on the demo twin, seed {seed} ({p.neurons} neurons; the preset's design: "
-              f"{own[0]} images, {own[2] or 'all'} of them x {own[1]} trials):")
+              f"{p.images} images x {p.repeats} trials):")
         datasets: dict[tuple, object] = {}
         for name, (extra, design) in DEMO_VARIANTS.items():
             if names and not any(n in name for n in names):

@@ -71,14 +71,11 @@ class PipelinePreset:
     teacher_preset: str
     teacher_overrides: dict[str, Any] = field(default_factory=dict)
     compress: CompressConfig = field(default_factory=CompressConfig)
-    #: With a number, only that many twin images are repeated (`repeats` times, the test set) and the rest are
-    #: shown once (`make_twin_dataset`'s `test_images`); None repeats every image.
-    test_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"neurons": self.neurons, "images": self.images, "repeats": self.repeats, "image_size": self.image_size,
-                "test_images": self.test_images, "teacher_preset": self.teacher_preset,
-                "teacher_overrides": dict(self.teacher_overrides), "compress": self.compress.to_dict()}
+                "teacher_preset": self.teacher_preset, "teacher_overrides": dict(self.teacher_overrides),
+                "compress": self.compress.to_dict()}
 
 
 #: Students start wide (>= 64 filters per layer) in every preset, as the reference's start at 100: pruning,
@@ -154,8 +151,7 @@ def pipeline_teacher(p: PipelinePreset, out: Path, seed: int = 0, progress: Prog
         return
     # The first sign of life, before the simulation's seconds: a watcher (the app) shows a stage at once.
     progress("data", 0, 1)
-    dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size,
-                                test_images=p.test_images)
+    dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
     progress("data", 1, 1)
     train_teacher(dataset, out, preset=p.teacher_preset, seed=seed, device=device, resume=True,
                   config_overrides={"image_size": p.image_size, **p.teacher_overrides}, progress=progress)
