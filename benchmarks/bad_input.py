@@ -96,6 +96,8 @@ def bad_npz_files(folder: Path) -> dict[str, bytes]:
         "another format": _npz_replacing(good, "format.npy", _npy(np.array("someone-else"))),
         "newer format version": _npz_replacing(good, "format_version.npy", _npy(np.array(99))),
         "metadata not JSON": _npz_replacing(good, "metadata.npy", _npy(np.array("{not json"))),
+        "test images out of range": _npz_replacing(good, "session_metadata/s1.npy",
+                                                   _npy(np.array(json.dumps({"test_indices": [0, 99]})))),
         "responses with wrong image count": _npz_replacing(good, "responses/s1.npy", _npy(np.zeros((2, 5, 3)))),
         "responses not numeric": _npz_replacing(good, "responses/s1.npy", _npy(np.full((2, 6, 3), "x"))),
         "images not uint8": _npz_replacing(good, "images/s1.npy", _npy(np.zeros((6, 16, 16, 3), np.float64))),
