@@ -136,16 +136,16 @@ def twin_accuracy(preset: str, n_images: int, n_neurons: int, device: str | None
 
 _LONGER = {"readout_sees_front_end": True, "epochs": 24, "patience": 6}  # the v4 preset's teacher recipe
 
-#: Two designs of the same 12,000-trial twin experiment: (images, repeats, test_images), see `make_twin_dataset`.
+#: Other designs of the demo's 12,000-trial twin experiment (3,000 images x 4 trials):
+#: (images, repeats, test_images), see `make_twin_dataset`.
 DESIGNS: dict[str, tuple[int, int, int | None]] = {
-    "3,000 images x 4 trials": (3000, 4, None),
     "300 test images x 4 trials, 10,800 others once": (11100, 4, 300),
 }
 
 #: The `demo` pipeline preset's teacher and the alternatives measured against it: (teacher overrides on top of
 #: the preset's, data design). `None` is the preset's own design.
 DEMO_VARIANTS: dict[str, tuple[dict, str | None]] = {
-    "demo: 8 epochs, readouts on the back end only": ({}, None),
+    "demo teacher on the preset's design: 8 epochs, readouts on the back end only": ({}, None),
     **{f"demo teacher on {d}": ({}, d) for d in DESIGNS},
     "readouts also see V1": ({"readout_sees_front_end": True}, None),
     "readouts also see V1, up to 24 epochs (patience 6)": (_LONGER, None),

@@ -295,7 +295,8 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
 
     if config.neuron_epochs > 0:
         train(model, fit_idx, _train_config(config, config.neuron_epochs, seed))
-    model.cpu().dense_readout()  # an unfitted copy too: pruning measures a dense CPU model
+    else:
+        model.cpu().dense_readout()  # an unfitted copy too: pruning measures a dense CPU model
     probe = as_model_input(np.asarray(cache.images[probe_idx]))
     labels = np.asarray(cache.labels[probe_idx][:, index], np.float64)
     fitted, slim_l1 = model, 0.0

@@ -104,8 +104,7 @@ def validate_session(s: Session, source: str | None = None) -> None:
     no_data_image = np.isnan(r).all(axis=(0, 2))
     if no_data_image.any():
         raise DataError(f"session {s.session_id}: {int(no_data_image.sum())} image(s) have no response from any neuron", src)
-    if TEST_INDICES in s.metadata:
-        designated_test(s, src)
+    designated_test(s, src)
 
 
 def designated_test(s: Session, source: str | None = None) -> np.ndarray | None:
