@@ -6,7 +6,7 @@ fresh server on a deep link, which Streamlit would otherwise run without
 `app.py` (see `app_support.entry`). Run as a
 script to refresh the README's screenshot:
 
-    python tests/test_browser.py --screenshot docs/screenshot-neuron-graph.png
+    python tests/test_browser.py --screenshot docs/screenshot-neuron-graph.png [--neuron twin_009]
 """
 from __future__ import annotations
 
@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--screenshot", default=str(ROOT / "docs" / "screenshot-neuron-graph.png"))
     parser.add_argument("--run", default=str(RUN))
+    parser.add_argument("--neuron", default=None, help="the neuron to show, e.g. twin_009 (default: the run's first)")
     args = parser.parse_args(argv)
     out = Path(args.screenshot)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -358,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         page.goto(url, timeout=TIMEOUT_MS)
         wait_idle(page)
         go_to(page, "Neuron graph")
+        if args.neuron:
+            pick(page, "Neuron", args.neuron, scope='[data-testid="stSidebar"]')
         charts(page).first.locator(".main-svg").first.wait_for(timeout=TIMEOUT_MS)
         page.wait_for_timeout(500)
         page.screenshot(path=str(out))
