@@ -116,8 +116,8 @@ PRESETS: dict[str, PipelinePreset] = {
     # with a layer of <= 5 filters; with four times the images for four epochs, 7,540 parameters and 0.897.
     # So does a twin recorded with a repeated test set and every other image shown once (`make_twin_dataset`'s
     # `test_images`: 300 x 4 + 10,800 x 1 trials), whose teacher follows the truth at 0.863 on seed 0: its
-    # students, fit per neuron on 4,096 labels for one epoch and slimmed, followed it at r 0.73 and 0.90 (V1
-    # simple cells, 13,909 and 6,714 parameters), 383 s per neuron, and slimming kept neither; only fits of 3
+    # students, fit per neuron on 4,096 labels for one epoch and slimmed, followed it at r 0.73 and 0.90 (a V1
+    # simple and a complex cell, 13,909 and 6,714 parameters), 383 s per neuron, and slimming kept neither; only fits of 3
     # epochs on 8,192 labels (~20 min per neuron here) made them small and true. Its teacher alone takes 13.4 min.
     # Slimming after each neuron's fit (`--slimming 0.5`, `neuron_channel_l1`) is measured and not taken. On the
     # demo twin of seed 0 (with batches of 64) it took the median student from 2,442 to 1,405 parameters, 16 of 16
