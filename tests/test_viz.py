@@ -15,6 +15,7 @@ from compactvision.viz.attribution import attribution_figure
 from compactvision.viz.filters import (gabor_bank_figure, gabor_parameter_histograms, kernel_grid_figure,
                                        student_layer_figure)
 from compactvision.viz.graph import neuron_graph_figure, node_detail_figure
+from compactvision.viz.layout import counted
 from compactvision.viz.performance import (accuracy_by_neuron_figure, predicted_vs_measured_figure, pruning_path_figure,
                                           teacher_student_scatter_figure)
 from compactvision.viz.robustness import robustness_figure
@@ -113,7 +114,19 @@ def test_graph_shows_important_paths_and_marks_ablations():
     fig = neuron_graph_figure(view.graph, ablated=[best], hidden=(view.hidden_nodes, view.hidden_edges))
     marks = next(t for t in fig.data if t.name == "ablated")
     assert len(marks.x) == 1
-    assert f"{view.hidden_nodes} filters" in fig.layout.title.text and "switched off" in fig.layout.title.text
+    assert f"{counted(view.hidden_nodes, 'filter')} and" in fig.layout.title.text
+    assert "switched off" in fig.layout.title.text
+
+
+def test_graph_labels_count_a_single_filter_in_the_singular():
+    """A pruned layer may keep one filter: its label reads "1 filter", never "1 filters"."""
+    torch.manual_seed(0)
+    student = CompactStudent(StudentArch(channels=(3, 1, 3, 1, 2), input_size=(SIZE, SIZE))).eval()
+    image = (np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    fig = neuron_graph_figure(neuron_graph(student, image), edge_threshold=0.0)
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert ticks[2] == "layer 1<br>1 filter" and ticks[1] == "layer 0<br>3 filters", ticks
+    assert [counted(n, "filter") for n in (0, 1, 2)] == ["0 filters", "1 filter", "2 filters"]
 
 
 def test_response_maps_and_one_by_one_kernels_read_as_what_they_are():

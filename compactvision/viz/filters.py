@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from compactvision.viz.layout import SERIES_COLOURS, finish, mosaic, signed_heatmap
+from compactvision.viz.layout import SERIES_COLOURS, counted, finish, mosaic, signed_heatmap
 
 # Bank parameter -> (key in the V1 reference, axis title). nx / ny come from Ringach's joint histogram.
 _REFERENCE_KEYS = {
@@ -170,7 +170,7 @@ def kernel_grid_figure(weights: np.ndarray, title: str = "Convolution kernels", 
         fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False, showgrid=False)
         fig.update_xaxes(showticklabels=False, showgrid=False)
         fig.update_layout(hovermode="closest", hoverdistance=-1)
-        return finish(fig, f"{title}: {len(w)} filters (RGB; grey = 0, each scaled to its peak)",
+        return finish(fig, f"{title}: {counted(len(w), 'filter')} (RGB; grey = 0, each scaled to its peak)",
                       height=int(140 + 560 * grid.shape[0] / grid.shape[1]))
     if w.shape[2:] == (1, 1):
         # 1x1 kernels have no spatial pattern: they are a channel-mixing matrix, and are drawn as one.
@@ -182,7 +182,8 @@ def kernel_grid_figure(weights: np.ndarray, title: str = "Convolution kernels", 
     tiles = w.sum(1)
     text = [f"filter {i}<br>peak |w| {np.abs(w[i]).max():.3g}" for i in range(len(w))]
     return _mosaic_figure(_normalise_each(tiles), text, n_cols,
-                          f"{title}: {len(w)} filters (summed over {w.shape[1]} inputs)", "weight / peak")
+                          f"{title}: {counted(len(w), 'filter')} (summed over {counted(w.shape[1], 'input')})",
+                          "weight / peak")
 
 
 def separable_layer_figure(depthwise: np.ndarray, pointwise: np.ndarray, title: str = "Separable layer",
@@ -222,7 +223,7 @@ def student_layer_figure(student: Any, layer: int) -> go.Figure:
     """Weights of one layer of a compact student, BatchNorm folded in (the weights it runs with)."""
     fused = student.fused()
     lay = fused.layers[layer]
-    title = f"Student layer {layer} ({lay.out_channels} filters, BN folded)"
+    title = f"Student layer {layer} ({counted(lay.out_channels, 'filter')}, BN folded)"
     pw = lay.pointwise.weight.detach().cpu().numpy()
     if lay.depthwise is None:
         return kernel_grid_figure(pw, title)

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from compactvision.interpret.graph import INPUT_CHANNELS, INPUT_LAYER, GraphNode, NeuronGraph, NodeId
-from compactvision.viz.layout import (DIVERGING, NEGATIVE_COLOUR, POSITIVE_COLOUR, finish, png_data_uri,
+from compactvision.viz.layout import (DIVERGING, NEGATIVE_COLOUR, POSITIVE_COLOUR, counted, finish, png_data_uri,
                                       signed_heatmap, signed_to_rgb, symmetric_limit)
 
 _WIDTHS = (0.6, 1.4, 2.6, 4.2)
@@ -168,25 +168,27 @@ def neuron_graph_figure(graph: NeuronGraph, edge_threshold: float = 0.05, thumbn
                                    "xanchor": "center", "yanchor": "middle", "sizing": "stretch", "layer": "above",
                                    "opacity": 0.3 if n.id in off else 1.0}
                                   for n in graph.nodes])
-    ticks = ["image"] + [f"layer {i}<br>{len(graph.layer_nodes(i))} filters" for i in range(graph.n_layers)] + ["response"]
+    ticks = (["image"] + [f"layer {i}<br>{counted(len(graph.layer_nodes(i)), 'filter')}" for i in range(graph.n_layers)]
+             + ["response"])
     fig.update_xaxes(tickvals=list(range(graph.n_layers + 2)), ticktext=ticks, range=[-0.5, graph.n_layers + 1.5],
                      showgrid=False, zeroline=False)
     fig.update_yaxes(visible=False, range=[-0.05, 1.05])
     # Pan, not box-select, as the drag mode: Streamlit disables click-to-select under a
     # selection drag mode, and a click on a filter is how the app picks it.
     fig.update_layout(hovermode="closest", dragmode="pan", clickmode="event+select", width=width)
-    title = f"Computation graph: {len(graph.nodes)} filters, {len(graph.edges)} connections"
+    title = f"Computation graph: {counted(len(graph.nodes), 'filter')}, {counted(len(graph.edges), 'connection')}"
     if graph.response is not None:
         title += f"; response {graph.response:.3g}"
     notes = []
     if hidden is not None and any(hidden):
-        notes.append(f"important paths only: {hidden[0]} filters and {hidden[1]} connections hidden")
+        notes.append(f"important paths only: {counted(hidden[0], 'filter')} and {counted(hidden[1], 'connection')} "
+                     "hidden")
     if len(kept) < len(graph.edges):
         weak = len(graph.edges) - len(kept)
-        notes.append(f"{weak} edge{'s' if weak > 1 else ''} weaker than {edge_threshold:.0%} of their layer's strongest "
+        notes.append(f"{counted(weak, 'edge')} weaker than {edge_threshold:.0%} of their layer's strongest "
                      "hidden")
     if off:
-        notes.append(f"{len(off)} filter{'s' if len(off) > 1 else ''} switched off (✕)")
+        notes.append(f"{counted(len(off), 'filter')} switched off (✕)")
     notes.append("red excitatory, blue inhibitory, width = gain")
     title += "<br><sup>" + "; ".join(notes) + "</sup>"
     return finish(fig, title, height=height)

@@ -21,6 +21,11 @@ SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564
 TEMPLATE = "plotly_white"
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 filter", "3 filters": figure labels read the count, and a pruned layer can keep a single filter."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def symmetric_limit(z: np.ndarray) -> float:
     """Largest |value| (ignoring NaN), never zero, for a colour scale centred on 0."""
     finite = np.abs(np.asarray(z, np.float64))

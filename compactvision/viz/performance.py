@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from compactvision.metrics import pearson_r
-from compactvision.viz.layout import SERIES_COLOURS, finish
+from compactvision.viz.layout import SERIES_COLOURS, counted, finish
 
 
 def robust_range(*arrays: np.ndarray, low: float = 0.5, high: float = 99.5, pad: float = 0.05) -> tuple[float, float]:
@@ -42,7 +42,7 @@ def _square_axes(fig: go.Figure, lo: float, hi: float, x_title: str, y_title: st
     fig.update_xaxes(title_text=x_title, range=[lo, hi], constrain="domain")
     fig.update_yaxes(title_text=y_title, range=[lo, hi], scaleanchor="x", scaleratio=1, constrain="domain")
     if n_outside:
-        fig.update_layout(title_subtitle_text=f"{n_outside} point{'s' if n_outside != 1 else ''} outside the axis "
+        fig.update_layout(title_subtitle_text=f"{counted(n_outside, 'point')} outside the axis "
                                               f"range (0.5th to 99.5th percentile) not shown")
 
 
@@ -139,7 +139,7 @@ def teacher_student_scatter_figure(teacher_r: np.ndarray, student_r: np.ndarray,
     _square_axes(fig, lo, hi, f"{x_name} {metric}", f"{y_name} {metric}", _n_outside(t, s, lo, hi))
     n = int(ok.sum())
     pos = ok & (t > 0)
-    parts = [f"{n} neuron{'s' if n != 1 else ''}"]
+    parts = [counted(n, "neuron")]
     if pos.any():
         ratio = "compact/teacher" if (x_name, y_name) == ("teacher", "compact model") else f"{y_name}/{x_name}"
         parts.append(f"median {ratio} ratio {np.median(s[pos] / t[pos]):.2f}")
