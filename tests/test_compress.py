@@ -186,7 +186,7 @@ SELECTIVE = 0.5
 @pytest.mark.parametrize("which", ["tiny", "app"])
 def test_compressed_simple_cells_keep_their_teachers_preferred_orientation(which, request):
     """Compression keeps what the teacher learned: the compact model of a twin simple cell prefers its teacher's
-    orientation, wherever the teacher's gratings tuning has one (`SELECTIVE`).
+    orientation, wherever the teacher's grating tuning has one (`SELECTIVE`).
 
     The comparison is with the teacher, not the truth: whether the teacher found the cell's orientation is the
     teacher's luck (the `tiny` one missed it by 39 deg on one machine's floating point and found it on another's).
