@@ -13,7 +13,7 @@ from compactvision.compress import CompressConfig, compress_run
 from compactvision.rundir import history_path, neuron_ids_of
 from compactvision.pipeline import PRESETS
 
-from conftest import copy_run
+from conftest import APP_RUN, ROOT, copy_run
 
 
 def _workers(pid: int) -> list[int]:
@@ -198,8 +198,6 @@ def test_compressed_simple_cells_keep_their_teachers_preferred_orientation(which
     from compactvision.interpret.stimuli import compare_with_twin, orientation_difference, orientation_sf_tuning
     from compactvision.models.teacher import load_teacher
     from compactvision.runs import teacher_view
-
-    from conftest import APP_RUN, ROOT
 
     run = request.getfixturevalue("tiny_run") if which == "tiny" else APP_RUN
     ds = load_npz(run / "data" / "heldout.npz")
