@@ -36,6 +36,7 @@ from compactvision.artifacts import (MANIFEST, atomic_write_json, load_weights, 
 from compactvision.distill import LabelCache, StreamConfig
 from compactvision.errors import ArtifactError
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
+from compactvision.models.bank import StudentBank
 from compactvision.progress import Progress, silent
 from compactvision.runtime import cpu_count, torch_threads
 from compactvision.rundir import (CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of,
@@ -163,6 +164,8 @@ def build_label_cache(run_dir: str | Path, config: CompressConfig, progress: Pro
                       device: str | None = None) -> LabelCache:
     run_dir = Path(run_dir)
     teacher = load_teacher(run_dir)
+    if isinstance(teacher, StudentBank):  # published models (re-compression): label with their BN-folded form
+        teacher = teacher.fused()
     own = training_images(run_dir)
     return LabelCache.build(run_dir / CACHE_DIR / "labels", _AllSessions(teacher), teacher.neuron_ids, config.stream,
                             own_images=own, device=device,

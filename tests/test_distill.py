@@ -9,6 +9,7 @@ import torch
 
 from compactvision.distill import LabelCache, StreamConfig
 from compactvision.errors import ArtifactError
+from compactvision.inputs import as_model_input
 
 
 class Stop(Exception):
@@ -52,3 +53,15 @@ def test_a_cache_begun_before_its_time_was_recorded_reports_no_time_rather_than_
     del meta["seconds"]  # as an older version wrote it
     meta_path.write_text(json.dumps(meta))
     assert LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu").seconds is None
+
+
+def test_labels_are_the_teachers_own_responses_to_the_stored_images(tmp_path) -> None:
+    """Labelling runs the teacher on channels-last tensors for speed: the function must not change with it."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(4, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    cache = LabelCache.build(tmp_path, teacher, ["x", "y"], StreamConfig(n_images=32, image_size=16, chunk=16),
+                             device="cpu")
+    with torch.no_grad():
+        plain = teacher.to(memory_format=torch.contiguous_format)(as_model_input(np.array(cache.images)).contiguous())
+    assert np.allclose(cache.labels, plain.numpy(), atol=1e-5)

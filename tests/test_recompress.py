@@ -47,6 +47,8 @@ def test_the_bank_teacher_answers_as_each_published_model(imported, tmp_path):
     x = torch.rand(3, 3, 112, 112)
     for k, nid in enumerate(bank.neuron_ids):
         assert torch.allclose(bank(x)[:, k], load_student(imported, nid)(x)[:, 0], atol=1e-5)
+    # Labelling runs the BN-folded form: the same function.
+    assert torch.allclose(bank.fused()(x), bank(x), atol=1e-5)
     held = heldout_data(out)["sessions"]["100101"]
     assert len(held["images"]) == 20, "the held-out second half only"
     assert held["responses"].shape == (2, 20)

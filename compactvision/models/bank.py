@@ -51,6 +51,15 @@ class StudentBank(nn.Module):
         """Every neuron's response, sessions in order (the teacher interface compression labels with)."""
         return self(x)
 
+    def fused(self) -> "StudentBank":
+        """An eval-mode copy whose students have their BatchNorms folded into their convolutions.
+
+        The same function to float rounding, for labelling: with channels-last
+        inputs a reference-sized student ([47, 57, 3, 7, 3] at 112 px) labels
+        about 1.8x as many images a second on a CPU (`benchmarks/memory_layout.py`).
+        """
+        return StudentBank({i: m.fused() for i, m in zip(self.neuron_ids, self.models)}, self.sessions).eval()
+
 
 def save_bank(bank: StudentBank, folder: str | Path, weights: str, architecture: str,
               source: Mapping[str, object] | None = None) -> None:
