@@ -31,6 +31,7 @@ from gpu import infer_rate, train_rate  # noqa: E402
 
 import torch  # noqa: E402
 
+from compactvision.compress import AllSessions  # noqa: E402
 from compactvision.models.bank import StudentBank  # noqa: E402
 from compactvision.models.student import CompactStudent, StudentArch  # noqa: E402
 from compactvision.models.teacher import PRESETS, build_teacher  # noqa: E402
@@ -71,17 +72,6 @@ def main() -> None:
         print(f"{name:<36} {rates[0]:>8.1f} {rates[1]:>14.1f} {rates[1] / rates[0]:>6.2f}", flush=True)
 
 
-class _AllColumns(torch.nn.Module):
-    """A teacher as labelling sees it: every session's neurons as columns."""
-
-    def __init__(self, teacher: torch.nn.Module) -> None:
-        super().__init__()
-        self.teacher = teacher
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.teacher.predict_all_sessions(x)
-
-
 def published_bank(n: int = 8) -> StudentBank:
     """`n` one-neuron students of the reference's median size at 112 px, banked as re-compression labels with."""
     ids = [f"n{k}" for k in range(n)]
@@ -106,7 +96,7 @@ def label_rates(device: torch.device, batch: int, size: int, steps: int) -> None
     print(f"{'teacher':<40} {'NCHW':>8} {'channels-last':>14} {'ratio':>6}")
     for name, (make, px) in teachers.items():
         torch.manual_seed(0)
-        model = _AllColumns(make())
+        model = AllSessions(make())
         rates = [infer_rate(model, device, batch, px, steps, channels_last=cl) for cl in (False, True)]
         print(f"{name:<40} {rates[0]:>8.1f} {rates[1]:>14.1f} {rates[1] / rates[0]:>6.2f}", flush=True)
 

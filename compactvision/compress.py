@@ -149,7 +149,7 @@ def _r(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------- shared student
-class _AllSessions(torch.nn.Module):
+class AllSessions(torch.nn.Module):
     """The teacher seen as one model with every session's neurons as columns."""
 
     def __init__(self, teacher: torch.nn.Module) -> None:
@@ -167,7 +167,7 @@ def build_label_cache(run_dir: str | Path, config: CompressConfig, progress: Pro
     if isinstance(teacher, StudentBank):  # published models (re-compression): label with their BN-folded form
         teacher = teacher.fused()
     own = training_images(run_dir)
-    return LabelCache.build(run_dir / CACHE_DIR / "labels", _AllSessions(teacher), teacher.neuron_ids, config.stream,
+    return LabelCache.build(run_dir / CACHE_DIR / "labels", AllSessions(teacher), teacher.neuron_ids, config.stream,
                             own_images=own, device=device,
                             progress=progress)
 
