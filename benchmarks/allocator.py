@@ -2,11 +2,11 @@
 
     python benchmarks/allocator.py [--steps 6] [--threads N]
 
-`compactvision.runtime.keep_freed_memory` (applied whenever a stage selects
-the CPU) stops glibc from unmapping the large blocks PyTorch frees at every
-step. Each case below runs twice, in a fresh process each time (the setting
-cannot be undone within a process): once with COMPACTVISION_KEEP_FREED_MEMORY=0
-and once as shipped. Per case it prints images/s, the share of the process's
+`compactvision.runtime.keep_freed_memory` (applied when a stage selects the
+CPU, where COMPACTVISION_KEEP_FREED_MEMORY=1) stops glibc from unmapping the
+large blocks PyTorch frees at every step. Each case below runs twice, in a
+fresh process each time (the setting cannot be undone within a process):
+once with the platform's default and once with the setting. Per case it prints images/s, the share of the process's
 CPU time spent in the kernel, and minor page faults per image, side by side:
 
 * training the 64-filter student that re-compression and the `v4` pipeline

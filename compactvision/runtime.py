@@ -20,8 +20,8 @@ import torch
 def select_device(preference: str | None = None) -> torch.device:
     """`preference` may be "cpu", "cuda", "cuda:1"; None picks CUDA when available.
 
-    Choosing the CPU also makes the C allocator keep freed memory for reuse
-    (`keep_freed_memory`): every stage that computes asks here first.
+    Choosing the CPU also applies `keep_freed_memory` where the user asked
+    for it: every stage that computes asks here first.
     """
     device = torch.device(preference) if preference else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -29,7 +29,7 @@ def select_device(preference: str | None = None) -> torch.device:
     return device
 
 
-#: Set to 0 to leave the C allocator as the platform configures it (`benchmarks/allocator.py` compares the two).
+#: Set to 1 to have glibc keep freed memory for reuse (`benchmarks/allocator.py` compares the two settings).
 KEEP_FREED_MEMORY_ENV = "COMPACTVISION_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
 _TRIM_THRESHOLD = 1 << 30
@@ -37,22 +37,24 @@ _kept: bool | None = None
 
 
 def keep_freed_memory() -> bool:
-    """Have glibc keep the memory PyTorch frees on the CPU, for the next batch, instead of unmapping it.
+    """Where `KEEP_FREED_MEMORY_ENV` is "1", have glibc keep the memory PyTorch frees on the CPU for reuse.
 
     Why: a convolution's activations at 112 px are tens to hundreds of MB, above
     glibc's largest mmap threshold (32 MB), so by default each one is mapped
     fresh and unmapped again at every step, and the kernel faults in and zeroes
     every page anew. On a 2-core machine that was half of all CPU time while a
-    student trained (4.1M page faults in 6 steps; 40 against 77 images/s).
+    student trained (40 against 75 images/s; `benchmarks/allocator.py`).
     With mmap off and a trim threshold of 1 GiB, freed blocks stay in the heap
-    and are reused: the process keeps up to that much memory it is not using.
-    Applied once per process, only on glibc, unless `KEEP_FREED_MEMORY_ENV` is
-    "0". Returns whether it is in effect.
+    and are reused. Why it is not the default: a process whose allocations
+    change size all the time fragments that heap. A re-compression worker,
+    pruning and retraining ever smaller copies, grew to 11 GB and was killed
+    for memory. Applied once per process, only on glibc. Returns whether it is
+    in effect.
     """
     global _kept
     if _kept is None:
         _kept = False
-        if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") != "0" and platform.libc_ver()[0] == "glibc":
+        if os.environ.get(KEEP_FREED_MEMORY_ENV) == "1" and platform.libc_ver()[0] == "glibc":
             try:
                 mallopt = ctypes.CDLL(None).mallopt
             except (OSError, AttributeError):
