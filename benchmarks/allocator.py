@@ -31,7 +31,7 @@ CASES = ("student 64 x 5, 112 px, batch 64 (train)", "demo student 64 x 5, 64 px
 
 
 def measure(case: int, steps: int) -> dict[str, float]:
-    """One case in this process: images/s, kernel share of CPU time, page faults per image."""
+    """One case in this process: images/s, kernel share of CPU time, page faults per image, peak MB."""
     sys.path.insert(0, str(HERE))
     import torch
 
@@ -63,7 +63,9 @@ def measure(case: int, steps: int) -> dict[str, float]:
 
 
 def run_child(case: int, steps: int, keep: bool, threads: int | None) -> dict[str, float]:
-    env = {**os.environ, "COMPACTVISION_KEEP_FREED_MEMORY": "1" if keep else "0"}
+    from compactvision.runtime import KEEP_FREED_MEMORY_ENV
+
+    env = {**os.environ, KEEP_FREED_MEMORY_ENV: "1" if keep else "0"}
     cmd = [sys.executable, __file__, "--child", str(case), "--steps", str(steps)]
     if threads:
         cmd += ["--threads", str(threads)]

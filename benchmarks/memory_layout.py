@@ -51,11 +51,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    v4 = PIPELINES["v4"]
-    teacher_config = replace(PRESETS[v4.teacher_preset], **{**v4.teacher_overrides, "image_size": args.size})
     size = (args.size, args.size)
     models = {
-        "v4 teacher (40 neurons)": (lambda: build_teacher(teacher_config, {"s": [str(i) for i in range(40)]}), 40),
+        "v4 teacher (40 neurons)": (lambda: pipeline_teacher("v4", args.size, 40), 40),
         "student 64-64-64-64-64 (8 neurons)": (lambda: CompactStudent(StudentArch(channels=(64,) * 5, n_outputs=8,
                                                                                   input_size=size)), 8),
         "student 47-57-3-7-3 (1 neuron)": (lambda: CompactStudent(StudentArch(channels=(47, 57, 3, 7, 3),
@@ -72,6 +70,13 @@ def main() -> None:
         print(f"{name:<36} {rates[0]:>8.1f} {rates[1]:>14.1f} {rates[1] / rates[0]:>6.2f}", flush=True)
 
 
+def pipeline_teacher(pipeline: str, size: int, n_neurons: int) -> torch.nn.Module:
+    """A pipeline preset's teacher at `size` px, untrained (timing does not depend on the weights)."""
+    p = PIPELINES[pipeline]
+    config = replace(PRESETS[p.teacher_preset], **{**p.teacher_overrides, "image_size": size})
+    return build_teacher(config, {"s": [str(i) for i in range(n_neurons)]})
+
+
 def published_bank(n: int = 8) -> StudentBank:
     """`n` one-neuron students of the reference's median size at 112 px, banked as re-compression labels with."""
     ids = [f"n{k}" for k in range(n)]
@@ -80,15 +85,10 @@ def published_bank(n: int = 8) -> StudentBank:
 
 def label_rates(device: torch.device, batch: int, size: int, steps: int) -> None:
     """Labelling images/s per teacher kind, NCHW against channels-last, side by side."""
-    v4 = PIPELINES["v4"]
-    demo = PIPELINES["demo"]
+    demo_size = PIPELINES["demo"].image_size
     teachers = {
-        f"v4 teacher (40 neurons, {size} px)": (lambda: build_teacher(replace(
-            PRESETS[v4.teacher_preset], **{**v4.teacher_overrides, "image_size": size}),
-            {"s": [str(i) for i in range(40)]}), size),
-        f"demo teacher (16 neurons, {demo.image_size} px)": (lambda: build_teacher(replace(
-            PRESETS[demo.teacher_preset], **{**demo.teacher_overrides, "image_size": demo.image_size}),
-            {"s": [str(i) for i in range(16)]}), demo.image_size),
+        f"v4 teacher (40 neurons, {size} px)": (lambda: pipeline_teacher("v4", size, 40), size),
+        f"demo teacher (16 neurons, {demo_size} px)": (lambda: pipeline_teacher("demo", demo_size, 16), demo_size),
         "8 published-size models, 112 px": (published_bank, 112),
         "the same, BatchNorm folded": (lambda: published_bank().fused(), 112),
     }
