@@ -38,7 +38,7 @@ from compactvision.errors import ArtifactError
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
 from compactvision.models.bank import StudentBank
 from compactvision.progress import Progress, silent
-from compactvision.runtime import cpu_count, torch_threads
+from compactvision.runtime import cpu_count, return_freed_memory, torch_threads
 from compactvision.rundir import (CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of,
                                   teacher_image_size, training_images)
 from compactvision.prune import PruneConfig, prune_neuron, r_squared, responses
@@ -493,6 +493,16 @@ def default_workers(config: CompressConfig) -> int:
     return max(1, cpu_count() // max(1, config.threads_per_task))
 
 
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Local per-neuron worker processes.
+
+    Spawned, not forked: fresh interpreters, no forked torch thread pools; tasks
+    read the run from disk. They keep the platform's default allocator even
+    where the parent keeps freed memory (`runtime.return_freed_memory`).
+    """
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=return_freed_memory)
+
+
 def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, Any], backend: str = "local",
               workers: int = 1, address: str | None = None):
     """Yield each finished neuron's record, as tasks complete, on the chosen backend."""
@@ -505,8 +515,7 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
             for i in indices:
                 yield compress_neuron(run_dir, i, config_dict)
             return
-        # spawn: fresh interpreters, no forked torch thread pools; tasks read the run from disk.
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        pool = worker_pool(workers)
         futures = [pool.submit(compress_neuron, str(run_dir), i, dict(config_dict)) for i in indices]
         try:
             with _sigterm_raises():

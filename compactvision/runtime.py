@@ -48,8 +48,8 @@ def keep_freed_memory() -> bool:
     and are reused. Why it is not the default: a process whose allocations
     change size all the time fragments that heap. A re-compression worker,
     pruning and retraining ever smaller copies, grew to 11 GB and was killed
-    for memory. Applied once per process, only on glibc. Returns whether it is
-    in effect.
+    for memory; so per-neuron workers never apply it (`return_freed_memory`).
+    Applied once per process, only on glibc. Returns whether it is in effect.
     """
     global _kept
     if _kept is None:
@@ -61,6 +61,18 @@ def keep_freed_memory() -> bool:
                 return False
             _kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     return _kept
+
+
+def return_freed_memory() -> None:
+    """Keep this process on the platform's default allocator, whatever `KEEP_FREED_MEMORY_ENV` says.
+
+    The initializer of per-neuron worker processes: each prunes and retrains
+    ever smaller copies of a student, the pattern that fragmented a kept heap
+    (see `keep_freed_memory`), while the shared stages that gain most from
+    kept memory run in the parent. Call it before the process selects a device.
+    """
+    global _kept
+    _kept = False
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -42,3 +42,20 @@ def test_the_variable_has_freed_memory_kept_for_reuse_and_by_default_it_is_not()
     # 8 x 64 MB is 131,072 pages: faulted in anew each time by default, about once when kept.
     assert plain_faults > 100_000
     assert faults < plain_faults / 4
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (mallopt)")
+def test_per_neuron_workers_keep_the_default_allocator_when_the_parent_keeps_freed_memory(monkeypatch) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from compactvision.compress import worker_pool
+    from compactvision.runtime import keep_freed_memory
+
+    monkeypatch.setenv(KEEP_FREED_MEMORY_ENV, "1")
+    # A plain spawned process inherits the variable and applies it...
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as plain:
+        assert plain.submit(keep_freed_memory).result()
+    # ...a compression worker does not.
+    with worker_pool(1) as pool:
+        assert not pool.submit(keep_freed_memory).result()
