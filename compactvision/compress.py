@@ -38,7 +38,7 @@ from compactvision.errors import ArtifactError
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
 from compactvision.models.bank import StudentBank
 from compactvision.progress import Progress, silent
-from compactvision.runtime import cpu_count, return_freed_memory, torch_threads
+from compactvision.runtime import cpu_count, keeps_freed_memory, return_freed_memory, torch_threads
 from compactvision.rundir import (CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of,
                                   teacher_image_size, training_images)
 from compactvision.prune import PruneConfig, prune_neuron, r_squared, responses
@@ -511,7 +511,7 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
     if backend == "ray":
         yield from ray_tasks(compress_neuron, run_dir, indices, config_dict, address=address)
     elif backend == "local":
-        if workers <= 1:
+        if workers <= 1 and not keeps_freed_memory():  # else even one worker prunes in a process of its own
             for i in indices:
                 yield compress_neuron(run_dir, i, config_dict)
             return

@@ -54,13 +54,24 @@ def keep_freed_memory() -> bool:
     global _kept
     if _kept is None:
         _kept = False
-        if os.environ.get(KEEP_FREED_MEMORY_ENV) == "1" and platform.libc_ver()[0] == "glibc":
+        if _requested():
             try:
                 mallopt = ctypes.CDLL(None).mallopt
             except (OSError, AttributeError):
                 return False
             _kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     return _kept
+
+
+def keeps_freed_memory() -> bool:
+    """Whether this process keeps freed memory, or will once it selects the CPU; applies nothing."""
+    if _kept is None:
+        return _requested()
+    return _kept
+
+
+def _requested() -> bool:
+    return os.environ.get(KEEP_FREED_MEMORY_ENV) == "1" and platform.libc_ver()[0] == "glibc"
 
 
 def return_freed_memory() -> None:
