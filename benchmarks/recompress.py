@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from compactvision.artifacts import MANIFEST, list_students, load_student, read_json
-from compactvision.compress import CompressConfig, compress_run, default_workers, describe_stage_seconds, load_shared_student
+from compactvision.compress import (SETTINGS, CompressConfig, compress_run, default_workers, describe_stage_seconds,
+                                   load_shared_student, same_shared_stages)
 from compactvision.cowley import import_cowley, session_predictions
 from compactvision.cowley.recompress import prepare_recompress
 from compactvision.distill import LabelCache
@@ -49,7 +50,7 @@ from compactvision.errors import CompactVisionError
 from compactvision.metrics import pearson_r
 from compactvision.pipeline import COMPRESS_PRESETS
 from compactvision.progress import reporter
-from compactvision.rundir import CACHE_DIR, heldout_data, history_path, neuron_ids_of
+from compactvision.rundir import CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of
 from compactvision.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,25 +181,35 @@ def print_time(rows: list[dict[str, float | str]], stages: dict[str, float], wor
     print(line)
 
 
-def reuse_labels(run: Path, work: Path, config: CompressConfig) -> Path | None:
-    """Link a sibling run's finished label cache into `run` if it labelled the same stream for the same neurons.
+def reuse_shared_stages(run: Path, work: Path, config: CompressConfig) -> tuple[Path | None, list[str]]:
+    """Link a sibling run's finished labels, and its shared student where that was made the same way, into `run`.
 
     Variants that differ only after labelling (epochs, readout rank) then skip
-    the labels' minutes. The files are hard links to caches that are complete,
-    which are only ever read. Returns the run whose labels were taken.
+    the labels' minutes, and variants that differ only per neuron (a per-neuron
+    fit) also skip the shared student's. The files are hard links to finished
+    files, which are only ever read. Returns the run they came from (None: nothing
+    linked) and what was linked.
     """
     mine = run / CACHE_DIR / "labels"
     if (mine / "cache.json").exists():
-        return None
+        return None, []
     ids = neuron_ids_of(run)
     for other in sorted(work.glob("ours_*/" + CACHE_DIR + "/labels/cache.json")):
         meta = read_json(other)
         if meta.get("complete") and meta.get("neuron_ids") == ids and meta.get("stream") == asdict(config.stream):
+            source = other.parents[2]
             mine.mkdir(parents=True, exist_ok=True)
             for name in ("images.npy", "labels.npy", "cache.json"):
                 os.link(other.parent / name, mine / name)
-            return other.parents[2]
-    return None
+            linked = ["labels"]
+            settings = source / SETTINGS
+            if ((source / SHARED_STUDENT).exists() and not (run / SHARED_STUDENT).exists() and settings.exists()
+                    and same_shared_stages(read_json(settings), config.to_dict())):
+                (run / SHARED_STUDENT).parent.mkdir(parents=True, exist_ok=True)
+                os.link(source / SHARED_STUDENT, run / SHARED_STUDENT)
+                linked.append("shared student")
+            return source, linked
+    return None, []
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -221,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="images the published models label for distillation, instead of the preset's (kept apart)")
     ap.add_argument("--readout-rank", type=int,
                     help="rank of the shared student's factorised readout instead of the preset's (kept apart)")
+    ap.add_argument("--neuron-epochs", type=int,
+                    help="epochs of each neuron's own fit before pruning, instead of the preset's (kept apart; the "
+                         "labels and shared student are linked from a run that made them the same way)")
     ap.add_argument("--rank-cap", action="store_true",
                     help="print how closely each published model follows itself with its readout cut to rank 1 and 2")
     ap.add_argument("--distil-only", action="store_true",
@@ -237,12 +251,15 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, stream=replace(config.stream, n_images=args.images))
     if args.readout_rank:
         config = replace(config, readout_rank=args.readout_rank)
+    if args.neuron_epochs is not None:
+        config = replace(config, neuron_epochs=args.neuron_epochs)
     # A run's folder names what sets it apart (a preset other than `recompress`, each setting changed from the
     # preset), so a variant never resumes another.
     variant = (f"{per_session or 'all'}" + ("" if args.preset == "recompress" else f"_{args.preset}")
                + (f"_e{config.shared_epochs}" if config.shared_epochs != preset.shared_epochs else "")
                + (f"_i{config.stream.n_images}" if config.stream.n_images != preset.stream.n_images else "")
-               + (f"_k{config.readout_rank}" if config.readout_rank != preset.readout_rank else ""))
+               + (f"_k{config.readout_rank}" if config.readout_rank != preset.readout_rank else "")
+               + (f"_n{config.neuron_epochs}" if config.neuron_epochs != preset.neuron_epochs else ""))
     # Another choice of sessions is another sample, kept in folders of its own.
     tag = "" if tuple(args.sessions) == TEST_SESSIONS else "_" + "-".join(args.sessions)
     imported, run = args.work / f"imported_{per_session or 'all'}{tag}", args.work / f"ours_{variant}{tag}"
@@ -261,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"median ({len(caps)}): rank 1 {np.median([c[0] for c in caps.values()]):.3f}, "
                   f"rank 2 {np.median([c[1] for c in caps.values()]):.3f}")
             return 0
-        source = reuse_labels(run, args.work, config)
+        source, linked = reuse_shared_stages(run, args.work, config)
         if source is not None:
-            print(f"labels: the same stream as {source.name}'s, linked from it")
+            print(f"{' and '.join(linked)}: made the same way as {source.name}'s, linked from it")
         summary = compress_run(run, config, workers=args.workers, progress=reporter("lines"),
                                neurons=[] if args.distil_only else None)
     except CompactVisionError as e:

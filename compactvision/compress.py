@@ -413,12 +413,20 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
 SETTINGS = f"{CACHE_DIR}/compress.json"  # the settings of a compression in progress; the manifest has them once done
 # Which settings decide each stage's files. A later stage depends on every earlier one; `threads_per_task` decides
 # nothing (it only spreads the work).
-_STAGE_SETTINGS = {
+STAGE_SETTINGS = {
     "labels": ("stream",),
     "shared student": ("student_channels", "strategy", "readout_form", "readout_rank", "shared_epochs", "batch_size",
                        "lr", "seed", "channels_last"),
 }
 _NOT_DECIDING = ("threads_per_task",)
+
+
+def same_shared_stages(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two compressions' settings (`CompressConfig.to_dict()` or as recorded) make the same labels and
+    shared student, whatever they do per neuron afterwards."""
+    a, b = _flat(_with_defaults(a)), _flat(_with_defaults(b))
+    deciding = {k for stage in STAGE_SETTINGS.values() for k in stage}
+    return all(a.get(k) == b.get(k) for k in set(a) | set(b) if k.split(".")[0] in deciding)
 
 
 def guard_settings(run_dir: str | Path, config: CompressConfig, manifest: Mapping[str, Any] | None = None) -> None:
@@ -457,10 +465,10 @@ def _refuse_changed(run_dir: Path, old: Mapping[str, Any], new: Mapping[str, Any
     old, new = _flat(old), _flat(new)
     changed = [k for k in sorted(set(old) | set(new)) if k.split(".")[0] not in _NOT_DECIDING and old.get(k) != new.get(k)]
     # Each stage in order: whether its files exist, and what it reads beyond the stages before it (None: all).
-    stages = [("its labels were", (run_dir / CACHE_DIR / "labels" / "cache.json").exists(), _STAGE_SETTINGS["labels"]),
+    stages = [("its labels were", (run_dir / CACHE_DIR / "labels" / "cache.json").exists(), STAGE_SETTINGS["labels"]),
               ("its shared student was",
                (run_dir / SHARED_STUDENT).exists() or any((run_dir / CACHE_DIR / "shared").glob("*")),
-               _STAGE_SETTINGS["shared student"]),
+               STAGE_SETTINGS["shared student"]),
               ("its compact models were", any((run_dir / "history").glob("prune_*.json")), None)]
     deciding: set[str] = set()
     for what, done, settings in stages:

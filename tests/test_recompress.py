@@ -18,7 +18,8 @@ from compactvision.errors import ArtifactError, DataError
 from compactvision.models.teacher import load_teacher
 from compactvision.prune import PruneConfig
 from compactvision.cowley.scoring import load_session
-from compactvision.rundir import heldout_data, history_path, neuron_ids_of, teacher_image_size, training_images
+from compactvision.rundir import (SHARED_STUDENT, heldout_data, history_path, neuron_ids_of, teacher_image_size,
+                                  training_images)
 from conftest import load_benchmark
 from test_cowley_import import fake_release  # a miniature release in the real layout
 
@@ -106,12 +107,20 @@ def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path,
     caps = bench.readout_rank_cap(imported, out, bench.published_predictions(imported, out), ranks=(1, 3))
     assert set(caps) == {"100101_neuron0", "100101_neuron1"}
     assert all(c[1] == pytest.approx(1.0, abs=1e-6) and c[0] <= c[1] + 1e-9 for c in caps.values())
-    # A variant of the same sample that labels the same stream takes the labels instead of making them again.
+    # A variant of the same sample that labels the same stream takes the labels instead of making them again,
+    # and the shared student too where only what happens per neuron differs.
     variant = prepare_recompress(imported, tmp_path / "ours_b", per_session=2)
-    assert bench.reuse_labels(variant, tmp_path, replace(TINY, stream=replace(TINY.stream, n_images=256))) is None
-    assert bench.reuse_labels(variant, tmp_path, TINY) == out
+    assert bench.reuse_shared_stages(variant, tmp_path, replace(TINY, stream=replace(TINY.stream, n_images=256))) \
+        == (None, [])
+    assert bench.reuse_shared_stages(variant, tmp_path, replace(TINY, shared_epochs=TINY.shared_epochs + 1)) \
+        == (out, ["labels"])
     assert LabelCache(variant / ".cache" / "labels").seconds == LabelCache(out / ".cache" / "labels").seconds
-    assert bench.reuse_labels(variant, tmp_path, TINY) is None, "a run with labels keeps its own"
+    assert not (variant / SHARED_STUDENT).exists()
+    assert bench.reuse_shared_stages(variant, tmp_path, TINY) == (None, []), "a run with labels keeps its own"
+    per_neuron = prepare_recompress(imported, tmp_path / "ours_c", per_session=2)
+    assert bench.reuse_shared_stages(per_neuron, tmp_path, replace(TINY, neuron_epochs=TINY.neuron_epochs + 1)) \
+        == (out, ["labels", "shared student"])
+    assert (per_neuron / SHARED_STUDENT).read_bytes() == (out / SHARED_STUDENT).read_bytes()
 
 
 def test_unknown_neurons_and_wrong_runs_are_refused_before_anything_is_written(imported, tmp_path):
