@@ -1,8 +1,8 @@
 """Re-compressing the published V4 compact models: ours against theirs, neuron by neuron.
 
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
-                                    [--images N] [--readout-rank K] [--distil-only] [--rank-cap] [--sessions 190923 201025]
-                                    [--preset recompress]
+                                    [--images N] [--readout-rank K] [--neuron-epochs N] [--distil-only] [--rank-cap]
+                                    [--sessions 190923 201025] [--preset recompress]
 
 Each published model of Cowley et al. (2026) is taken as the teacher of its
 neuron (`compactvision recompress`): distilled into a fresh wide student
@@ -20,7 +20,9 @@ seconds our compression took; then the medians. `--shared-epochs N` trains
 the shared student for N epochs instead of the preset's, in a run of its own
 (`ours_<sample>_e<N>`), so the two can be compared neuron by neuron; `--images N`
 likewise labels N images for it instead of the preset's, and `--readout-rank K`
-reads each neuron out at rank K. `--rank-cap` prints, and does nothing else,
+reads each neuron out at rank K. `--neuron-epochs N` fits each neuron's copy
+of the shared student for N epochs on its own before pruning, and links the
+labels and shared student from the run that made them. `--rank-cap` prints, and does nothing else,
 how closely each published model follows itself with its own readout cut to
 rank 1 and 2: what a readout of that form loses on the published model's own
 features. `r distilled~theirs`
