@@ -100,9 +100,11 @@ def test_recompression_distils_prunes_and_resumes_per_neuron(imported, tmp_path,
         assert -1 <= r["r_distilled_vs_theirs"] <= 1 and -1 <= r["r_ours_vs_theirs"] <= 1
         assert r["params_ours"] < 8 * 8 * 25 * 5 and r["seconds"] > 0
     bench.print_table(rows)
+    bench.print_time(rows, summary["stage_seconds"], workers=2)
+    printed = capsys.readouterr().out
+    assert "r distilled~theirs" in printed and "on 2 workers the sample costs" in printed
     stream = bench.distilled_r_stream(out)
     assert sorted(stream) == ["100101_neuron0", "100101_neuron1"] and all(-1 <= r <= 1 for r in stream.values())
-    assert "r distilled~theirs" in capsys.readouterr().out
     # Cut to its full rank (3 channels), a published readout is itself; cut to rank one, at most as close.
     caps = bench.readout_rank_cap(imported, out, bench.published_predictions(imported, out), ranks=(1, 3))
     assert set(caps) == {"100101_neuron0", "100101_neuron1"}
