@@ -38,7 +38,7 @@ from compactvision.errors import ArtifactError
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
 from compactvision.models.bank import StudentBank
 from compactvision.progress import Progress, silent
-from compactvision.runtime import cpu_count, keeps_freed_memory, return_freed_memory, torch_threads
+from compactvision.runtime import cpu_count, release_freed_memory, torch_threads
 from compactvision.rundir import (CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of,
                                   teacher_image_size, training_images)
 from compactvision.prune import PruneConfig, prune_neuron, r_squared, responses
@@ -294,6 +294,7 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         """
         m.low_rank_readout(config.readout_rank)
         fit(m, _stream(cache, idx, config.batch_size, col, tc.seed), val, tc, progress=False, target_stats=stats)
+        release_freed_memory()  # each fit's blocks differ in size from the last: a kept heap must not hoard them
         return m.cpu().dense_readout()
 
     if config.neuron_epochs > 0:
@@ -397,6 +398,7 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
     done = sum(history_path(run_dir, ids[i]).exists() for i in todo)
     progress("compress", done, len(todo))
     pending = [i for i in todo if not history_path(run_dir, ids[i]).exists()]
+    release_freed_memory()  # what the shared stages kept, before the workers need it
     for _ in run_tasks(run_dir, pending, cfg, backend=backend, workers=workers, address=address):
         done += 1
         progress("compress", done, len(todo))
@@ -501,16 +503,6 @@ def default_workers(config: CompressConfig) -> int:
     return max(1, cpu_count() // max(1, config.threads_per_task))
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """Local per-neuron worker processes.
-
-    Spawned, not forked: fresh interpreters, no forked torch thread pools; tasks
-    read the run from disk. They keep the platform's default allocator even
-    where the parent keeps freed memory (`runtime.return_freed_memory`).
-    """
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=return_freed_memory)
-
-
 def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, Any], backend: str = "local",
               workers: int = 1, address: str | None = None):
     """Yield each finished neuron's record, as tasks complete, on the chosen backend."""
@@ -519,11 +511,12 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
     if backend == "ray":
         yield from ray_tasks(compress_neuron, run_dir, indices, config_dict, address=address)
     elif backend == "local":
-        if workers <= 1 and not keeps_freed_memory():  # else even one worker prunes in a process of its own
+        if workers <= 1:
             for i in indices:
                 yield compress_neuron(run_dir, i, config_dict)
             return
-        pool = worker_pool(workers)
+        # spawn: fresh interpreters, no forked torch thread pools; tasks read the run from disk.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
         futures = [pool.submit(compress_neuron, str(run_dir), i, dict(config_dict)) for i in indices]
         try:
             with _sigterm_raises():
