@@ -49,7 +49,7 @@ def keep_freed_memory() -> bool:
     change size all the time fragments that heap. A re-compression worker,
     pruning and retraining ever smaller copies, grew to 11 GB and was killed
     for memory. Compression hands the kept pages back after every fit
-    (`release_freed_memory`), which bounded the same workers at 5.7-6.7 GB.
+    (`release_freed_memory`); its workers then stayed under 6.7 GB.
     Applied once per process, only on glibc. Returns whether it is in effect.
     """
     global _kept
