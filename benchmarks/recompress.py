@@ -22,10 +22,10 @@ the shared student for N epochs instead of the preset's, in a run of its own
 likewise labels N images for it instead of the preset's, and `--readout-rank K`
 reads each neuron out at rank K. `--neuron-epochs N` fits each neuron's copy
 of the shared student for N epochs on its own before pruning, and links the
-labels and shared student from the run that made them. `--rank-cap` prints, and does nothing else,
-how closely each published model follows itself with its own readout cut to
-rank 1 and 2: what a readout of that form loses on the published model's own
-features. `r distilled~theirs`
+labels and shared student from the run that made them. `--rank-cap` prints,
+and does nothing else, how closely each published model follows itself with
+its own readout cut to rank 1 and 2: what a readout of that form loses on the
+published model's own features. `r distilled~theirs`
 is the unpruned shared student's column against the published model, so a
 shortfall can be put on distillation or on pruning; `--distil-only` stops there.
 """
