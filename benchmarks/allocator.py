@@ -6,8 +6,9 @@
 CPU, where COMPACTVISION_KEEP_FREED_MEMORY=1) stops glibc from unmapping the
 large blocks PyTorch frees at every step. Each case below runs twice, in a
 fresh process each time (the setting cannot be undone within a process):
-once with the platform's default and once with the setting. Per case it prints images/s, the share of the process's
-CPU time spent in the kernel, and minor page faults per image, side by side:
+once with the platform's default and once with the setting. Per case it
+prints images/s, the share of the process's CPU time spent in the kernel, and
+minor page faults per image, side by side:
 
 * training the 64-filter student that re-compression and the `v4` pipeline
   distil (8 outputs, 112 px, batch 64, channels-last);

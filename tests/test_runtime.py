@@ -25,12 +25,16 @@ print(keep_freed_memory(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - 
 """
 
 
-def _page_faults(keep: str | None) -> tuple[bool, int]:
+def _child(script: str, keep: str | None) -> list[str]:
+    """What `script` prints in a fresh process, with the variable set to `keep` (None: unset)."""
     env = {k: v for k, v in os.environ.items() if k != KEEP_FREED_MEMORY_ENV}
     if keep is not None:
         env[KEEP_FREED_MEMORY_ENV] = keep
-    out = subprocess.run([sys.executable, "-c", ALLOCATE], env=env, check=True, capture_output=True, text=True)
-    kept, faults = out.stdout.split()
+    return subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True).stdout.split()
+
+
+def _page_faults(keep: str | None) -> tuple[bool, int]:
+    kept, faults = _child(ALLOCATE, keep)
     return kept == "True", int(faults)
 
 
@@ -62,9 +66,7 @@ print(released, held - resident_mb())
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (mallopt)")
 def test_kept_memory_is_handed_back_between_fits_and_nothing_is_asked_by_default() -> None:
     def run(keep: str) -> tuple[bool, float]:
-        env = {**os.environ, KEEP_FREED_MEMORY_ENV: keep}
-        out = subprocess.run([sys.executable, "-c", RELEASE], env=env, check=True, capture_output=True, text=True)
-        released, freed_mb = out.stdout.split()
+        released, freed_mb = _child(RELEASE, keep)
         return released == "True", float(freed_mb)
 
     released, freed_mb = run("1")
