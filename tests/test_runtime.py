@@ -30,7 +30,8 @@ def _child(script: str, keep: str | None) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k != KEEP_FREED_MEMORY_ENV}
     if keep is not None:
         env[KEEP_FREED_MEMORY_ENV] = keep
-    return subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True).stdout.split()
+    done = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
+    return done.stdout.split()
 
 
 def _page_faults(keep: str | None) -> tuple[bool, int]:
