@@ -2,7 +2,8 @@
 
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
                                     [--images N] [--readout-rank K] [--neuron-epochs N] [--distil-only] [--rank-cap]
-                                    [--sessions 190923 201025] [--preset recompress]
+                                    [--finished-only] [--sessions 190923 201025] [--preset recompress]
+    bash benchmarks/recompress_gpu.sh [SECONDS]   # every published model on one GPU, within a time budget
 
 Each published model of Cowley et al. (2026) is taken as the teacher of its
 neuron (`compactvision recompress`): distilled into a fresh wide student
@@ -10,8 +11,10 @@ neuron (`compactvision recompress`): distilled into a fresh wide student
 our criterion. On CPU the sample is fixed and printed: the first
 `--per-session` (4) neurons of each test session, 190923 and 201025 unless
 `--sessions` names others. With a
-GPU, or `--all`, every published model. The work is resumable: rerunning the
-command continues where it stopped, and finished neurons are only re-scored.
+GPU, or `--all`, every published model, unless `--per-session` is given. The
+work is resumable: rerunning the command continues where it stopped, and
+finished neurons are only re-scored; `--finished-only` prints the table for
+the neurons finished so far and prunes no further.
 
 Per neuron, on the held-out second half of its session's images (the paper's
 protocol), it prints: parameters (ours, theirs), r of our model against
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--release", type=Path, default=DEFAULT_RELEASE, help="the V4 release folder")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "recompress", help="where the runs are kept (resumable)")
-    ap.add_argument("--per-session", type=int, default=4, help="neurons per test session on CPU (default 4)")
+    ap.add_argument("--per-session", type=int,
+                    help="neurons per test session (default: 4 on CPU, every one where a GPU is present)")
     ap.add_argument("--all", action="store_true", help="every published model (the default where a GPU is present)")
     ap.add_argument("--sessions", nargs="+", default=list(TEST_SESSIONS),
                     help=f"the sessions whose published models are re-compressed (default {' '.join(TEST_SESSIONS)})")
@@ -240,11 +244,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="print how closely each published model follows itself with its readout cut to rank 1 and 2")
     ap.add_argument("--distil-only", action="store_true",
                     help="stop after the shared student: print its r against the published models, prune nothing")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="prune no further: print the table for the neurons finished so far (after a run was cut "
+                         "short, say)")
     args = ap.parse_args(argv)
     # Ctrl-C and SIGTERM stop the workers and keep every finished neuron, as `compactvision compress` does.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    per_session = None if args.all or torch.cuda.is_available() else args.per_session
+    if args.all:
+        per_session = None
+    elif args.per_session is not None:
+        per_session = args.per_session
+    else:
+        per_session = None if torch.cuda.is_available() else 4
     preset = config = COMPRESS_PRESETS[args.preset]
     if args.shared_epochs:
         config = replace(config, shared_epochs=args.shared_epochs)
@@ -279,11 +291,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"median ({len(caps)}): rank 1 {np.median([c[0] for c in caps.values()]):.3f}, "
                   f"rank 2 {np.median([c[1] for c in caps.values()]):.3f}")
             return 0
+        if args.finished_only and not any(history_path(run, nid).exists() for nid in neuron_ids_of(run)):
+            print("no neuron is finished yet: run without --finished-only to compress them", file=sys.stderr)
+            return 1
         source, linked = reuse_shared_stages(run, args.work, config)
         if source is not None:
             print(f"{' and '.join(linked)}: made the same way as {source.name}'s, linked from it")
         summary = compress_run(run, config, workers=args.workers, progress=reporter("lines"),
-                               neurons=[] if args.distil_only else None)
+                               neurons=[] if args.distil_only or args.finished_only else None)
     except CompactVisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from dataclasses import replace
 
 import pytest
@@ -137,3 +138,20 @@ def test_unknown_neurons_and_wrong_runs_are_refused_before_anything_is_written(i
         prepare_recompress(teacherless, tmp_path / "d")
     assert main(["recompress", str(imported), "--out", str(tmp_path / "e"), "--neurons", "nope"]) != 0
     assert not (tmp_path / "e").exists()
+
+
+def test_the_benchmark_scores_finished_neurons_only_and_starts_no_work_for_that(tmp_path, capsys):
+    """`--finished-only` reads what a cut-short run left; with nothing finished it says so and labels nothing."""
+    bench = load_benchmark("recompress")
+    root = fake_release(tmp_path / "release", n_models=2, n_images=40)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        code = bench.main(["--release", str(root), "--work", str(tmp_path / "w"), "--sessions", "100101",
+                           "--per-session", "1", "--preset", "tiny", "--finished-only"])
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert code == 1 and "no neuron is finished yet" in capsys.readouterr().err
+    run = tmp_path / "w" / "ours_1_tiny_100101"
+    assert neuron_ids_of(run) == ["100101_neuron0"], "--per-session picks the sample, GPU or not"
+    assert not (run / ".cache" / "labels").exists() and not (run / SHARED_STUDENT).exists()
