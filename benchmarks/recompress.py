@@ -3,7 +3,7 @@
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
                                     [--images N] [--readout-rank K] [--neuron-epochs N] [--distil-only] [--rank-cap]
                                     [--finished-only] [--sessions 190923 201025] [--preset recompress]
-    bash benchmarks/recompress_gpu.sh [SECONDS]   # every published model on one GPU, within a time budget
+    bash benchmarks/recompress_gpu.sh [SECONDS [ARGS...]]   # on one GPU, within a time budget
 
 Each published model of Cowley et al. (2026) is taken as the teacher of its
 neuron (`compactvision recompress`): distilled into a fresh wide student
