@@ -49,6 +49,14 @@ def test_the_variable_has_freed_memory_kept_for_reuse_and_by_default_it_is_not()
     assert faults < plain_faults / 4
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (mallopt)")
+def test_a_stage_that_picks_the_gpu_keeps_freed_memory_too_where_asked() -> None:
+    """A GPU run prunes on the CPU between its fits, so the setting must not depend on the device picked."""
+    script = "from compactvision import runtime\nruntime.select_device('cuda')\nprint(runtime._kept)"
+    assert _child(script, "1") == ["True"]
+    assert _child(script, None) == ["False"]
+
+
 RELEASE = """
 import torch
 from compactvision.runtime import release_freed_memory, select_device
