@@ -20,10 +20,10 @@ import torch
 def select_device(preference: str | None = None) -> torch.device:
     """`preference` may be "cpu", "cuda", "cuda:1"; None picks CUDA when available.
 
-    It also applies `keep_freed_memory` where the user asked for it, every
-    stage that computes asks here first, and whatever the device: a GPU run
-    computes on the CPU too (compression scores each pruning cut on CPU probe
-    images between fits on the GPU).
+    Every stage that computes asks here first, so this is where
+    `keep_freed_memory` is applied (where the user asked for it). It is applied
+    whatever the device: a GPU run computes on the CPU too (compression scores
+    each pruning cut on CPU probe images between fits on the GPU).
     """
     device = torch.device(preference) if preference else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     keep_freed_memory()
