@@ -277,7 +277,8 @@ def _export(args: argparse.Namespace) -> None:
 def add_import_cowley(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-cowley", help="convert the published Cowley et al. compact models into a run")
     p.add_argument("weights_dir", help="the release's compact_models/ folder (or the release root)")
-    p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--out", required=True,
+                   help="new run directory (an import stopped part-way continues in its folder)")
     p.add_argument("--sessions", nargs="+", help="only these sessions (default: every model found)")
     p.add_argument("--per-session", type=int, metavar="K", help="only the first K models of each session")
     p.add_argument("--no-evaluate", action="store_true",

@@ -210,6 +210,44 @@ def test_import_scores_and_exports_a_fake_release(tmp_path, capsys):
         import_cowley(root, run)
 
 
+def test_an_import_stopped_part_way_resumes_without_converting_a_model_twice(tmp_path, monkeypatch):
+    import compactvision.cowley.importing as importing
+
+    root = fake_release(tmp_path / "release", n_models=3)
+    run = tmp_path / "run"
+
+    def stop_after_two(stage, done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        import_cowley(root, run, progress=stop_after_two, device="cpu")
+    assert list_students(run) == ["100101_neuron0", "100101_neuron1"] and not (run / "manifest.json").exists()
+
+    converted = []
+    real = importing.load_published_model
+    monkeypatch.setattr(importing, "load_published_model", lambda m: converted.append(m.neuron_id) or real(m))
+    import_cowley(root, run, device="cpu")
+    assert converted == ["100101_neuron2"]  # the two written before the stop were kept as they were
+    assert list_students(run) == ["100101_neuron0", "100101_neuron1", "100101_neuron2"]
+    # the scores kept from before the stop reach the manifest as an uninterrupted import's do
+    resumed, whole = (read_manifest(r)["metrics"] for r in (run, import_cowley(root, tmp_path / "whole", device="cpu")))
+    assert resumed["per_neuron"].keys() == whole["per_neuron"].keys()
+    for nid, scores in whole["per_neuron"].items():
+        np.testing.assert_allclose([resumed["per_neuron"][nid][k] for k in sorted(scores)],
+                                   [scores[k] for k in sorted(scores)], equal_nan=True)
+    assert resumed["compression"]["n_students"] == 3 and resumed["sessions"] == whole["sessions"]
+
+
+def test_an_unfinished_import_of_other_models_is_not_mixed_into_a_new_one(tmp_path):
+    root = fake_release(tmp_path / "release", n_models=3)
+    run = tmp_path / "run"
+    import_cowley(root, run, evaluate=False)
+    (run / "manifest.json").unlink()  # as if stopped before the end
+    with pytest.raises(ArtifactError, match="unfinished import of other models"):
+        import_cowley(root, run, evaluate=False, per_session=1)
+
+
 def test_a_session_without_images_is_imported_and_says_why_it_has_no_score(tmp_path, capsys):
     root = fake_release(tmp_path / "release")
     (root / "images" / "images_100101.zip").unlink()

@@ -7,7 +7,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from compactvision.artifacts import STUDENTS, atomic_write_json, save_student, sha256_file, write_manifest
+from compactvision.artifacts import (MANIFEST, STUDENTS, atomic_write_json, list_students, read_json, save_student,
+                                     sha256_file, student_paths, write_manifest)
 from compactvision.cowley.convert import PublishedModel, find_published_models, load_published_model
 from compactvision.cowley.scoring import load_session, release_root_of, score_students, session_summary, split_halves
 from compactvision.errors import ArtifactError
@@ -28,14 +29,16 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
     that could not be scored is still imported, and the manifest's
     `metrics["not_scored"]` says why. `progress("import-cowley", models_done,
     n_models)` follows each model written. `per_session` keeps only the first
-    models of each session (by neuron index), for a quick sample.
+    models of each session (by neuron index), for a quick sample. An import
+    stopped part-way (Ctrl-C, a killed process) resumes when run again on
+    the same folder: the models already written are kept, not converted or
+    scored again.
     """
     out_run = Path(out_run)
     models = find_published_models(weights_dir, sessions)
     if per_session is not None:
         models = [m for _, group in groupby(models, key=lambda m: m.session) for m in list(group)[:per_session]]
-    if (out_run / STUDENTS).is_dir() and any((out_run / STUDENTS).iterdir()):
-        raise ArtifactError("output run already has students; choose an empty folder", out_run)
+    done = _finished_models(out_run, models)
     root = release_root_of(models[0].weights.parent) if evaluate else None
     by_session: dict[str, list[PublishedModel]] = {}
     for m in models:
@@ -59,6 +62,15 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
         scores: dict[int, dict[str, float]] = {}
         n_parameters: dict[int, int] = {}
         for m in group:
+            kept = done.get(m.neuron_id)
+            if kept is not None and (not has_data or "metrics" in kept):  # written before an interruption
+                n_parameters[m.index] = int(kept["n_parameters"])
+                records[m.neuron_id] = {"n_parameters": n_parameters[m.index], "macs": kept["macs"],
+                                        **(kept.get("metrics", {}) if has_data else {})}
+                if has_data:
+                    scores[m.index] = dict(kept["metrics"])
+                progress("import-cowley", len(records), len(models))
+                continue
             student = load_published_model(m)
             n_parameters[m.index] = student.n_parameters()
             record: dict[str, Any] = {"n_parameters": n_parameters[m.index], "macs": student.macs()}
@@ -85,6 +97,38 @@ def import_cowley(weights_dir: str | Path, out_run: str | Path, sessions: Iterab
                             "sessions": session_metrics, "not_scored": not_scored,
                             "compression": _summarise(records)})
     return out_run
+
+
+def _finished_models(out_run: Path, models: list[PublishedModel]) -> dict[str, dict[str, Any]]:
+    """Sidecars of the models an interrupted import of the same files already wrote, by neuron id.
+
+    An import writes each model's weights, then its sidecar, and the manifest
+    last: a folder with students and no manifest is an import cut short, and
+    running the same import again goes on from where it stopped. A finished
+    run (it has a manifest), or students this import would not write (another
+    release or sessions), are refused, so nothing is overwritten or mixed.
+    """
+    if not (out_run / STUDENTS).is_dir() or not any((out_run / STUDENTS).iterdir()):
+        return {}
+    if (out_run / MANIFEST).exists():
+        raise ArtifactError("output run already has students; choose an empty folder", out_run)
+    wanted = {m.neuron_id: m for m in models}
+    strays = sorted(set(list_students(out_run)) - set(wanted))
+    if strays:
+        raise ArtifactError(f"output folder holds an unfinished import of other models ({', '.join(strays[:3])}"
+                            f"{', ...' if len(strays) > 3 else ''}); choose an empty folder", out_run)
+    done: dict[str, dict[str, Any]] = {}
+    for nid, m in wanted.items():
+        weights, sidecar = student_paths(out_run, nid)
+        if not (weights.is_file() and sidecar.is_file()):
+            continue
+        try:
+            record = read_json(sidecar)
+        except ArtifactError:  # a sidecar the interruption left unreadable: convert that model again
+            continue
+        if isinstance(record, dict) and record.get("source", {}).get("sha256") == sha256_file(m.weights):
+            done[nid] = record
+    return done
 
 
 def _why_not_scored(root: Path | None, session: str, weights_dir: Path) -> str:
