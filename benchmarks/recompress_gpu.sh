@@ -12,7 +12,7 @@ BUDGET=${1:-420}
 shift || true
 ARGS=("$@")  # with no --per-session the benchmark takes every published model where a GPU is present
 export PYTHONUNBUFFERED=1
-# Pruning scores its cuts on the CPU between fits on the GPU: keep freed memory there, as on a CPU machine
+# The workers read and batch their labels on the CPU: keep freed memory there, as on a CPU machine
 # (README, "COMPACTVISION_KEEP_FREED_MEMORY"); each worker stayed under 6.7 GB on the CPU sample.
 export COMPACTVISION_KEEP_FREED_MEMORY=${COMPACTVISION_KEEP_FREED_MEMORY:-1}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

@@ -38,7 +38,7 @@ from compactvision.errors import ArtifactError
 from compactvision.models.student import CompactStudent, StudentArch, select_channels
 from compactvision.models.bank import StudentBank
 from compactvision.progress import Progress, silent
-from compactvision.runtime import cpu_count, release_freed_memory, torch_threads
+from compactvision.runtime import cpu_count, release_freed_memory, select_device, torch_threads
 from compactvision.rundir import (CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of,
                                   teacher_image_size, training_images)
 from compactvision.prune import PruneConfig, prune_neuron, r_squared, responses
@@ -249,8 +249,13 @@ def slim_to_threshold(fitted: CompactStudent, slimmed: Callable[[float], Compact
     return fitted, 0.0
 
 
-def compress_neuron(run_dir: str | Path, index: int, config_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Distil and prune neuron `index` of the run; writes its student and history. Pure in its inputs."""
+def compress_neuron(run_dir: str | Path, index: int, config_dict: Mapping[str, Any],
+                    device: str | None = None) -> dict[str, Any]:
+    """Distil and prune neuron `index` of the run; writes its student and history. Pure in its inputs.
+
+    Fits and pruning run on `device` (default: CUDA where there is one, as on
+    a Ray node that picks its own).
+    """
     run_dir = Path(run_dir)
     config = CompressConfig.from_dict(config_dict)
     neuron_id = neuron_ids_of(run_dir)[index]
@@ -259,10 +264,11 @@ def compress_neuron(run_dir: str | Path, index: int, config_dict: Mapping[str, A
         return read_json(done)
     # One thread per task: tasks run side by side, and the result must not depend on the pool.
     with torch_threads(config.threads_per_task):
-        return _compress_neuron(run_dir, index, neuron_id, config, done)
+        return _compress_neuron(run_dir, index, neuron_id, config, done, select_device(device))
 
 
-def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: CompressConfig, done: Path) -> dict[str, Any]:
+def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: CompressConfig, done: Path,
+                     device: torch.device) -> dict[str, Any]:
     seed = _task_seed(config.seed, index)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -289,19 +295,20 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     def train(m: CompactStudent, idx: np.ndarray, tc: TrainConfig) -> CompactStudent:
         """Fit `m` on images `idx` (its readout at the fitted rank, the stream seeded by `tc.seed`), back dense.
 
-        A fit runs on a GPU where there is one and leaves the model there;
-        pruning measures it on CPU probe images.
+        The model stays on `device` between fits: pruning scores its cuts there
+        too, so a GPU run does not wait on the CPU between fits.
         """
         m.low_rank_readout(config.readout_rank)
-        fit(m, _stream(cache, idx, config.batch_size, col, tc.seed), val, tc, progress=False, target_stats=stats)
+        fit(m, _stream(cache, idx, config.batch_size, col, tc.seed), val, replace(tc, device=str(device)),
+            progress=False, target_stats=stats)
         release_freed_memory()  # each fit's blocks differ in size from the last: a kept heap must not hoard them
-        return m.cpu().dense_readout()
+        return m.dense_readout()
 
     if config.neuron_epochs > 0:
         train(model, fit_idx, _train_config(config, config.neuron_epochs, seed))
     else:
-        model.cpu().dense_readout()  # an unfitted copy too: pruning measures a dense CPU model
-    probe = as_model_input(np.asarray(cache.images[probe_idx]))
+        model.to(device).dense_readout()  # an unfitted copy too: pruning measures a dense model
+    probe = as_model_input(np.asarray(cache.images[probe_idx])).to(device)
     labels = np.asarray(cache.labels[probe_idx][:, index], np.float64)
     fitted, slim_l1 = model, 0.0
     if config.neuron_channel_l1 > 0:
@@ -399,7 +406,7 @@ def compress_run(run_dir: str | Path, config: CompressConfig = CompressConfig(),
     progress("compress", done, len(todo))
     pending = [i for i in todo if not history_path(run_dir, ids[i]).exists()]
     release_freed_memory()  # what the shared stages kept, before the workers need it
-    for _ in run_tasks(run_dir, pending, cfg, backend=backend, workers=workers, address=address):
+    for _ in run_tasks(run_dir, pending, cfg, backend=backend, workers=workers, address=address, device=device):
         done += 1
         progress("compress", done, len(todo))
     summary = {**summarise_run(run_dir), "stage_seconds": stage_seconds(run_dir, cache)}
@@ -504,8 +511,11 @@ def default_workers(config: CompressConfig) -> int:
 
 
 def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, Any], backend: str = "local",
-              workers: int = 1, address: str | None = None):
-    """Yield each finished neuron's record, as tasks complete, on the chosen backend."""
+              workers: int = 1, address: str | None = None, device: str | None = None):
+    """Yield each finished neuron's record, as tasks complete, on the chosen backend.
+
+    Local tasks compute on `device`; a Ray task picks its own node's.
+    """
     if not indices:
         return
     if backend == "ray":
@@ -513,11 +523,11 @@ def run_tasks(run_dir: Path, indices: Sequence[int], config_dict: Mapping[str, A
     elif backend == "local":
         if workers <= 1:
             for i in indices:
-                yield compress_neuron(run_dir, i, config_dict)
+                yield compress_neuron(run_dir, i, config_dict, device)
             return
         # spawn: fresh interpreters, no forked torch thread pools; tasks read the run from disk.
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        futures = [pool.submit(compress_neuron, str(run_dir), i, dict(config_dict)) for i in indices]
+        futures = [pool.submit(compress_neuron, str(run_dir), i, dict(config_dict), device) for i in indices]
         try:
             with _sigterm_raises():
                 for f in as_completed(futures):

@@ -152,7 +152,7 @@ def _run_from(student: CompactStudent, h: torch.Tensor, layer: int) -> torch.Ten
 @torch.no_grad()
 def responses(student: CompactStudent, probe: torch.Tensor) -> np.ndarray:
     """The one-output student's response to every probe image, in chunks."""
-    return torch.cat([student(x)[:, 0] for x in _chunks(probe)]).double().numpy()
+    return torch.cat([student(x)[:, 0] for x in _chunks(probe)]).double().cpu().numpy()
 
 
 def r_squared(pred: np.ndarray, target: np.ndarray) -> float:
@@ -212,11 +212,12 @@ def _carried_by_kept(fold: Fold, pointwise: torch.Tensor, kept: list[int], dropp
     keeps a dead filter harmless), so every next unit's pre-activation is
     reconstructed as well as the kept filters can, all at once.
     """
-    k = torch.tensor(kept)
+    k = torch.tensor(kept, device=fold.cov.device)
     d = torch.nonzero(dropped).flatten()
     cov_kk = fold.cov[k][:, k]
     ridge = 1e-6 * float(torch.diagonal(cov_kk).mean().clamp_min(1e-12))
-    b = torch.linalg.solve(cov_kk + ridge * torch.eye(len(k), dtype=cov_kk.dtype), fold.cov[k][:, d]).T  # (D, K)
+    eye = torch.eye(len(k), dtype=cov_kk.dtype, device=cov_kk.device)
+    b = torch.linalg.solve(cov_kk + ridge * eye, fold.cov[k][:, d]).T  # (D, K)
     pw = pointwise.double()
     weight = pw[:, k] + pw[:, d] @ b
     shift = pw[:, d] @ (fold.mean[d] - b @ fold.mean[k])
@@ -233,7 +234,7 @@ def cut_layer(student: CompactStudent, probe: torch.Tensor, layer: int, kept: to
     """
     fold = fold_of(student, probe, layer) if fold is None else fold
     kept = sorted({int(j) for j in kept})
-    dropped = torch.ones(fold.means.shape[1], dtype=torch.bool)
+    dropped = torch.ones(fold.means.shape[1], dtype=torch.bool, device=fold.means.device)
     dropped[kept] = False
     keep = [list(range(c)) for c in student.arch.channels]
     keep[layer] = kept
@@ -339,7 +340,8 @@ def _prune_last_on_output(student: CompactStudent, probe: torch.Tensor, labels: 
     last = len(student.layers) - 1
     contrib = _readout_contributions(student, probe)
     fold = Fold(contrib.mean(dim=0, keepdim=True))
-    contrib = contrib.double()
+    # (N, C) numbers, searched column by column: on the CPU, whatever device the model is on.
+    contrib = contrib.double().cpu()
     bias = float(student.readout.bias.detach()[0])
     if config.compensation == "least_squares":
         # The kept filters' readout weights are rescaled to reconstruct the unpruned response.
@@ -354,7 +356,7 @@ def _prune_last_on_output(student: CompactStudent, probe: torch.Tensor, labels: 
 
         def predict(k: int) -> torch.Tensor:
             kept = order[:k]
-            return contrib[:, kept].sum(1) + bias + float(fold.means[0].sum() - fold.means[0, kept].sum())
+            return contrib[:, kept].sum(1) + bias + float(fold.means[0].sum() - fold.means[0, kept.tolist()].sum())
 
     def r2_of(k: int) -> float:
         return r_squared(predict(k).numpy(), labels)
@@ -368,7 +370,7 @@ def _prune_last_on_output(student: CompactStudent, probe: torch.Tensor, labels: 
         h, w = small.arch.readout_hw
         with torch.no_grad():
             weight = small.readout.weight.view(1, h, w, k)
-            weight.mul_(torch.tensor([scale[j] for j in sorted(scale)], dtype=weight.dtype))
+            weight.mul_(torch.tensor([scale[j] for j in sorted(scale)], dtype=weight.dtype, device=weight.device))
             small.readout.bias.fill_(intercept + bias)
     return small, r2_of(k)
 
@@ -408,7 +410,7 @@ def _reconstruction_explained(student: CompactStudent, probe: torch.Tensor, laye
     total = ((full - full.mean(dim=0, keepdim=True)) ** 2).sum().clamp_min(1e-12)
 
     def explained(kept: torch.Tensor) -> float:
-        mask = torch.zeros(d.shape[1], dtype=torch.bool)
+        mask = torch.zeros(d.shape[1], dtype=torch.bool, device=d.device)
         mask[kept] = True
         approx = torch.einsum("kc,nchw->nkhw", pw[:, mask], d[:, mask]) + (pw[:, ~mask] @ d_mean[~mask])[None, :, None, None]
         approx = (approx * scale.view(1, -1, 1, 1)).permute(0, 2, 3, 1).reshape(-1, pw.shape[0])

@@ -22,8 +22,8 @@ def select_device(preference: str | None = None) -> torch.device:
 
     Every stage that computes asks here first, so this is where
     `keep_freed_memory` is applied (where the user asked for it). It is applied
-    whatever the device: a GPU run computes on the CPU too (compression scores
-    each pruning cut on CPU probe images between fits on the GPU).
+    whatever the device: a GPU run works on the CPU too (it reads and batches
+    the label cache there, and decodes images).
     """
     device = torch.device(preference) if preference else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     keep_freed_memory()

@@ -112,6 +112,22 @@ def test_interrupted_job_resumes_without_redoing(tiny_run, tmp_path):
     read_manifest(run)
 
 
+def test_the_device_asked_for_reaches_each_neurons_fits_and_pruning(tiny_run, tmp_path, monkeypatch):
+    import compactvision.compress as compress
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    nid = neuron_ids_of(run)[0]
+    history_path(run, nid).unlink()
+    before = load_student(run, nid).state_dict()
+    asked = []
+    real = compress.select_device
+    monkeypatch.setattr(compress, "select_device", lambda device=None: asked.append(device) or real(device))
+    compress_run(run, PRESETS["tiny"].compress, neurons=[0], workers=1, device="cpu")
+    assert asked == ["cpu"]  # not left to each task to pick CUDA where the user said cpu
+    after = load_student(run, nid).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after), "on the CPU, naming it changes nothing"
+
+
 def test_a_resume_with_other_settings_is_refused_and_changes_nothing(tiny_run, tmp_path):
     """A half-done run resumed under other settings would mix two configurations; it must say so instead."""
     from dataclasses import replace

@@ -2,6 +2,8 @@
 what the neuron does not read is removed."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -259,6 +261,24 @@ def test_prune_neuron_path_shrinks_and_records_every_step():
     assert all(s.accuracy ** 2 >= 0.8 * path[0].accuracy ** 2 - 1e-6 for s in path)
     assert small.arch.channels == tuple(path[-1].channels)
     assert min(small.arch.channels) >= 3
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_pruning_on_a_gpu_stays_there_and_cuts_as_on_the_cpu(device, monkeypatch):
+    # full float32 on the GPU too, so a cut on the edge of the budget goes the same way
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    m = _random_student(seed=1)
+    x = torch.rand(64, 3, 32, 32)
+    labels = responses(m, x)
+    for compensation in ("mean", "least_squares"):
+        config = PruneConfig(threshold=0.8, compensation=compensation)
+        on_cpu, _ = prune_neuron(m, x, labels, config)
+        on_gpu, _ = prune_neuron(copy.deepcopy(m).to(device), x.to(device), labels, config)
+        assert on_gpu.readout.weight.device.type == device
+        assert on_gpu.arch.channels == on_cpu.arch.channels
+        np.testing.assert_allclose(responses(on_gpu, x.to(device)), responses(on_cpu, x), rtol=1e-3, atol=1e-4)
 
 
 def test_a_second_visit_only_cuts_further_and_records_only_real_cuts():

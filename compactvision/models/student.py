@@ -331,8 +331,11 @@ def select_channels(model: CompactStudent, keep: Sequence[Sequence[int]], output
     names = arch.output_names
     new_arch = StudentArch.from_dict({**arch.to_dict(), "channels": [len(k) for k in keep], "n_outputs": len(outputs_t),
                                       "output_names": [names[i] for i in outputs_t.tolist()] if names else []})
-    new = CompactStudent(new_arch)
-    prev = torch.arange(len(arch.input_mean))
+    device = model.readout.bias.device  # the copy is made where the model is (a pruning cut on a GPU stays there)
+    keep = [k.to(device) for k in keep]
+    outputs_t = outputs_t.to(device)
+    new = CompactStudent(new_arch).to(device)
+    prev = torch.arange(len(arch.input_mean), device=device)
     with torch.no_grad():
         new.normalise.mean.copy_(model.normalise.mean)
         for old_l, new_l, k in zip(model.layers, new.layers, keep):
