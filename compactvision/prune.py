@@ -353,10 +353,11 @@ def _prune_last_on_output(student: CompactStudent, probe: torch.Tensor, labels: 
             return contrib[:, order[:k]] @ c + intercept + bias
     else:
         order = torch.argsort(contrib.var(dim=0), descending=True)
+        means = fold.means[0].cpu()
 
         def predict(k: int) -> torch.Tensor:
             kept = order[:k]
-            return contrib[:, kept].sum(1) + bias + float(fold.means[0].sum() - fold.means[0, kept.tolist()].sum())
+            return contrib[:, kept].sum(1) + bias + float(means.sum() - means[kept].sum())
 
     def r2_of(k: int) -> float:
         return r_squared(predict(k).numpy(), labels)
