@@ -150,6 +150,10 @@ DEMO_VARIANTS: dict[str, tuple[dict, str | None]] = {
     "readouts also see V1": ({"readout_sees_front_end": True}, None),
     "readouts also see V1, up to 24 epochs (patience 6)": (_LONGER, None),
     "the same on a 16 x 16 readout map (first stride 1)": ({**_LONGER, "first_stride": 1}, None),
+    "softplus readout output": ({"readout_output": "softplus"}, None),
+    "16 x 16 readout map (first stride 1), back ends 64 wide": ({"first_stride": 1, "width": 64}, None),
+    "softplus readout output, readouts also see V1": ({"readout_output": "softplus", "readout_sees_front_end": True},
+                                                      None),
 }
 
 

@@ -48,6 +48,7 @@ VARIANTS: dict[str, dict] = {
     "v4 preset, images span 8 deg": {**V4, "visual_degrees": 8.0},
     "v4 preset, images span 11 deg": {**V4, "visual_degrees": 11.2},
     "v4 preset, images span 16 deg": {**V4, "visual_degrees": 16.0},
+    "v4 preset, softplus readout output": {**V4, "readout_output": "softplus"},
 }
 
 

@@ -206,6 +206,9 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="members sharing the V1 front end, each with its own back end and readouts; the prediction "
                         "is their average (default: the preset's; 4 won on the V4 validation session)")
+    p.add_argument("--readout-output", choices=["linear", "softplus"],
+                   help="how each readout's weighted sum becomes its prediction: linear, or softplus (a learned "
+                        "threshold and floor per neuron; default: the preset's)")
     p.add_argument("--v1-noise", type=float, metavar="LEVEL",
                    help="VOneNet-style V1 noise in training and at test time, s.d. LEVEL x sqrt(rate + 1) "
                         "(1.0 is VOneNet's level; default: no noise)")
@@ -244,6 +247,8 @@ def _teacher(args: argparse.Namespace) -> None:
                              progress=_progress(args.progress),
                              config_overrides={"front_end": args.front_end, **({"compile": True} if args.compile else {}),
                                                **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
+                                               **({"readout_output": args.readout_output}
+                                                  if args.readout_output else {}),
                                                **({"noise": "poisson", "noise_level": args.v1_noise}
                                                   if args.v1_noise is not None else {})},
                              backbone=args.backbone, backbone_stage=args.backbone_stage,

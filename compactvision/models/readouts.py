@@ -6,9 +6,15 @@ adds `readout.regularizer()` to its loss without knowing which readout it is.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+#: How a readout's weighted sum becomes its prediction (see `Readout.respond`).
+OUTPUTS = ("linear", "softplus")
 
 
 class Readout(nn.Module):
@@ -28,6 +34,30 @@ class Readout(nn.Module):
 
         The default keeps the random initialisation.
         """
+
+    def _set_output(self, output: str, n_neurons: int) -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.output = output
+        # softplus(0) + floor = 0: a fresh readout predicts the mean, as a linear one does
+        self.floor = nn.Parameter(torch.full((n_neurons,), -math.log(2.0))) if output == "softplus" else None
+
+    def respond(self, drive: torch.Tensor) -> torch.Tensor:
+        """The prediction (z-scored) from the weighted sum of features, `drive` (N x n_neurons).
+
+        "linear" returns the sum itself. "softplus" returns softplus(drive) plus a
+        learned per-neuron floor: a smooth threshold whose place is the readout's
+        bias and whose gain is its weights' scale, as the system-identification
+        models of V1 and V4 end (Klindt et al. 2017; Lurz et al. 2021). A
+        neuron that fires only past a threshold on a difference of inputs
+        (an end-stopped or centre-surround cell: centre minus what suppresses
+        it) is then one readout of features that carry both terms; a linear
+        sum of rectified features would have to find that rectification in the
+        shared channels, or predict negative responses where it fires none.
+        """
+        if self.floor is None:
+            return drive
+        return F.softplus(drive) + self.floor.to(drive.dtype)
 
     @staticmethod
     def _reduce(per_neuron: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -54,8 +84,10 @@ class FactorisedReadout(Readout):
     penalty_grid = (0.3, 1.0, 3.0, 10.0)
 
     def __init__(self, in_channels: int, height: int, width: int, n_neurons: int,
-                 mask_l1: float = 1e-3, feature_l1: float = 1e-3, init_std: float = 0.01) -> None:
+                 mask_l1: float = 1e-3, feature_l1: float = 1e-3, init_std: float = 0.01,
+                 output: str = "linear") -> None:
         super().__init__()
+        self._set_output(output, n_neurons)
         self.in_channels, self.height, self.width, self.n_neurons = in_channels, height, width, n_neurons
         self.mask_l1, self.feature_l1 = float(mask_l1), float(feature_l1)
         self.mask = nn.Parameter(torch.randn(n_neurons, height, width) * init_std + 1.0 / (height * width))
@@ -64,7 +96,7 @@ class FactorisedReadout(Readout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.einsum("nchw,khw->nkc", x, self.mask)  # each neuron's spatial pool of every channel
-        return (pooled * self.features).sum(-1) + self.bias
+        return self.respond((pooled * self.features).sum(-1) + self.bias)
 
     def regularizer(self, reduction: str = "sum") -> torch.Tensor:
         per_neuron = self.mask_l1 * self.mask.abs().flatten(1).sum(1) + self.feature_l1 * self.features.abs().sum(1)
@@ -88,8 +120,10 @@ class GaussianReadout(Readout):
     penalty_grid = (0.003, 0.01, 0.03, 0.1)
 
     def __init__(self, in_channels: int, height: int, width: int, n_neurons: int,
-                 feature_l1: float = 1e-3, init_sigma: float = 0.5, init_mu_range: float = 0.1) -> None:
+                 feature_l1: float = 1e-3, init_sigma: float = 0.5, init_mu_range: float = 0.1,
+                 output: str = "linear") -> None:
         super().__init__()
+        self._set_output(output, n_neurons)
         self.in_channels, self.height, self.width, self.n_neurons = in_channels, height, width, n_neurons
         self.feature_l1 = float(feature_l1)
         self.mu = nn.Parameter(torch.empty(n_neurons, 2).uniform_(-init_mu_range, init_mu_range))
@@ -108,7 +142,7 @@ class GaussianReadout(Readout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = self.positions(x.shape[0]).to(x.dtype)
         sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)  # N x C x n x 1
-        return torch.einsum("bck,kc->bk", sampled[..., 0], self.features.to(x.dtype)) + self.bias
+        return self.respond(torch.einsum("bck,kc->bk", sampled[..., 0], self.features.to(x.dtype)) + self.bias)
 
     def regularizer(self, reduction: str = "sum") -> torch.Tensor:
         return self._reduce(self.feature_l1 * self.features.abs().sum(1), reduction)
@@ -141,5 +175,10 @@ class GaussianReadout(Readout):
         self.sigma.fill_(1.0 / max(h, w))
         k = torch.arange(self.n_neurons, device=x.device)
         weights = beta[best, :, k]  # neurons x channels
-        self.features.copy_(weights)
-        self.bias.copy_(intercept - (centre[best, 0, :] * weights).sum(1))
+        # A softplus output starts on its slope of 1/2 about zero (the z-scores' mean): twice the regression
+        # there and the floor at -log 2 give the regression's predictions near the mean.
+        gain = 1.0 if self.floor is None else 2.0
+        self.features.copy_(gain * weights)
+        self.bias.copy_(gain * (intercept - (centre[best, 0, :] * weights).sum(1)))
+        if self.floor is not None:
+            self.floor.fill_(-math.log(2.0))

@@ -38,7 +38,7 @@ from compactvision.compute import model_macs
 from compactvision.errors import ArtifactError
 from compactvision.models.bank import BANK_FORMAT, StudentBank, load_bank
 from compactvision.models.backbone import ResNetSpec, ResNetTrunk
-from compactvision.models.readouts import FactorisedReadout, GaussianReadout, Readout
+from compactvision.models.readouts import OUTPUTS, FactorisedReadout, GaussianReadout, Readout
 from compactvision.models.vone import DEFAULT_STRIDE, DEFAULT_VISUAL_DEGREES, VOneBlock
 from compactvision.train import TrainConfig
 
@@ -109,6 +109,9 @@ class TeacherConfig:
     readout: str = "factorised"
     mask_l1: float = 1e-3
     feature_l1: float = 1e-3
+    # how a readout's weighted sum becomes its prediction: "linear", or "softplus" (a learned threshold and
+    # floor per neuron, `Readout.respond`)
+    readout_output: str = "linear"
     # training
     epochs: int = 8
     batch_size: int = 128
@@ -140,6 +143,8 @@ class TeacherConfig:
             raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {self.front_end!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.readout_output not in OUTPUTS:
+            raise ValueError(f"readout_output must be one of {OUTPUTS}, got {self.readout_output!r}")
         if self.ensemble < 1:
             raise ValueError(f"an ensemble needs at least one member, got {self.ensemble}")
 
@@ -230,9 +235,10 @@ class TeacherMember(nn.Module):
     def _readout(self, n_neurons: int) -> Readout:
         c = self.config
         if c.readout == "gaussian":
-            return GaussianReadout(self.back_end.out_channels, *self.map_hw, n_neurons, feature_l1=c.feature_l1)
+            return GaussianReadout(self.back_end.out_channels, *self.map_hw, n_neurons, feature_l1=c.feature_l1,
+                                   output=c.readout_output)
         return FactorisedReadout(self.back_end.out_channels, *self.map_hw, n_neurons, mask_l1=c.mask_l1,
-                                 feature_l1=c.feature_l1)
+                                 feature_l1=c.feature_l1, output=c.readout_output)
 
     def forward(self, v1: torch.Tensor, session: str) -> torch.Tensor:
         return self.readouts[_slot(session)](self.back_end(v1))
