@@ -15,6 +15,8 @@ from torch import nn
 
 #: How a readout's weighted sum becomes its prediction (see `Readout.respond`).
 OUTPUTS = ("linear", "softplus")
+#: softplus(0): a softplus output's floor starts at minus this, so zero drive predicts zero (the z-scores' mean).
+SOFTPLUS_AT_ZERO = math.log(2.0)
 
 
 class Readout(nn.Module):
@@ -38,9 +40,8 @@ class Readout(nn.Module):
     def _set_output(self, output: str, n_neurons: int) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        self.output = output
-        # softplus(0) + floor = 0: a fresh readout predicts the mean, as a linear one does
-        self.floor = nn.Parameter(torch.full((n_neurons,), -math.log(2.0))) if output == "softplus" else None
+        # a fresh readout predicts the mean, as a linear one does
+        self.floor = nn.Parameter(torch.full((n_neurons,), -SOFTPLUS_AT_ZERO)) if output == "softplus" else None
 
     def respond(self, drive: torch.Tensor) -> torch.Tensor:
         """The prediction (z-scored) from the weighted sum of features, `drive` (N x n_neurons).
@@ -184,4 +185,4 @@ class GaussianReadout(Readout):
         self.features.copy_(gain * weights)
         self.bias.copy_(gain * (intercept - (centre[best, 0, :] * weights).sum(1)))
         if self.floor is not None:
-            self.floor.fill_(-math.log(2.0))
+            self.floor.fill_(-SOFTPLUS_AT_ZERO)
