@@ -154,6 +154,8 @@ DEMO_VARIANTS: dict[str, tuple[dict, str | None]] = {
     "16 x 16 readout map (first stride 1), back ends 64 wide": ({"first_stride": 1, "width": 64}, None),
     "softplus readout output, readouts also see V1": ({"readout_output": "softplus", "readout_sees_front_end": True},
                                                       None),
+    "V1 maps at stride 2 (32 x 32), back ends 64 wide": ({"vone_stride": 2, "width": 64}, None),
+    "V1 maps at stride 2 (32 x 32), back ends 128 wide": ({"vone_stride": 2}, None),
 }
 
 

@@ -193,3 +193,19 @@ def test_v1_noise_is_drawn_afresh_and_a_seeded_caller_reproduces_it() -> None:
     assert noisy.vone.config()["noise_level"] == 1.0 and noisy.vone.noise_seed is None
     with pytest.raises(ValueError, match="noise_level"):
         build_teacher(replace(SMALL, noise="poisson", noise_level=-1.0), {"s": ["a"]})
+
+
+@pytest.mark.parametrize("front_end", ["vone", "conv"])
+def test_the_v1_stride_sets_the_front_end_grid_and_everything_after_it(front_end: str) -> None:
+    """A finer V1 grid must reach the back end and the readouts, or the phase it samples is lost again."""
+    from dataclasses import replace
+
+    coarse = build_teacher(replace(SMALL, front_end=front_end), {"s": 3}).eval()
+    fine = build_teacher(replace(SMALL, front_end=front_end, vone_stride=2), {"s": 3}).eval()
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        assert fine.features(x).shape[-1] == 2 * coarse.features(x).shape[-1] == 24
+        assert fine.map_hw == (12, 12) and coarse.map_hw == (6, 6)
+        assert fine(x).shape == coarse(x).shape == (2, 3)
+    with pytest.raises(ValueError, match="vone_stride"):
+        TeacherConfig(vone_stride=0)

@@ -100,6 +100,9 @@ class TeacherConfig:
     # s.d. of the V1 noise in units of VOneNet's sqrt(rate + 1); on in training and at test time alike
     noise_level: float = 1.0
     sampler: str = "v1"
+    # pixels between neighbouring V1 units (VOneNet's 4; the learned front end takes the same); a simple cell's
+    # phase is only sampled without aliasing up to 1 / (2 * stride) cycles per pixel
+    vone_stride: int = DEFAULT_STRIDE
     # back end, per ensemble member
     width: int = 48
     n_blocks: int = 1
@@ -145,6 +148,8 @@ class TeacherConfig:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.readout_output not in OUTPUTS:
             raise ValueError(f"readout_output must be one of {OUTPUTS}, got {self.readout_output!r}")
+        if self.vone_stride < 1:
+            raise ValueError(f"vone_stride must be at least 1 px, got {self.vone_stride}")
         if self.ensemble < 1:
             raise ValueError(f"an ensemble needs at least one member, got {self.ensemble}")
 
@@ -266,13 +271,13 @@ class Teacher(nn.Module):
                 raise ValueError("a learned front end and a pretrained trunk do not combine; choose one")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.front = LearnedFrontEnd(config.n_simple + config.n_complex, config.kernel_size, DEFAULT_STRIDE,
+                self.front = LearnedFrontEnd(config.n_simple + config.n_complex, config.kernel_size, config.vone_stride,
                                              config.image_size)
             channels, side = self.front.out_channels, self.front.output_size()
         elif backbone is None or backbone["stem"] == "vone":
             self.vone = VOneBlock(config.n_simple, config.n_complex, image_size=config.image_size,
                                   visual_degrees=config.visual_degrees, kernel_size=config.kernel_size,
-                                  k_exc=config.k_exc, noise=config.noise, noise_level=config.noise_level,
+                                  stride=config.vone_stride, k_exc=config.k_exc, noise=config.noise, noise_level=config.noise_level,
                                   sampler=config.sampler, seed=seed)
             channels, side = self.vone.out_channels, self.vone.output_size()
         else:
