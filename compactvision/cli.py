@@ -209,6 +209,9 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--readout-output", choices=["linear", "softplus"],
                    help="how each readout's weighted sum becomes its prediction: linear, or softplus (a learned "
                         "threshold and floor per neuron; default: the preset's)")
+    p.add_argument("--v1-stride", type=int, metavar="PX",
+                   help="pixels between neighbouring V1 units (default: the preset's, VOneNet's 4); 2 samples a "
+                        "fine simple cell's phase at small image sizes, for four times the back end's compute")
     p.add_argument("--v1-noise", type=float, metavar="LEVEL",
                    help="VOneNet-style V1 noise in training and at test time, s.d. LEVEL x sqrt(rate + 1) "
                         "(1.0 is VOneNet's level; default: no noise)")
@@ -249,6 +252,8 @@ def _teacher(args: argparse.Namespace) -> None:
                                                **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
                                                **({"readout_output": args.readout_output}
                                                   if args.readout_output else {}),
+                                               **({"vone_stride": args.v1_stride}
+                                                  if args.v1_stride is not None else {}),
                                                **({"noise": "poisson", "noise_level": args.v1_noise}
                                                   if args.v1_noise is not None else {})},
                              backbone=args.backbone, backbone_stage=args.backbone_stage,

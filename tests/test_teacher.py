@@ -209,3 +209,13 @@ def test_the_v1_stride_sets_the_front_end_grid_and_everything_after_it(front_end
         assert fine(x).shape == coarse(x).shape == (2, 3)
     with pytest.raises(ValueError, match="vone_stride"):
         TeacherConfig(vone_stride=0)
+
+
+def test_the_cli_trains_a_teacher_on_a_finer_v1_grid_and_it_loads_as_trained(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["teacher", "--data", "twin", "--preset", "tiny", "--out", str(out), "--neurons", "4",
+                 "--images", "300", "--repeats", "2", "--v1-stride", "2", "--epochs", "1", "--progress", "none"]) == 0
+    teacher = load_teacher(out).eval()
+    assert teacher.config.vone_stride == 2 and teacher.vone.bank.stride == 2
+    size = teacher.config.image_size
+    assert teacher.vone(torch.zeros(1, 3, size, size)).shape[-1] == (size + 1) // 2
