@@ -271,14 +271,14 @@ class Teacher(nn.Module):
                 raise ValueError("a learned front end and a pretrained trunk do not combine; choose one")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.front = LearnedFrontEnd(config.n_simple + config.n_complex, config.kernel_size, config.vone_stride,
-                                             config.image_size)
+                self.front = LearnedFrontEnd(config.n_simple + config.n_complex, config.kernel_size,
+                                             config.vone_stride, config.image_size)
             channels, side = self.front.out_channels, self.front.output_size()
         elif backbone is None or backbone["stem"] == "vone":
             self.vone = VOneBlock(config.n_simple, config.n_complex, image_size=config.image_size,
                                   visual_degrees=config.visual_degrees, kernel_size=config.kernel_size,
-                                  stride=config.vone_stride, k_exc=config.k_exc, noise=config.noise, noise_level=config.noise_level,
-                                  sampler=config.sampler, seed=seed)
+                                  stride=config.vone_stride, k_exc=config.k_exc, noise=config.noise,
+                                  noise_level=config.noise_level, sampler=config.sampler, seed=seed)
             channels, side = self.vone.out_channels, self.vone.output_size()
         else:
             channels, side = 3, config.image_size
