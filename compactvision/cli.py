@@ -468,23 +468,33 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
                       help="kept out of the trunk and scored apart (default: 210224 when the data has it)")
     real.add_argument("--per-session", type=int, metavar="K", help="compress only the first K neurons of each test session")
     _add_slimming_option(p)
+    p.add_argument("--v1-stride", type=int, metavar="PX",
+                   help="the teacher's pixels between neighbouring V1 units (default: the preset's, VOneNet's 4); "
+                        "see `teacher --v1-stride`")
     _add_compress_options(p)
     p.set_defaults(func=_pipeline)
 
 
 def _pipeline_preset(args: argparse.Namespace):
-    """The preset's name, or with `--slimming` its sizes with that one change (recorded as a custom preset)."""
+    """The preset's name, or with `--slimming` or `--v1-stride` its sizes with those changes (recorded as a custom
+    preset, so the run's manifest says what it was built with)."""
     from dataclasses import replace
 
+    from compactvision.models.teacher import TeacherConfig
     from compactvision.pipeline import PRESETS
 
-    if args.slimming is None:
+    if args.slimming is None and args.v1_stride is None:
         return args.preset
     p = PRESETS[args.preset]
-    try:
-        return replace(p, compress=replace(p.compress, neuron_channel_l1=args.slimming))
-    except ValueError as e:  # a preset without a per-neuron fit: a usage error, not a traceback
+    try:  # a preset without a per-neuron fit, or a stride below 1 px: usage errors, not tracebacks
+        if args.slimming is not None:
+            p = replace(p, compress=replace(p.compress, neuron_channel_l1=args.slimming))
+        if args.v1_stride is not None:
+            TeacherConfig(vone_stride=args.v1_stride)  # refused before any stage runs
+            p = replace(p, teacher_overrides={**p.teacher_overrides, "vone_stride": args.v1_stride})
+    except ValueError as e:
         raise CompactVisionError(str(e)) from None
+    return p
 
 
 def _pipeline(args: argparse.Namespace) -> None:

@@ -150,8 +150,9 @@ PRESETS: dict[str, PipelinePreset] = {
     # (`readout_output`) did not help this teacher: 0.785 against 0.790 on seed 0. V1 maps at stride 2
     # (`vone_stride`; a 32 x 32 V1 grid) with this teacher's width of 128 and parameters, for four times its back
     # ends' compute, follows the truth at 0.852 (`--demo-variants "stride 2"`: 0.841 / 0.825 on seeds 0 / 1 at
-    # width 64; V1 simple cells gain little, end-stopped cells none). Built as the bundle (34 min): median 4,404
-    # parameters (569x), 10 of 16 consolidated, r 0.934 against it and 0.792 against the truth, 7 of 16 recovered.
+    # width 64; V1 simple cells gain little, end-stopped cells none). Built as the bundle (`--v1-stride 2`,
+    # 34 min): median 4,404 parameters (569x), 10 of 16 consolidated, r 0.934 against it and 0.792 against the
+    # truth, 7 of 16 recovered.
     # Not taken: it misses the <= 4,000-parameter, 80% consolidated and 0.05 truth-gap marks this preset meets.
     # Slimming after each neuron's fit (`--slimming 0.5`, `neuron_channel_l1`) is measured and not taken. On the
     # demo twin of seed 0 (with batches of 64) it took the median student from 2,442 to 1,405 parameters, 16 of 16

@@ -63,6 +63,21 @@ def test_pipeline_slimming_changes_only_the_presets_slimming():
         preset("--preset", "v4", "--slimming", "0.5")
 
 
+def test_pipeline_v1_stride_changes_only_the_teachers_v1_grid():
+    from compactvision.pipeline import PRESETS
+
+    def preset(*extra: str):
+        return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
+
+    fine = preset("--v1-stride", "2")
+    assert fine == replace(PRESETS["demo"], teacher_overrides={**PRESETS["demo"].teacher_overrides, "vone_stride": 2})
+    both = preset("--preset", "tiny", "--v1-stride", "2", "--slimming", "0.25")
+    assert both.teacher_overrides["vone_stride"] == 2 and both.compress.neuron_channel_l1 == 0.25
+    assert "vone_stride" not in PRESETS["demo"].teacher_overrides, "the preset itself is left alone"
+    with pytest.raises(cli.CompactVisionError, match="vone_stride"):
+        preset("--v1-stride", "0")
+
+
 def test_slimming_without_a_per_neuron_fit_is_a_clear_error(tmp_path, capsys):
     code = cli.main(["compress", str(tmp_path / "run"), "--preset", "recompress", "--slimming", "0.5"])
     assert code == 2 and "neuron_epochs" in capsys.readouterr().err
