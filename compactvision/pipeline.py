@@ -149,8 +149,8 @@ PRESETS: dict[str, PipelinePreset] = {
     # consolidated and >= 500x marks this preset meets. A learned softplus threshold on the readouts
     # (`readout_output`) did not help this teacher: 0.785 against 0.790 on seed 0. V1 maps at stride 2
     # (`vone_stride`; a 32 x 32 V1 grid) with this teacher's width of 128 and parameters, for four times its back
-    # ends' compute, follows the truth at 0.852 (`--demo-variants "stride 2"`: 0.841 / 0.825 on seeds 0 / 1 at
-    # width 64; V1 simple cells gain little, end-stopped cells none). Built as the bundle (`--v1-stride 2`,
+    # ends' compute, follows the truth at 0.852 / 0.816 on seeds 0 / 1 (`--demo-variants "stride 2"`: 0.841 / 0.825 at
+    # width 64; V1 simple and end-stopped cells gain little). Built as the bundle (`--v1-stride 2`,
     # 34 min): median 4,404 parameters (569x), 10 of 16 consolidated, r 0.934 against it and 0.792 against the
     # truth, 7 of 16 recovered.
     # Not taken: it misses the <= 4,000-parameter, 80% consolidated and 0.05 truth-gap marks this preset meets.
