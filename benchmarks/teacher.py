@@ -156,6 +156,8 @@ DEMO_VARIANTS: dict[str, tuple[dict, str | None]] = {
                                                       None),
     "V1 maps at stride 2 (32 x 32), back ends 64 wide": ({"vone_stride": 2, "width": 64}, None),
     "V1 maps at stride 2 (32 x 32), back ends 128 wide": ({"vone_stride": 2}, None),
+    "V1 maps at stride 2 (32 x 32), back ends 64 wide, readouts also see V1": (
+        {"vone_stride": 2, "width": 64, "readout_sees_front_end": True}, None),
     "Gaussian readouts (one learned position per neuron, Lurz 2021)": ({"readout": "gaussian"}, None),
 }
 

@@ -154,7 +154,9 @@ PRESETS: dict[str, PipelinePreset] = {
     # 34 min): median 4,404 parameters (569x), 10 of 16 consolidated, r 0.934 against it and 0.792 against the
     # truth, 7 of 16 recovered.
     # Not taken: it misses the <= 4,000-parameter, 80% consolidated and 0.05 truth-gap marks this preset meets.
-    # Gaussian readouts (one learned position per neuron) follow the truth at 0.767 / 0.782 on seeds 0 / 1.
+    # Gaussian readouts (one learned position per neuron) follow the truth at 0.767 / 0.782 on seeds 0 / 1. V1 at
+    # stride 2 at width 64 with the readouts also reading V1: 0.866 / 0.840, the best on this design so far, but
+    # 661,312 parameters, so 500x would need students of <= 1,322 parameters.
     # Slimming after each neuron's fit (`--slimming 0.5`, `neuron_channel_l1`) is measured and not taken. On the
     # demo twin of seed 0 (with batches of 64) it took the median student from 2,442 to 1,405 parameters, 16 of 16
     # consolidated, r against the teacher 0.929 -> 0.925, but against the truth 0.735 -> 0.711, the same 5 of 16
