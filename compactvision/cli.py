@@ -209,9 +209,7 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--readout-output", choices=["linear", "softplus"],
                    help="how each readout's weighted sum becomes its prediction: linear, or softplus (a learned "
                         "threshold and floor per neuron; default: the preset's)")
-    p.add_argument("--v1-stride", type=int, metavar="PX",
-                   help="pixels between neighbouring V1 units (default: the preset's, VOneNet's 4); 2 samples a "
-                        "fine simple cell's phase at small image sizes, for four times the back end's compute")
+    _add_v1_stride_option(p)
     p.add_argument("--v1-noise", type=float, metavar="LEVEL",
                    help="VOneNet-style V1 noise in training and at test time, s.d. LEVEL x sqrt(rate + 1) "
                         "(1.0 is VOneNet's level; default: no noise)")
@@ -359,6 +357,13 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
 
 
+def _add_v1_stride_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--v1-stride", type=int, metavar="PX",
+                   help="the teacher's pixels between neighbouring V1 units (default: the preset's, VOneNet's 4); "
+                        "2 samples a fine simple cell's phase at small image sizes, for four times the back end's "
+                        "compute")
+
+
 def _add_slimming_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slimming", type=float, metavar="L1",
                    help="network slimming after each neuron's fit: an L1 on BatchNorm scales zeroes the channels "
@@ -468,9 +473,7 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
                       help="kept out of the trunk and scored apart (default: 210224 when the data has it)")
     real.add_argument("--per-session", type=int, metavar="K", help="compress only the first K neurons of each test session")
     _add_slimming_option(p)
-    p.add_argument("--v1-stride", type=int, metavar="PX",
-                   help="the teacher's pixels between neighbouring V1 units (default: the preset's, VOneNet's 4); "
-                        "see `teacher --v1-stride`")
+    _add_v1_stride_option(p)
     _add_compress_options(p)
     p.set_defaults(func=_pipeline)
 
