@@ -353,6 +353,9 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
                    help="how the kept filters stand in for dropped ones: least_squares refits the next layer's "
                         "weights; mean folds the dropped filters' means into its bias (default from the preset)")
     p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
+    p.add_argument("--round-epochs", type=int, metavar="N",
+                   help="epochs of retraining of the pruned network before each later visit of its layers, which "
+                        "wins back the budget the first visit spent (0: none; default from the preset)")
     _add_slimming_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
 
@@ -389,14 +392,16 @@ def _compression_config(args: argparse.Namespace):
     prune = {k: v for k, v in (("threshold", args.threshold), ("criterion", args.criterion),
                                ("min_filters", args.min_filters), ("compensation", args.compensation))
              if v is not None}
+    rest = {} if args.round_epochs is None else {"round_epochs": args.round_epochs}
     if args.criterion == "reconstruction":
         prune["order"] = "last_first"  # the reference's criterion needs the reference's order
         prune["rounds"] = 1            # and visits each layer once, as the reference does
         prune.setdefault("compensation", "mean")  # and carries dropped filters by their means
+        rest.setdefault("round_epochs", 0)  # one visit: nothing comes between visits
     try:
         if args.slimming is not None:
             config = replace(config, neuron_channel_l1=args.slimming)
-        return replace(config, prune=replace(config.prune, **prune))
+        return replace(config, prune=replace(config.prune, **prune), **rest)
     except ValueError as e:  # options that do not go together: a usage error, not a traceback
         raise CompactVisionError(str(e)) from None
 

@@ -67,6 +67,9 @@ class CompressConfig:
     finetune_epochs: int = 1        # after each pruned layer
     finetune_images: int = 4096
     final_epochs: int = 2           # retraining of the fully pruned network, on the neuron-fit images
+    # Retraining of the pruned network before each later visit of the layers (`PruneConfig.rounds`), as the final
+    # one is retrained (0: none): it wins back the budget the first visit's cuts spent (see `prune_neuron`).
+    round_epochs: int = 0
     # Slimming after the per-neuron fit (`TrainConfig.channel_l1`, `scale_lr_ratio`; 0: none): a copy of a
     # shared student carries every neuron's channels, and those this neuron does not need go to zero before
     # pruning. The fitted student is trained on with the L1 at this strength, then at half and a quarter of it,
@@ -97,6 +100,9 @@ class CompressConfig:
             raise ValueError(f"readout_rank must be at least 1, got {self.readout_rank}")
         if self.neuron_channel_l1 < 0 or (self.neuron_channel_l1 > 0 and self.neuron_epochs < 1):
             raise ValueError("slimming (neuron_channel_l1 > 0) trains the per-neuron fit on: it needs neuron_epochs >= 1")
+        if self.round_epochs < 0 or (self.round_epochs > 0 and self.prune.rounds < 2):
+            raise ValueError("round_epochs retrains the pruned network between visits of the layers: it needs "
+                             f"prune.rounds >= 2 (got round_epochs={self.round_epochs}, rounds={self.prune.rounds})")
         if self.neuron_epochs < (1 if self.strategy == "per_neuron" else 0):
             raise ValueError("a fresh per-neuron student needs neuron_epochs >= 1 (a shared student's copy may take 0)")
 
@@ -344,8 +350,12 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     def finetune(m: CompactStudent, layer: int) -> CompactStudent:
         return refit(m, tune_idx, config.finetune_epochs, seed + layer + 1)
 
+    def recover(m: CompactStudent) -> CompactStudent:
+        return refit(m, fit_idx, config.round_epochs, seed + 98)
+
     model, path = prune_neuron(model.eval(), probe, labels, config.prune, finetune=finetune, evaluate=evaluate,
-                               reference=fitted if model is not fitted else None)
+                               reference=fitted if model is not fitted else None,
+                               recover=recover if config.round_epochs > 0 else None)
     if config.final_epochs > 0:
         # The paper retrains the rebuilt network; the last path point records the result.
         model = refit(model, fit_idx, config.final_epochs, seed + 99)

@@ -455,7 +455,9 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
                  finetune: Callable[[CompactStudent, int], CompactStudent] | None = None,
                  evaluate: Callable[[CompactStudent], dict[str, float]] | None = None,
                  on_step: Callable[[PruneStep], None] | None = None,
-                 reference: CompactStudent | None = None) -> tuple[CompactStudent, list[PruneStep]]:
+                 reference: CompactStudent | None = None,
+                 recover: Callable[[CompactStudent], CompactStudent] | None = None
+                 ) -> tuple[CompactStudent, list[PruneStep]]:
     """Prune every layer of a one-output student, last to first.
 
     Every cut must keep `threshold` x the *unpruned* student's r² against the
@@ -466,6 +468,14 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
     unpruned student when `student` is already a sparser version of it (a
     slimmed fit): the budget is then the reference's, so the two losses do not
     compound, and the path starts from the reference.
+
+    `recover(model)` retrains the model before every visit after the first.
+    Each cut spends the budget down to the floor, and a short fine-tune wins
+    back little of it, so the layers cut last in a visit are left nearly
+    whole; a full retraining of the pruned network often brings it back above
+    the unpruned student (as the final retraining does), and the next visit
+    spends that on the layers the first could not cut. The last step's scores
+    are then those of the retrained model.
     """
     def step(layer: int | None, m: CompactStudent, explained: float | None, visit: int = 0) -> PruneStep:
         scores = dict(evaluate(m)) if evaluate else {}
@@ -481,6 +491,9 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
     path = [step(None, unpruned, None)] + ([] if reference is None else [step(None, student, None)])
     for visit in range(config.rounds):
         before = student.arch.channels
+        if visit and recover is not None:
+            student = recover(student).eval()
+            path[-1] = step(path[-1].layer, student, path[-1].explained, path[-1].round)
         for layer in config.layer_order(config.order, len(student.layers)):
             if visit and student.arch.channels[layer] <= config.min_filters:
                 continue

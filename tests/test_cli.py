@@ -47,6 +47,19 @@ def test_strategy_and_readout_options_override_the_preset_into_a_valid_config():
     assert config("--criterion", "reconstruction").prune.compensation == "mean"  # the reference's own carry
     assert preset.neuron_channel_l1 == 0 and preset.neuron_epochs == 0
     assert config("--strategy", "per_neuron", "--slimming", "0.5").neuron_channel_l1 == 0.5
+    assert config("--round-epochs", "2").round_epochs == 2 and preset.round_epochs == 0
+
+
+def test_round_epochs_follow_the_visits_they_come_between():
+    def config(*extra: str):
+        return cli._compression_config(cli.build_parser().parse_args(["compress", "run", "--preset", "demo", *extra]))
+
+    assert config().round_epochs == COMPRESS_PRESETS["demo"].round_epochs
+    reference = config("--criterion", "reconstruction")
+    assert reference.prune.rounds == 1 and reference.round_epochs == 0  # one visit: nothing to retrain between
+    assert config("--round-epochs", "0").round_epochs == 0
+    with pytest.raises(cli.CompactVisionError, match="rounds >= 2"):
+        config("--criterion", "reconstruction", "--round-epochs", "2")
 
 
 def test_pipeline_slimming_changes_only_the_presets_slimming():

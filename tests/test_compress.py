@@ -12,6 +12,7 @@ from compactvision.artifacts import list_students, load_student, read_manifest
 from compactvision.compress import CompressConfig, compress_run
 from compactvision.rundir import history_path, neuron_ids_of
 from compactvision.pipeline import PRESETS
+from compactvision.prune import PruneConfig
 
 from conftest import APP_RUN, ROOT, copy_run
 
@@ -190,6 +191,10 @@ def test_config_round_trips_and_rejects_unknown_strategy():
     with pytest.raises(ValueError, match="neuron_epochs"):
         CompressConfig(strategy="per_neuron", neuron_epochs=0)
     assert CompressConfig(strategy="shared", neuron_epochs=0).neuron_epochs == 0
+    with pytest.raises(ValueError, match="rounds >= 2"):  # nothing comes between the visits of one round
+        CompressConfig(round_epochs=2, prune=PruneConfig(rounds=1))
+    with pytest.raises(ValueError, match="round_epochs"):
+        CompressConfig(round_epochs=-1)
 
 
 #: Below this orientation selectivity (1 - circular variance at the best frequency) a teacher's grating tuning has
@@ -242,6 +247,7 @@ _LIBRARY_SCRIPT = """
 import sys
 from compactvision.compress import compress_run
 from compactvision.pipeline import PRESETS
+from compactvision.prune import PruneConfig
 if __name__ == "__main__":
     compress_run(sys.argv[1], PRESETS["tiny"].compress, workers=2,
                  progress=lambda stage, done, total: print("PROGRESS", stage, done, total, flush=True))

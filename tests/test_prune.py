@@ -281,6 +281,18 @@ def test_pruning_on_a_gpu_stays_there_and_cuts_as_on_the_cpu(monkeypatch):
         np.testing.assert_allclose(responses(on_gpu, x.to(device)), responses(on_cpu, x), rtol=1e-3, atol=1e-4)
 
 
+def _refit_readout(model: CompactStudent, x: torch.Tensor, labels: np.ndarray) -> CompactStudent:
+    """Retraining in closed form: the readout refitted to the labels, which wins back accuracy after a cut."""
+    with torch.no_grad():
+        feats = model.features(x)[-1].permute(0, 2, 3, 1).reshape(len(x), -1).double()
+        design = torch.cat([feats, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+        ridge = 1e-3 * torch.eye(design.shape[1], dtype=torch.float64)
+        coef = torch.linalg.solve(design.T @ design + ridge, design.T @ torch.as_tensor(labels))
+        model.readout.weight.copy_(coef[:-1].float().view_as(model.readout.weight))
+        model.readout.bias.fill_(float(coef[-1]))
+    return model
+
+
 def test_a_second_visit_only_cuts_further_and_records_only_real_cuts():
     m = _random_student(seed=3)
     x = torch.rand(64, 3, 32, 32)
@@ -293,15 +305,7 @@ def test_a_second_visit_only_cuts_further_and_records_only_real_cuts():
     labels = responses(m, x)
 
     def refit_readout(model: CompactStudent, layer: int) -> CompactStudent:
-        """A stand-in for fine-tuning: the readout refitted to the labels, which wins back accuracy after a cut."""
-        with torch.no_grad():
-            feats = model.features(x)[-1].permute(0, 2, 3, 1).reshape(len(x), -1).double()
-            design = torch.cat([feats, torch.ones(len(x), 1, dtype=torch.float64)], 1)
-            ridge = 1e-3 * torch.eye(design.shape[1], dtype=torch.float64)
-            coef = torch.linalg.solve(design.T @ design + ridge, design.T @ torch.as_tensor(labels))
-            model.readout.weight.copy_(coef[:-1].float().view_as(model.readout.weight))
-            model.readout.bias.fill_(float(coef[-1]))
-        return model
+        return _refit_readout(model, x, labels)
 
     once, path1 = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=1), finetune=refit_readout)
     twice, path2 = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=2), finetune=refit_readout)
@@ -312,6 +316,36 @@ def test_a_second_visit_only_cuts_further_and_records_only_real_cuts():
     assert r_squared(responses(twice, x), labels) >= 0.8 * r_squared(responses(m, x), labels) - 1e-6
     with pytest.raises(ValueError, match="rounds"):
         PruneConfig(rounds=0)
+
+
+def test_retraining_between_visits_wins_back_budget_that_the_second_visit_cuts():
+    """Without fine-tunes the first visit spends the whole budget; retrained before the second, the model has
+    accuracy to spare, and the second visit spends it on further cuts, still above the unpruned floor."""
+    m = _random_student(seed=3)
+    x = torch.rand(64, 3, 32, 32)
+    labels = responses(m, x)
+    calls = []
+
+    def recover(model: CompactStudent) -> CompactStudent:
+        calls.append(model.arch.channels)
+        return _refit_readout(model, x, labels)
+
+    def evaluate(model: CompactStudent) -> dict[str, float]:
+        return {"r_teacher": float(np.corrcoef(responses(model, x), labels)[0, 1])}
+
+    config = PruneConfig(threshold=0.8, rounds=2)
+    plain, plain_path = prune_neuron(m, x, labels, config, evaluate=evaluate)
+    small, path = prune_neuron(m, x, labels, config, evaluate=evaluate, recover=recover)
+    first_visit = [s for s in path if s.round == 0]
+    assert len(calls) == 1 and calls[0] == tuple(first_visit[-1].channels), "once, after the first visit"
+    # The first visit's last step records the retrained model, which follows the labels better than before.
+    before = [s for s in plain_path if s.round == 0][-1]
+    assert first_visit[-1].channels == before.channels and first_visit[-1].accuracy > before.accuracy
+    assert small.n_parameters() < plain.n_parameters()
+    assert any(s.round == 1 for s in path)
+    assert r_squared(responses(small, x), labels) >= 0.8 * r_squared(responses(m, x), labels) - 1e-6
+    prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=1), recover=recover)
+    assert len(calls) == 1, "a single visit never retrains"
 
 
 def test_prune_refuses_shared_students_and_mismatched_labels():
