@@ -162,20 +162,22 @@ PRESETS: dict[str, PipelinePreset] = {
     # consolidated, r against the teacher 0.929 -> 0.925, but against the truth 0.735 -> 0.711, the same 5 of 16
     # recovered, and 12 of 16 ended at 3 filters a layer, so size no longer followed the computation (14.1 min for
     # `make bundle`). On seed 1: 1,939 -> 1,477 parameters, r against the truth 0.752 -> 0.757.
-    # The pruned network is retrained (2 epochs, as the final one) before the layers' second visit
-    # (`round_epochs`): each cut spends the budget down to the floor and the short fine-tunes won back little of it,
-    # so the layers cut last were left nearly whole (the bundle's V1 simple cell twin_000: [8, 39, 63, 60, 3],
-    # 13,213 parameters, though its final retraining took it to r 0.944 against the teacher, above the unpruned
-    # 0.936). Re-pruned from this bundle's own teacher and shared student, twin_000 kept [4, 6, 8, 11, 3] (2,147
-    # parameters, r 0.943), and the first 14 neurons a median of 1,693 parameters at r 0.956 against the teacher,
-    # 14 of 14 consolidated, in 129 s per neuron (without: 2,144 parameters at 0.952, 130 s).
+    # Retraining the pruned network (2 epochs, as the final retraining) before the layers' second visit
+    # (`round_epochs`, `compress --round-epochs 2`) is measured and not taken. Each cut spends the budget down to the
+    # floor and the short fine-tunes win back little of it, so the layers cut last are left nearly whole (this
+    # bundle's V1 simple cell twin_000: [8, 39, 63, 60, 3], 13,213 parameters, though its final retraining took it
+    # to r 0.944 against the teacher, above the unpruned 0.936). Built with it (26.3 min on 2 cores), the same
+    # teacher's students kept a median of 1,765 parameters (1,412x), r 0.959 against it and 0.759 against the truth,
+    # 16 of 16 consolidated, one-stage cells 21 filters against 18; re-pruned from this bundle's own shared student,
+    # 1,693 parameters and r 0.960 (twin_000: [4, 6, 8, 11, 3], 2,147 parameters, r 0.943). But they recovered 5 and
+    # 4 of 16 neurons against this bundle's 6: the V1 simple cells' closed loops fell from 0.96 to 0.20-0.35.
     "demo": PipelinePreset(
         neurons=16, images=3000, repeats=4, image_size=64, teacher_preset="cpu",
         teacher_overrides={"epochs": 8, "width": 128, "n_blocks": 2, "ensemble": 4},
         compress=CompressConfig(
             stream=StreamConfig(n_images=8192, image_size=64, chunk=256),
             student_channels=(64, 64, 64, 64, 64), shared_epochs=3, neuron_epochs=1, neuron_images=2048,
-            finetune_epochs=1, finetune_images=512, round_epochs=2, batch_size=16, lr=1e-3, probe_images=256,
+            finetune_epochs=1, finetune_images=512, batch_size=16, lr=1e-3, probe_images=256,
             prune=PruneConfig(threshold=0.9, min_filters=3), channels_last=True)),
 }
 

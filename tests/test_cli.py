@@ -50,11 +50,12 @@ def test_strategy_and_readout_options_override_the_preset_into_a_valid_config():
     assert config("--round-epochs", "2").round_epochs == 2 and preset.round_epochs == 0
 
 
-def test_round_epochs_follow_the_visits_they_come_between():
+def test_round_epochs_follow_the_visits_they_come_between(monkeypatch):
     def config(*extra: str):
         return cli._compression_config(cli.build_parser().parse_args(["compress", "run", "--preset", "demo", *extra]))
 
-    assert config().round_epochs == COMPRESS_PRESETS["demo"].round_epochs
+    monkeypatch.setitem(COMPRESS_PRESETS, "demo", replace(COMPRESS_PRESETS["demo"], round_epochs=2))
+    assert config().round_epochs == 2
     reference = config("--criterion", "reconstruction")
     assert reference.prune.rounds == 1 and reference.round_epochs == 0  # one visit: nothing to retrain between
     assert config("--round-epochs", "0").round_epochs == 0
