@@ -474,8 +474,10 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
     back little of it, so the layers cut last in a visit are left nearly
     whole; a full retraining of the pruned network often brings it back above
     the unpruned student (as the final retraining does), and the next visit
-    spends that on the layers the first could not cut. The last step's scores
-    are then those of the retrained model.
+    spends that on the layers the first could not cut. The last step is then
+    scored again, as the retrained model (and `on_step` hears of it again). A
+    model already at `min_filters` everywhere is not retrained: no visit could
+    cut it.
     """
     def step(layer: int | None, m: CompactStudent, explained: float | None, visit: int = 0) -> PruneStep:
         scores = dict(evaluate(m)) if evaluate else {}
@@ -491,7 +493,7 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
     path = [step(None, unpruned, None)] + ([] if reference is None else [step(None, student, None)])
     for visit in range(config.rounds):
         before = student.arch.channels
-        if visit and recover is not None:
+        if visit and recover is not None and any(c > config.min_filters for c in student.arch.channels):
             student = recover(student).eval()
             path[-1] = step(path[-1].layer, student, path[-1].explained, path[-1].round)
         for layer in config.layer_order(config.order, len(student.layers)):
