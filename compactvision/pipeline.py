@@ -171,6 +171,10 @@ PRESETS: dict[str, PipelinePreset] = {
     # 16 of 16 consolidated, one-stage cells 21 filters against 18; re-pruned from this bundle's own shared student,
     # 1,693 parameters and r 0.960 (twin_000: [4, 6, 8, 11, 3], 2,147 parameters, r 0.943). But they recovered 5 and
     # 4 of 16 neurons against this bundle's 6: the V1 simple cells' closed loops fell from 0.96 to 0.20-0.35.
+    # With the stride-2 teacher (`--v1-stride 2`, truth 0.852) it keeps that teacher's students in the size marks:
+    # 2,930 parameters (855x; 4,404 without it), 13 of 16 consolidated (10), r 0.933 against it and 0.801 against
+    # the truth (gap 0.051; 0.060 without), one-stage cells 38 filters against 39, 7 of 16 recovered. Not taken
+    # either: the build took 43.7 min on 2 cores (labels 120 s, 160 s per neuron), over `make bundle`'s 40.
     "demo": PipelinePreset(
         neurons=16, images=3000, repeats=4, image_size=64, teacher_preset="cpu",
         teacher_overrides={"epochs": 8, "width": 128, "n_blocks": 2, "ensemble": 4},
