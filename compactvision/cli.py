@@ -353,9 +353,7 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
                    help="how the kept filters stand in for dropped ones: least_squares refits the next layer's "
                         "weights; mean folds the dropped filters' means into its bias (default from the preset)")
     p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
-    p.add_argument("--round-epochs", type=int, metavar="N",
-                   help="epochs of retraining of the pruned network before each later visit of its layers, which "
-                        "wins back the budget the first visit spent (0: none; default from the preset)")
+    _add_round_epochs_option(p)
     _add_slimming_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
 
@@ -365,6 +363,12 @@ def _add_v1_stride_option(p: argparse.ArgumentParser) -> None:
                    help="the teacher's pixels between neighbouring V1 units (default: the preset's, VOneNet's 4); "
                         "2 samples a fine simple cell's phase at small image sizes, for four times the back end's "
                         "compute")
+
+
+def _add_round_epochs_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--round-epochs", type=int, metavar="N",
+                   help="epochs of retraining of the pruned network before each later visit of its layers, which "
+                        "wins back the budget the first visit spent (0: none; default from the preset)")
 
 
 def _add_slimming_option(p: argparse.ArgumentParser) -> None:
@@ -478,25 +482,28 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
                       help="kept out of the trunk and scored apart (default: 210224 when the data has it)")
     real.add_argument("--per-session", type=int, metavar="K", help="compress only the first K neurons of each test session")
     _add_slimming_option(p)
+    _add_round_epochs_option(p)
     _add_v1_stride_option(p)
     _add_compress_options(p)
     p.set_defaults(func=_pipeline)
 
 
 def _pipeline_preset(args: argparse.Namespace):
-    """The preset's name, or with `--slimming` or `--v1-stride` its sizes with those changes (recorded as a custom
-    preset, so the run's manifest says what it was built with)."""
+    """The preset's name, or with `--slimming`, `--round-epochs` or `--v1-stride` its sizes with those changes
+    (recorded as a custom preset, so the run's manifest says what it was built with)."""
     from dataclasses import replace
 
     from compactvision.models.teacher import TeacherConfig
     from compactvision.pipeline import PRESETS
 
-    if args.slimming is None and args.v1_stride is None:
+    if args.slimming is None and args.round_epochs is None and args.v1_stride is None:
         return args.preset
     p = PRESETS[args.preset]
-    try:  # a preset without a per-neuron fit, or a stride below 1 px: usage errors, not tracebacks
+    try:  # a preset without a per-neuron fit, negative epochs or a stride below 1 px: usage errors
         if args.slimming is not None:
             p = replace(p, compress=replace(p.compress, neuron_channel_l1=args.slimming))
+        if args.round_epochs is not None:
+            p = replace(p, compress=replace(p.compress, round_epochs=args.round_epochs))
         if args.v1_stride is not None:
             TeacherConfig(vone_stride=args.v1_stride)  # refused before any stage runs
             p = replace(p, teacher_overrides={**p.teacher_overrides, "vone_stride": args.v1_stride})

@@ -77,6 +77,19 @@ def test_pipeline_slimming_changes_only_the_presets_slimming():
         preset("--preset", "v4", "--slimming", "0.5")
 
 
+def test_pipeline_round_epochs_change_only_the_presets_retraining_between_visits():
+    from compactvision.pipeline import PRESETS
+
+    def preset(*extra: str):
+        return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
+
+    both = preset("--round-epochs", "2", "--v1-stride", "2")
+    assert both.compress == replace(PRESETS["demo"].compress, round_epochs=2)
+    assert both.teacher_overrides["vone_stride"] == 2 and PRESETS["demo"].compress.round_epochs == 0
+    with pytest.raises(cli.CompactVisionError, match="round_epochs"):
+        preset("--round-epochs", "-1")
+
+
 def test_pipeline_v1_stride_changes_only_the_teachers_v1_grid():
     from compactvision.pipeline import PRESETS
 
