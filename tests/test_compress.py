@@ -247,7 +247,6 @@ _LIBRARY_SCRIPT = """
 import sys
 from compactvision.compress import compress_run
 from compactvision.pipeline import PRESETS
-from compactvision.prune import PruneConfig
 if __name__ == "__main__":
     compress_run(sys.argv[1], PRESETS["tiny"].compress, workers=2,
                  progress=lambda stage, done, total: print("PROGRESS", stage, done, total, flush=True))
