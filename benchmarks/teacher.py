@@ -159,6 +159,8 @@ DEMO_VARIANTS: dict[str, tuple[dict, str | None]] = {
     "V1 maps at stride 2 (32 x 32), back ends 64 wide, readouts also see V1": (
         {"vone_stride": 2, "width": 64, "readout_sees_front_end": True}, None),
     "Gaussian readouts (one learned position per neuron, Lurz 2021)": ({"readout": "gaussian"}, None),
+    "V1 bank of 192 units (96 simple, 96 complex)": ({"n_simple": 96, "n_complex": 96}, None),
+    "V1 bank of 384 units (192 simple, 192 complex)": ({"n_simple": 192, "n_complex": 192}, None),
 }
 
 

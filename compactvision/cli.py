@@ -481,6 +481,9 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
     real.add_argument("--validation-session", metavar="ID",
                       help="kept out of the trunk and scored apart (default: 210224 when the data has it)")
     real.add_argument("--per-session", type=int, metavar="K", help="compress only the first K neurons of each test session")
+    twin = p.add_argument_group("the twin experiment's design (default: the preset's)")
+    twin.add_argument("--twin-images", type=int, metavar="N", help="distinct images shown to the twin")
+    _add_test_images(twin)
     _add_slimming_option(p)
     _add_round_epochs_option(p)
     _add_v1_stride_option(p)
@@ -489,17 +492,24 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
 
 
 def _pipeline_preset(args: argparse.Namespace):
-    """The preset's name, or with `--slimming`, `--round-epochs` or `--v1-stride` its sizes with those changes
-    (recorded as a custom preset, so the run's manifest says what it was built with)."""
+    """The preset's name, or with `--slimming`, `--round-epochs`, `--v1-stride`, `--twin-images` or `--test-images`
+    its sizes with those changes (recorded as a custom preset, so the run's manifest says what it was built with)."""
     from dataclasses import replace
 
     from compactvision.models.teacher import TeacherConfig
     from compactvision.pipeline import PRESETS
 
-    if args.slimming is None and args.round_epochs is None and args.v1_stride is None:
+    changes = (args.slimming, args.round_epochs, args.v1_stride, args.twin_images, args.test_images)
+    if all(c is None for c in changes):
         return args.preset
     p = PRESETS[args.preset]
-    try:  # a preset without a per-neuron fit, negative epochs or a stride below 1 px: usage errors
+    try:  # a preset without a per-neuron fit, negative epochs, a stride below 1 px or no images left: usage errors
+        if args.twin_images is not None or args.test_images is not None:
+            if args.data is not None:
+                raise ValueError("--twin-images and --test-images design the twin experiment; recordings (--data) "
+                                 "come with their own")
+            p = replace(p, images=p.images if args.twin_images is None else args.twin_images,
+                        test_images=p.test_images if args.test_images is None else args.test_images)
         if args.slimming is not None:
             p = replace(p, compress=replace(p.compress, neuron_channel_l1=args.slimming))
         if args.round_epochs is not None:

@@ -75,11 +75,19 @@ class PipelinePreset:
     teacher_preset: str
     teacher_overrides: dict[str, Any] = field(default_factory=dict)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    #: The twin experiment's design: None shows every image `repeats` times; N repeats only N test images and
+    #: shows every other image once (`make_twin_dataset`).
+    test_images: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.test_images is not None and not 1 <= self.test_images <= self.images - 2:
+            raise ValueError(f"test_images must be in [1, {self.images - 2}] for {self.images} twin images, "
+                             f"got {self.test_images}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"neurons": self.neurons, "images": self.images, "repeats": self.repeats, "image_size": self.image_size,
-                "teacher_preset": self.teacher_preset, "teacher_overrides": dict(self.teacher_overrides),
-                "compress": self.compress.to_dict()}
+                "test_images": self.test_images, "teacher_preset": self.teacher_preset,
+                "teacher_overrides": dict(self.teacher_overrides), "compress": self.compress.to_dict()}
 
 
 #: Students start wide (>= 64 filters per layer) in every preset, as the reference's start at 100: pruning,
@@ -212,7 +220,8 @@ def pipeline_teacher(p: PipelinePreset, out: Path, seed: int = 0, progress: Prog
         return
     # The first sign of life, before the simulation's seconds: a watcher (the app) shows a stage at once.
     progress("data", 0, 1)
-    dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size)
+    dataset = make_twin_dataset(p.neurons, p.images, p.repeats, seed=seed, image_size=p.image_size,
+                                test_images=p.test_images)
     progress("data", 1, 1)
     train_teacher(dataset, out, preset=p.teacher_preset, seed=seed, device=device, resume=True,
                   config_overrides={"image_size": p.image_size, **p.teacher_overrides}, progress=progress)

@@ -105,6 +105,22 @@ def test_pipeline_v1_stride_changes_only_the_teachers_v1_grid():
         preset("--v1-stride", "0")
 
 
+def test_pipeline_twin_design_changes_only_the_experiment():
+    from compactvision.pipeline import PRESETS
+
+    def preset(*extra: str):
+        return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
+
+    design = preset("--twin-images", "11100", "--test-images", "300")
+    assert design == replace(PRESETS["demo"], images=11100, test_images=300)
+    assert preset("--test-images", "300").images == PRESETS["demo"].images
+    for bad in (["--test-images", "0"], ["--twin-images", "100", "--test-images", "99"]):
+        with pytest.raises(cli.CompactVisionError, match="test_images"):
+            preset(*bad)
+    with pytest.raises(cli.CompactVisionError, match="--data"):
+        preset("--test-images", "300", "--data", "release")
+
+
 def test_slimming_without_a_per_neuron_fit_is_a_clear_error(tmp_path, capsys):
     code = cli.main(["compress", str(tmp_path / "run"), "--preset", "recompress", "--slimming", "0.5"])
     assert code == 2 and "neuron_epochs" in capsys.readouterr().err
