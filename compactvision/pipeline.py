@@ -183,6 +183,16 @@ PRESETS: dict[str, PipelinePreset] = {
     # 2,930 parameters (855x; 4,404 without it), 13 of 16 consolidated (10), r 0.933 against it and 0.801 against
     # the truth (gap 0.051; 0.060 without), one-stage cells 38 filters against 39, 7 of 16 recovered. Not taken
     # either: the build took 43.7 min on 2 cores (labels 120 s, 160 s per neuron), over `make bundle`'s 40.
+    # The twin experiment designed as system identification (`--twin-images 11100 --test-images 300`: 300 test
+    # images x 4 trials, 10,800 shown once) with that retraining (`--round-epochs 2`) is the truest build yet and
+    # not taken. Built in 30.6 min on 2 cores (teacher 7 min), its teacher follows the truth at 0.864 and its
+    # students at 0.860 (gap 0.004), r 0.908 against it, 8 of 16 recovered (both V1 simple, complex, texture and
+    # colour-opponent cells); but a median 4,286 parameters (582x), 11 of 16 consolidated, and one-stage cells keep
+    # 116 filters against 48: the V1 simple and centre-surround students follow that teacher at 0.78-0.91 and
+    # keep 122-177 filters. Four times the stream (32,768 images, 2 shared epochs; 34.1 min) made the students
+    # follow it closer (0.919) and larger (6,696 parameters, 11 of 16, one-stage 115 against 70 filters), with
+    # the same 8 of 16 recovered: pruning keeps 90% of the unpruned student's r^2 against the teacher, so a
+    # student that follows a detailed teacher closer keeps more of it.
     "demo": PipelinePreset(
         neurons=16, images=3000, repeats=4, image_size=64, teacher_preset="cpu",
         teacher_overrides={"epochs": 8, "width": 128, "n_blocks": 2, "ensemble": 4},

@@ -83,9 +83,10 @@ def test_pipeline_round_epochs_change_only_the_presets_retraining_between_visits
     def preset(*extra: str):
         return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
 
-    both = preset("--round-epochs", "2", "--v1-stride", "2")
-    assert both.compress == replace(PRESETS["demo"].compress, round_epochs=2)
-    assert both.teacher_overrides["vone_stride"] == 2 and PRESETS["demo"].compress.round_epochs == 0
+    other = PRESETS["demo"].compress.round_epochs + 1
+    both = preset("--round-epochs", str(other), "--v1-stride", "2")
+    assert both.compress == replace(PRESETS["demo"].compress, round_epochs=other)
+    assert both.teacher_overrides["vone_stride"] == 2 and PRESETS["demo"].compress.round_epochs != other
     with pytest.raises(cli.CompactVisionError, match="round_epochs"):
         preset("--round-epochs", "-1")
 
@@ -111,9 +112,10 @@ def test_pipeline_twin_design_changes_only_the_experiment():
     def preset(*extra: str):
         return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
 
-    design = preset("--twin-images", "11100", "--test-images", "300")
-    assert design == replace(PRESETS["demo"], images=11100, test_images=300)
-    assert preset("--test-images", "300").images == PRESETS["demo"].images
+    design = preset("--twin-images", "6000", "--test-images", "200")
+    assert design == replace(PRESETS["demo"], images=6000, test_images=200) != PRESETS["demo"]
+    assert preset("--test-images", "200").images == PRESETS["demo"].images
+    assert preset("--preset", "tiny", "--twin-images", "3000").test_images is None, "every image repeated, as before"
     for bad in (["--test-images", "0"], ["--twin-images", "100", "--test-images", "99"]):
         with pytest.raises(cli.CompactVisionError, match="test_images"):
             preset(*bad)
