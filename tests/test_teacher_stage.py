@@ -150,3 +150,22 @@ def test_a_trunk_that_sees_the_held_out_first_halves_never_sees_their_second_hal
     assert any(not torch.equal(x, c.state_dict()[n]) for n, x in a.state_dict().items()
                if n in c.state_dict() and "readout" not in n and "scale" not in n), "the first halves trained the trunk"
     assert plain["config"]["teacher"]["trunk_sees_held_out"] is False
+
+
+def test_a_pipeline_preset_with_a_test_set_scores_its_teacher_on_exactly_those_images(tmp_path):
+    """`PipelinePreset.test_images` reaches the twin: N repeated test images are the held-out set, the rest seen once."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from compactvision.pipeline import PRESETS, pipeline_teacher
+    from compactvision.rundir import heldout_data
+
+    p = replace(PRESETS["tiny"], images=300, test_images=40, image_size=32,
+                teacher_overrides={**PRESETS["tiny"].teacher_overrides, "epochs": 1})
+    pipeline_teacher(p, tmp_path)
+    (held,) = heldout_data(tmp_path)["sessions"].values()
+    assert len(held["images"]) == 40
+    assert np.isfinite(held["responses"]).all(), "every test image was shown every repeat"
+    with pytest.raises(ValueError, match="test_images"):
+        replace(p, test_images=299)
