@@ -63,64 +63,58 @@ def test_round_epochs_follow_the_visits_they_come_between(monkeypatch):
         config("--criterion", "reconstruction", "--round-epochs", "2")
 
 
+def _pipeline_preset(*extra: str):
+    """What `pipeline` would build from these options: the preset's name, or a custom preset."""
+    return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
+
+
 def test_pipeline_slimming_changes_only_the_presets_slimming():
     from compactvision.pipeline import PRESETS
 
-    def preset(*extra: str):
-        return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
-
-    assert preset() == "demo"
-    slim = preset("--preset", "tiny", "--slimming", "0.25")
+    assert _pipeline_preset() == "demo"
+    slim = _pipeline_preset("--preset", "tiny", "--slimming", "0.25")
     assert slim.compress.neuron_channel_l1 == 0.25
     assert slim.compress == replace(PRESETS["tiny"].compress, neuron_channel_l1=0.25)
     with pytest.raises(cli.CompactVisionError, match="neuron_epochs"):
-        preset("--preset", "v4", "--slimming", "0.5")
+        _pipeline_preset("--preset", "v4", "--slimming", "0.5")
 
 
 def test_pipeline_round_epochs_change_only_the_presets_retraining_between_visits():
     from compactvision.pipeline import PRESETS
 
-    def preset(*extra: str):
-        return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
-
     other = PRESETS["demo"].compress.round_epochs + 1
-    both = preset("--round-epochs", str(other), "--v1-stride", "2")
+    both = _pipeline_preset("--round-epochs", str(other), "--v1-stride", "2")
     assert both.compress == replace(PRESETS["demo"].compress, round_epochs=other)
     assert both.teacher_overrides["vone_stride"] == 2 and PRESETS["demo"].compress.round_epochs != other
     with pytest.raises(cli.CompactVisionError, match="round_epochs"):
-        preset("--round-epochs", "-1")
+        _pipeline_preset("--round-epochs", "-1")
 
 
 def test_pipeline_v1_stride_changes_only_the_teachers_v1_grid():
     from compactvision.pipeline import PRESETS
 
-    def preset(*extra: str):
-        return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
-
-    fine = preset("--v1-stride", "2")
+    fine = _pipeline_preset("--v1-stride", "2")
     assert fine == replace(PRESETS["demo"], teacher_overrides={**PRESETS["demo"].teacher_overrides, "vone_stride": 2})
-    both = preset("--preset", "tiny", "--v1-stride", "2", "--slimming", "0.25")
+    both = _pipeline_preset("--preset", "tiny", "--v1-stride", "2", "--slimming", "0.25")
     assert both.teacher_overrides["vone_stride"] == 2 and both.compress.neuron_channel_l1 == 0.25
     assert "vone_stride" not in PRESETS["demo"].teacher_overrides, "the preset itself is left alone"
     with pytest.raises(cli.CompactVisionError, match="vone_stride"):
-        preset("--v1-stride", "0")
+        _pipeline_preset("--v1-stride", "0")
 
 
 def test_pipeline_twin_design_changes_only_the_experiment():
     from compactvision.pipeline import PRESETS
 
-    def preset(*extra: str):
-        return cli._pipeline_preset(cli.build_parser().parse_args(["pipeline", "--out", "o", *extra]))
-
-    design = preset("--twin-images", "6000", "--test-images", "200")
+    design = _pipeline_preset("--twin-images", "6000", "--test-images", "200")
     assert design == replace(PRESETS["demo"], images=6000, test_images=200) != PRESETS["demo"]
-    assert preset("--test-images", "200").images == PRESETS["demo"].images
-    assert preset("--preset", "tiny", "--twin-images", "3000").test_images is None, "every image repeated, as before"
+    assert _pipeline_preset("--test-images", "200").images == PRESETS["demo"].images
+    tiny = _pipeline_preset("--preset", "tiny", "--twin-images", "3000")
+    assert tiny.test_images is None, "every image repeated, as before"
     for bad in (["--test-images", "0"], ["--twin-images", "100", "--test-images", "99"]):
         with pytest.raises(cli.CompactVisionError, match="test_images"):
-            preset(*bad)
+            _pipeline_preset(*bad)
     with pytest.raises(cli.CompactVisionError, match="--data"):
-        preset("--test-images", "300", "--data", "release")
+        _pipeline_preset("--test-images", "300", "--data", "release")
 
 
 def test_slimming_without_a_per_neuron_fit_is_a_clear_error(tmp_path, capsys):
