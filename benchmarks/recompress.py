@@ -1,7 +1,7 @@
 """Re-compressing the published V4 compact models: ours against theirs, neuron by neuron.
 
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
-                                    [--images N] [--readout-rank K] [--neuron-epochs N] [--distil-only] [--rank-cap]
+                                    [--images N] [--own-zoom Z] [--readout-rank K] [--neuron-epochs N] [--distil-only] [--rank-cap]
                                     [--finished-only] [--sessions 190923 201025] [--preset recompress]
     bash benchmarks/recompress_gpu.sh [SECONDS [ARGS...]]   # on one GPU, within a time budget
 
@@ -22,7 +22,8 @@ theirs, r of ours and of theirs against the measured responses, and the
 seconds our compression took; then the medians. `--shared-epochs N` trains
 the shared student for N epochs instead of the preset's, in a run of its own
 (`ours_<sample>_e<N>`), so the two can be compared neuron by neuron; `--images N`
-likewise labels N images for it instead of the preset's, and `--readout-rank K`
+likewise labels N images for it instead of the preset's, `--own-zoom Z` shows it the
+release's images through random windows of 1 - Z to 1 times their side, and `--readout-rank K`
 reads each neuron out at rank K. `--neuron-epochs N` fits each neuron's copy
 of the shared student for N epochs on its own before pruning, and links the
 labels and shared student from the run that made them. `--rank-cap` prints,
@@ -235,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="epochs of the shared student instead of the preset's (its runs are kept apart)")
     ap.add_argument("--images", type=int,
                     help="images the published models label for distillation, instead of the preset's (kept apart)")
+    ap.add_argument("--own-zoom", type=float,
+                    help="the stream's own images seen through random windows of 1 - Z to 1 times their side, "
+                         "instead of the preset's (kept apart)")
     ap.add_argument("--readout-rank", type=int,
                     help="rank of the shared student's factorised readout instead of the preset's (kept apart)")
     ap.add_argument("--neuron-epochs", type=int,
@@ -262,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, shared_epochs=args.shared_epochs)
     if args.images:
         config = replace(config, stream=replace(config.stream, n_images=args.images))
+    if args.own_zoom is not None:
+        config = replace(config, stream=replace(config.stream, own_zoom=args.own_zoom))
     if args.readout_rank:
         config = replace(config, readout_rank=args.readout_rank)
     if args.neuron_epochs is not None:
@@ -271,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     variant = (f"{per_session or 'all'}" + ("" if args.preset == "recompress" else f"_{args.preset}")
                + (f"_e{config.shared_epochs}" if config.shared_epochs != preset.shared_epochs else "")
                + (f"_i{config.stream.n_images}" if config.stream.n_images != preset.stream.n_images else "")
+               + (f"_z{config.stream.own_zoom:g}" if config.stream.own_zoom != preset.stream.own_zoom else "")
                + (f"_k{config.readout_rank}" if config.readout_rank != preset.readout_rank else "")
                + (f"_n{config.neuron_epochs}" if config.neuron_epochs != preset.neuron_epochs else ""))
     # Another choice of sessions is another sample, kept in folders of its own.

@@ -25,7 +25,7 @@ from torch import nn
 from compactvision.artifacts import atomic_write_json, read_json
 from compactvision.errors import ArtifactError
 from compactvision.runtime import autocast, select_device
-from compactvision.data.images import dead_leaves, natural_crops, pink_noise
+from compactvision.data.images import dead_leaves, natural_crops, pink_noise, zoom_crops
 from compactvision.inputs import as_model_input, fit_images
 from compactvision.progress import Progress, silent
 
@@ -41,6 +41,9 @@ class StreamConfig:
     synthetic_fraction: float = 0.2  # pink noise and dead leaves
     # the rest: the dataset's own training images (with flips), when given
     seed: int = 0
+    # Each own image is also seen through a random window of 1 - own_zoom to 1 times its side (`zoom_crops`):
+    # shifted and magnified views, so a stream longer than the dataset does not repeat its images.
+    own_zoom: float = 0.0
 
 
 def _chunk_seed(seed: int, index: int) -> int:
@@ -64,6 +67,7 @@ def stream_chunk(config: StreamConfig, index: int, own_images: np.ndarray | None
         own = fit_images(own_images[pick], size)
         flip = rng.random(len(own)) < 0.5
         own[flip] = own[flip, :, ::-1]
+        own = zoom_crops(own, config.own_zoom, rng)
         parts.append(own)
     images = np.concatenate([fit_images(p, size) for p in parts if len(p)], axis=0)
     return images[rng.permutation(len(images))]

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from compactvision.distill import LabelCache, StreamConfig
+from compactvision.distill import LabelCache, StreamConfig, stream_chunk
 from compactvision.errors import ArtifactError
 from compactvision.inputs import as_model_input
 
@@ -65,3 +66,14 @@ def test_labels_are_the_teachers_own_responses_to_the_stored_images(tmp_path) ->
     with torch.no_grad():
         plain = teacher.to(memory_format=torch.contiguous_format)(as_model_input(np.array(cache.images)).contiguous())
     assert np.allclose(cache.labels, plain.numpy(), atol=1e-5)
+
+
+def test_a_stream_with_own_zoom_shows_new_views_of_the_own_images_reproducibly() -> None:
+    own = (np.random.default_rng(0).random((5, 32, 32, 3)) * 255).astype(np.uint8)
+    plain = StreamConfig(n_images=64, image_size=32, chunk=64, natural_fraction=0.0, synthetic_fraction=0.0)
+    zoomed = replace(plain, own_zoom=0.3)
+    a, b = stream_chunk(plain, 0, own), stream_chunk(zoomed, 0, own)
+    originals = {x.tobytes() for x in own} | {x[:, ::-1].tobytes() for x in own}
+    assert all(x.tobytes() in originals for x in a)  # without zoom: the images and their mirror images
+    assert sum(x.tobytes() not in originals for x in b) > 0.9 * len(b)  # with it: views no image repeats
+    assert np.array_equal(b, stream_chunk(zoomed, 0, own))

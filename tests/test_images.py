@@ -29,6 +29,29 @@ def test_augmentation_changes_crops_but_not_their_source():
     assert plain.std() > 10 and augmented.std() > 10  # real image content, not blank frames
 
 
+def test_zoom_crops_are_shifted_magnified_windows_of_each_image():
+    # A ramp whose value is its column: a window of the image is a ramp over a sub-range of columns.
+    ramp = np.broadcast_to(np.arange(100, dtype=np.uint8)[None, :, None], (100, 100, 3))
+    images = np.stack([ramp] * 32)
+    views = im.zoom_crops(images, 0.4, np.random.default_rng(0))
+    assert views.shape == images.shape and views.dtype == np.uint8
+    rows = views[:, 50, :, 0].astype(int)
+    assert (np.diff(rows, axis=1) >= 0).all()  # still a left-to-right ramp, never mirrored or scrambled
+    spans = rows[:, -1] - rows[:, 0]
+    assert spans.min() >= 0.6 * 99 - 2 and spans.max() <= 99  # window sides within [1 - 0.4, 1] of the image
+    assert len(np.unique(rows[:, 0])) > 8  # at varied positions
+    assert np.array_equal(views, im.zoom_crops(images, 0.4, np.random.default_rng(0)))
+
+
+def test_zoom_crops_without_zoom_change_nothing_and_draw_nothing():
+    images = im.natural_crops(3, size=32, seed=0)
+    rng = np.random.default_rng(5)
+    assert im.zoom_crops(images, 0.0, rng) is images
+    assert rng.random() == np.random.default_rng(5).random()
+    with pytest.raises(ValueError, match="max_zoom"):
+        im.zoom_crops(images, 1.0, rng)
+
+
 def test_grating_orientation_and_frequency_conventions():
     horizontal, vertical = im.gratings([0.0, 90.0], 0.125, size=64)[..., 0].astype(float)
     # 0 deg = horizontal bars: constant along each row; 90 deg = vertical bars: constant down each column.

@@ -137,6 +137,33 @@ def natural_crops(n: int, size: int = 112, seed: int = 0, grayscale: bool = Fals
     return to_grayscale(out) if grayscale else out
 
 
+def zoom_crops(images: np.ndarray, max_zoom: float, rng: np.random.Generator) -> np.ndarray:
+    """Each image resampled from a random square window inside it: new views of the same scenes.
+
+    The window's side is the image's times a log-uniform factor in
+    [1 - `max_zoom`, 1], at a uniformly random (sub-pixel) position, and is
+    resized (bilinear) back to the image's size. So a scene is seen shifted
+    and magnified by up to `max_zoom`, as a fixating animal sees it from one
+    glance to the next; a teacher's labels of these views pin down a
+    student's function at more inputs than the scenes alone do. `max_zoom` 0
+    returns the images unchanged, and draws nothing from `rng`.
+    """
+    if not 0.0 <= max_zoom < 1.0:
+        raise ValueError(f"max_zoom must be in [0, 1), got {max_zoom}")
+    if max_zoom == 0.0 or len(images) == 0:
+        return images
+    n, h, w = images.shape[:3]
+    side = np.exp(rng.uniform(np.log(1.0 - max_zoom), 0.0, size=n))
+    pos = rng.uniform(0.0, 1.0, size=(n, 2))
+    out = np.empty_like(images)
+    for k in range(n):
+        sw, sh = side[k] * w, side[k] * h
+        x0, y0 = pos[k, 0] * (w - sw), pos[k, 1] * (h - sh)
+        view = Image.fromarray(images[k]).resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + sw, y0 + sh))
+        out[k] = np.asarray(view).reshape(out[k].shape)
+    return out
+
+
 # ----------------------------------------------------------------- synthetic
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Column (x) and row (y) coordinate grids, float32."""
