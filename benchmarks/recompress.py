@@ -1,7 +1,8 @@
 """Re-compressing the published V4 compact models: ours against theirs, neuron by neuron.
 
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
-                                    [--images N] [--own-zoom Z] [--readout-rank K] [--neuron-epochs N] [--distil-only] [--rank-cap]
+                                    [--images N] [--own-zoom Z] [--batch-size B] [--lr LR]
+                                    [--readout-rank K] [--neuron-epochs N] [--distil-only] [--rank-cap]
                                     [--finished-only] [--sessions 190923 201025] [--preset recompress]
     bash benchmarks/recompress_gpu.sh [SECONDS [ARGS...]]   # on one GPU, within a time budget
 
@@ -23,7 +24,8 @@ seconds our compression took; then the medians. `--shared-epochs N` trains
 the shared student for N epochs instead of the preset's, in a run of its own
 (`ours_<sample>_e<N>`), so the two can be compared neuron by neuron; `--images N`
 likewise labels N images for it instead of the preset's, `--own-zoom Z` shows it the
-release's images through random windows of 1 - Z to 1 times their side, and `--readout-rank K`
+release's images through random windows of 1 - Z to 1 times their side, `--batch-size B` and
+`--lr LR` train the students in batches of B at rate LR, and `--readout-rank K`
 reads each neuron out at rank K. `--neuron-epochs N` fits each neuron's copy
 of the shared student for N epochs on its own before pruning, and links the
 labels and shared student from the run that made them. `--rank-cap` prints,
@@ -40,7 +42,7 @@ import copy
 import os
 import signal
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,7 @@ from compactvision.compress import (SETTINGS, CompressConfig, compress_run, defa
                                    load_shared_student, same_shared_stages)
 from compactvision.cowley import import_cowley, session_predictions
 from compactvision.cowley.recompress import prepare_recompress
-from compactvision.distill import LabelCache
+from compactvision.distill import LabelCache, same_stream
 from compactvision.errors import CompactVisionError
 from compactvision.metrics import pearson_r
 from compactvision.pipeline import COMPRESS_PRESETS
@@ -201,7 +203,7 @@ def reuse_shared_stages(run: Path, work: Path, config: CompressConfig) -> tuple[
     ids = neuron_ids_of(run)
     for other in sorted(work.glob("ours_*/" + CACHE_DIR + "/labels/cache.json")):
         meta = read_json(other)
-        if meta.get("complete") and meta.get("neuron_ids") == ids and meta.get("stream") == asdict(config.stream):
+        if meta.get("complete") and meta.get("neuron_ids") == ids and same_stream(meta.get("stream"), config.stream):
             source = other.parents[2]
             mine.mkdir(parents=True, exist_ok=True)
             for name in ("images.npy", "labels.npy", "cache.json"):
@@ -236,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="epochs of the shared student instead of the preset's (its runs are kept apart)")
     ap.add_argument("--images", type=int,
                     help="images the published models label for distillation, instead of the preset's (kept apart)")
+    ap.add_argument("--batch-size", type=int,
+                    help="the students' batch size instead of the preset's (kept apart; the labels are shared)")
+    ap.add_argument("--lr", type=float, help="the students' learning rate instead of the preset's (kept apart)")
     ap.add_argument("--own-zoom", type=float,
                     help="the stream's own images seen through random windows of 1 - Z to 1 times their side, "
                          "instead of the preset's (kept apart)")
@@ -266,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, shared_epochs=args.shared_epochs)
     if args.images:
         config = replace(config, stream=replace(config.stream, n_images=args.images))
+    if args.batch_size:
+        config = replace(config, batch_size=args.batch_size)
+    if args.lr:
+        config = replace(config, lr=args.lr)
     if args.own_zoom is not None:
         config = replace(config, stream=replace(config.stream, own_zoom=args.own_zoom))
     if args.readout_rank:
@@ -277,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     variant = (f"{per_session or 'all'}" + ("" if args.preset == "recompress" else f"_{args.preset}")
                + (f"_e{config.shared_epochs}" if config.shared_epochs != preset.shared_epochs else "")
                + (f"_i{config.stream.n_images}" if config.stream.n_images != preset.stream.n_images else "")
+               + (f"_b{config.batch_size}" if config.batch_size != preset.batch_size else "")
+               + (f"_lr{config.lr:g}" if config.lr != preset.lr else "")
                + (f"_z{config.stream.own_zoom:g}" if config.stream.own_zoom != preset.stream.own_zoom else "")
                + (f"_k{config.readout_rank}" if config.readout_rank != preset.readout_rank else "")
                + (f"_n{config.neuron_epochs}" if config.neuron_epochs != preset.neuron_epochs else ""))

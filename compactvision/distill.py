@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -44,6 +44,15 @@ class StreamConfig:
     # Each own image is also seen through a random window of 1 - own_zoom to 1 times its side (`zoom_crops`):
     # shifted and magnified views, so a stream longer than the dataset does not repeat its images.
     own_zoom: float = 0.0
+
+
+def same_stream(recorded: Mapping[str, Any] | None, config: StreamConfig) -> bool:
+    """Whether a recorded stream (`asdict(StreamConfig)`) is `config`'s; a setting it predates counts as its default.
+
+    So a cache labelled before a setting was added still resumes, and is
+    reused, under a version that has it.
+    """
+    return recorded is not None and {**asdict(StreamConfig()), **recorded} == asdict(config)
 
 
 def _chunk_seed(seed: int, index: int) -> int:
@@ -134,7 +143,7 @@ class LabelCache:
                 "chunks_done": 0, "complete": False, "seconds": 0.0}
         if meta_path.exists():
             old = read_json(meta_path)
-            if old.get("stream") == meta["stream"] and old.get("neuron_ids") == meta["neuron_ids"]:
+            if same_stream(old.get("stream"), config) and old.get("neuron_ids") == meta["neuron_ids"]:
                 if old.get("complete"):
                     return cls(root)
                 meta["chunks_done"] = int(old.get("chunks_done", 0))

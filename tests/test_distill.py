@@ -56,6 +56,23 @@ def test_a_cache_begun_before_its_time_was_recorded_reports_no_time_rather_than_
     assert LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu").seconds is None
 
 
+def test_a_cache_begun_before_a_stream_setting_existed_resumes_and_another_setting_starts_afresh(tmp_path) -> None:
+    config = StreamConfig(n_images=48, image_size=16, chunk=16)
+    with pytest.raises(Stop):
+        LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
+    meta_path = tmp_path / "cache.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["stream"]["own_zoom"]  # as a version before the setting wrote it
+    meta_path.write_text(json.dumps(meta))
+    labelled: list[int] = []
+    LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu", progress=lambda s, d, t: labelled.append(d))
+    assert labelled == [2, 3], "the chunk already on disk is not labelled again"
+    labelled.clear()
+    LabelCache.build(tmp_path, _teacher(), ["x", "y"], replace(config, own_zoom=0.2), device="cpu",
+                     progress=lambda s, d, t: labelled.append(d))
+    assert labelled == [1, 2, 3], "a cache of another stream is never reused"
+
+
 def test_labels_are_the_teachers_own_responses_to_the_stored_images(tmp_path) -> None:
     """Labelling runs the teacher on channels-last tensors for speed: the function must not change with it."""
     torch.manual_seed(0)
