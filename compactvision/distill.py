@@ -45,6 +45,11 @@ class StreamConfig:
     # shifted and magnified views, so a stream longer than the dataset does not repeat its images.
     own_zoom: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Refused when the settings are made, not at the first chunk after the labelling has begun.
+        if not 0.0 <= self.own_zoom < 1.0:
+            raise ValueError(f"own_zoom must be in [0, 1), got {self.own_zoom}")
+
 
 def same_stream(recorded: Mapping[str, Any] | None, config: StreamConfig) -> bool:
     """Whether a recorded stream (`asdict(StreamConfig)`) is `config`'s; a setting it predates counts as its default.

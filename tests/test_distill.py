@@ -94,3 +94,5 @@ def test_a_stream_with_own_zoom_shows_new_views_of_the_own_images_reproducibly()
     assert all(x.tobytes() in originals for x in a)  # without zoom: the images and their mirror images
     assert sum(x.tobytes() not in originals for x in b) > 0.9 * len(b)  # with it: views no image repeats
     assert np.array_equal(b, stream_chunk(zoomed, 0, own))
+    with pytest.raises(ValueError, match="own_zoom"):
+        replace(plain, own_zoom=1.0)
