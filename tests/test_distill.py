@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -45,25 +46,25 @@ def test_an_interrupted_cache_resumes_equals_an_uninterrupted_one_and_sums_its_s
     assert LabelCache(tmp_path / "a").seconds == resumed.seconds
 
 
+def _as_an_older_version_left_it(root, config: StreamConfig, forget: Callable[[dict], None]) -> None:
+    """Label `config`'s first chunk into `root`, stop, and drop from its record what `forget` drops."""
+    with pytest.raises(Stop):
+        LabelCache.build(root, _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
+    meta_path = root / "cache.json"
+    meta = json.loads(meta_path.read_text())
+    forget(meta)
+    meta_path.write_text(json.dumps(meta))
+
+
 def test_a_cache_begun_before_its_time_was_recorded_reports_no_time_rather_than_part_of_it(tmp_path) -> None:
     config = StreamConfig(n_images=32, image_size=16, chunk=16)
-    with pytest.raises(Stop):
-        LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
-    meta_path = tmp_path / "cache.json"
-    meta = json.loads(meta_path.read_text())
-    del meta["seconds"]  # as an older version wrote it
-    meta_path.write_text(json.dumps(meta))
+    _as_an_older_version_left_it(tmp_path, config, lambda meta: meta.pop("seconds"))
     assert LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu").seconds is None
 
 
 def test_a_cache_begun_before_a_stream_setting_existed_resumes_and_another_setting_starts_afresh(tmp_path) -> None:
     config = StreamConfig(n_images=48, image_size=16, chunk=16)
-    with pytest.raises(Stop):
-        LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu", progress=stop_after_first)
-    meta_path = tmp_path / "cache.json"
-    meta = json.loads(meta_path.read_text())
-    del meta["stream"]["own_zoom"]  # as a version before the setting wrote it
-    meta_path.write_text(json.dumps(meta))
+    _as_an_older_version_left_it(tmp_path, config, lambda meta: meta["stream"].pop("own_zoom"))
     labelled: list[int] = []
     LabelCache.build(tmp_path, _teacher(), ["x", "y"], config, device="cpu", progress=lambda s, d, t: labelled.append(d))
     assert labelled == [2, 3], "the chunk already on disk is not labelled again"
