@@ -111,47 +111,41 @@ def green_table(run: Path) -> None:
         print(f"{name:<38}  {t:>20}  {s:>24}")
 
 
-ONE_STAGE = ("v1_simple", "v1_complex", "centre_surround", "colour_opponent")
-CONSOLIDATED = 5  # a layer after the first with at most this many filters is a consolidation layer
-
-
 def _histories(run: Path) -> list[dict]:
     import json
 
     return [json.loads(p.read_text()) for p in sorted((run / "history").glob("prune_*.json"))]
 
 
+def print_cell_types(sizes: dict, title: str) -> None:
+    """One run's `sizes_by_cell_type`, a row per cell type, then the one- vs multi-stage medians."""
+    from compactvision.interpret.profile import CONSOLIDATED_MAX
+
+    print(f"\n{title}; consolidation: a layer after the first with <= {CONSOLIDATED_MAX} filters")
+    print(f"{'cell type':<16} {'n':>2} {'median filters per layer':>26} {'total':>6} {'params':>7} {'consol.':>8} "
+          f"{'r vs teacher':>12} {'r truth':>8}")
+    for kind, row in sizes.items():
+        if kind == "all":
+            continue
+        print(f"{kind:<16} {row['n']:>2} {str(row['channels']):>26} {row['total_filters']:>6.0f} "
+              f"{row['n_parameters']:>7,.0f} {row['consolidated']:>3}/{row['n']:<4} {row['r_teacher']:>12.3f} "
+              f"{row['r_truth']:>8.3f}  {'one-stage' if row['one_stage'] else 'multi-stage'}")
+    a = sizes["all"]
+    print(f"median total filters: one-stage {a['one_stage_filters']:.0f}, multi-stage {a['multi_stage_filters']:.0f}; "
+          f"consolidated {a['consolidated']}/{a['n']} ({a['consolidated'] / a['n']:.0%}); "
+          f"median parameters {a['n_parameters']:,.0f}")
+
+
 def cell_type_table(run: Path) -> None:
     """The twin's compact models grouped by cell type: does model size follow the computation?"""
+    from compactvision.interpret.profile import sizes_by_cell_type
     from compactvision.runs import Run
 
     truth = Run.open(run).ground_truth()
     if not truth:
         return
-    types = {r["neuron_id"]: r["cell_type"] for r in truth}
-    rows: dict[str, list[dict]] = {}
-    for h in _histories(run):
-        rows.setdefault(types.get(h["neuron_id"], "?"), []).append(h["metrics"])
-    print(f"\ncompact models per cell type ({run.name}); consolidation: a layer after the first with <= {CONSOLIDATED} filters")
-    print(f"{'cell type':<16} {'n':>2} {'median filters per layer':>26} {'total':>6} {'params':>7} {'consol.':>8} "
-          f"{'r vs teacher':>12} {'r truth':>8}")
-    every = []
-    for kind in sorted(rows, key=lambda k: (k not in ONE_STAGE, k)):
-        ms = rows[kind]
-        every += ms
-        chans = np.median([m["channels"] for m in ms], axis=0).astype(int).tolist()
-        consol = sum(min(m["channels"][1:]) <= CONSOLIDATED for m in ms)
-        stage = "one-stage" if kind in ONE_STAGE else "multi-stage"
-        print(f"{kind:<16} {len(ms):>2} {str(chans):>26} {np.median([sum(m['channels']) for m in ms]):>6.0f} "
-              f"{np.median([m['n_parameters'] for m in ms]):>7,.0f} {consol:>3}/{len(ms):<4} "
-              f"{np.median([m['r_teacher'] for m in ms]):>12.3f} {np.median([m.get('r_truth', np.nan) for m in ms]):>8.3f}"
-              f"  {stage}")
-    one = [sum(m["channels"]) for k, ms in rows.items() if k in ONE_STAGE for m in ms]
-    multi = [sum(m["channels"]) for k, ms in rows.items() if k not in ONE_STAGE for m in ms]
-    consol = sum(min(m["channels"][1:]) <= CONSOLIDATED for m in every)
-    print(f"median total filters: one-stage {np.median(one):.0f}, multi-stage {np.median(multi):.0f}; "
-          f"consolidated {consol}/{len(every)} ({consol / len(every):.0%}); "
-          f"median parameters {np.median([m['n_parameters'] for m in every]):,.0f}")
+    metrics = {h["neuron_id"]: h["metrics"] for h in _histories(run)}
+    print_cell_types(sizes_by_cell_type(metrics, truth), f"compact models per cell type ({run.name})")
 
 
 def compare_criteria(n_neurons: int) -> None:

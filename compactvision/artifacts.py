@@ -65,6 +65,17 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
 
 
+def atomic_write_npy(path: str | Path, array: Any) -> Path:
+    """One array as a `.npy` file (no pickled objects), atomically."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 

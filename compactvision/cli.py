@@ -378,13 +378,13 @@ def _add_slimming_option(p: argparse.ArgumentParser) -> None:
                         "pruning budget holds (0: off; default from the preset; needs a per-neuron fit)")
 
 
-def _compression_config(args: argparse.Namespace):
-    """The preset's `CompressConfig` with the command line's pruning options applied."""
+def _compression_config(args: argparse.Namespace, base=None):
+    """The preset's (or `base`'s) `CompressConfig` with the command line's pruning options applied."""
     from dataclasses import replace
 
     from compactvision.pipeline import COMPRESS_PRESETS
 
-    config = replace(COMPRESS_PRESETS[args.preset], seed=args.seed)
+    config = replace(base or COMPRESS_PRESETS[args.preset], seed=args.seed)
     if args.strategy:
         # A fresh per-neuron student must be fitted; a preset whose shared copies skip that lends its shared epochs.
         epochs = (config.neuron_epochs or config.shared_epochs) if args.strategy == "per_neuron" else config.neuron_epochs
@@ -446,6 +446,38 @@ def _recompress(args: argparse.Namespace) -> None:
                              sessions=args.sessions, release=args.release)
     summary = compress_run(run, _compression_config(args), backend=args.backend, workers=args.workers,
                            address=args.address, progress=_progress(args.progress_format), device=args.device)
+    _print_compression(summary)
+
+
+@stage
+def add_compress_truth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress-truth", help="distil and prune a digital-twin run's neurons from the twin itself, "
+                                              "not from its fitted teacher: the compact models of the true "
+                                              "computations, to compare with the run's own (resumable per neuron)")
+    p.add_argument("run", help="a run whose data is the digital twin (the bundle, or one made by pipeline)")
+    p.add_argument("--out", required=True, help="the truth run (rerun the same command to continue it)")
+    p.add_argument("--preset", choices=COMPRESS_PRESETS, metavar="NAME",
+                   help="compression sizes: %(choices)s (default: the settings the run's own compact models were "
+                        "made with, so the two compare like for like)")
+    p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
+    _add_pruning_options(p)
+    _add_compress_options(p)
+    p.set_defaults(func=_compress_truth)
+
+
+def _compress_truth(args: argparse.Namespace) -> None:
+    from compactvision.artifacts import read_manifest
+    from compactvision.compress import CompressConfig, compress_run
+    from compactvision.truth_run import prepare_truth_run
+
+    recorded = (read_manifest(args.run, verify=False).get("config") or {}).get("compress")
+    base = None if args.preset or not recorded else CompressConfig.from_dict(recorded)
+    if base is None and not args.preset:
+        args.preset = "demo"
+    run = prepare_truth_run(args.run, args.out)
+    summary = compress_run(run, _compression_config(args, base), backend=args.backend, workers=args.workers,
+                           address=args.address, neurons=args.neurons, progress=_progress(args.progress_format),
+                           device=args.device)
     _print_compression(summary)
 
 

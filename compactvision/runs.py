@@ -20,7 +20,10 @@ from compactvision.data.formats import load_npz
 from compactvision.errors import ArtifactError
 from compactvision.hashing import sha256_file
 from compactvision.models.student import CompactStudent
-from compactvision.models.teacher import Teacher, load_teacher
+from compactvision.models.bank import BANK_FORMAT
+from compactvision.models.teacher import ARCHITECTURE, TEACHER_DIR, Teacher, load_teacher
+from compactvision.models.teacher import FORMAT as TEACHER_FORMAT
+from compactvision.models.truth import TRUTH_FORMAT
 from compactvision.rundir import HELDOUT, heldout_data
 
 # ------------------------------------------------------------ finding runs
@@ -139,9 +142,29 @@ class Run:
         p = self.path / "data.json"
         return read_json(p) if p.is_file() else {}
 
+    @functools.cached_property
+    def teacher_format(self) -> str | None:
+        """The format tag of the run's `teacher/`: a fitted teacher, a bank of published models, the twin's truth."""
+        p = self.path / TEACHER_DIR / ARCHITECTURE
+        if not p.is_file() or not any((self.path / TEACHER_DIR).glob("*.safetensors")):
+            return None
+        arch = read_json(p)
+        return str(arch.get("format")) if isinstance(arch, dict) else None
+
     @property
     def has_teacher(self) -> bool:
-        return (self.path / "teacher").is_dir() and any((self.path / "teacher").glob("*.safetensors"))
+        """Whether the run has a fitted teacher network: what the teacher's views (V1 bank, layers, ...) browse."""
+        return self.teacher_format == TEACHER_FORMAT
+
+    @property
+    def no_teacher_reason(self) -> str:
+        """Why the run has no fitted teacher to show, in a sentence."""
+        if self.teacher_format == TRUTH_FORMAT:
+            return ("This run's compact models were distilled from the digital twin itself "
+                    "(`compactvision compress-truth`), not from a fitted teacher.")
+        if self.teacher_format == BANK_FORMAT:
+            return "This run's teacher is a bank of published compact models, not a fitted teacher network."
+        return "This run has no teacher (imported published models are students only)."
 
     def student_ids(self) -> list[str]:
         return list_students(self.path)
@@ -151,7 +174,7 @@ class Run:
 
     def load_teacher(self) -> Teacher:
         if not self.has_teacher:
-            raise ArtifactError("this run has no teacher (e.g. imported published models)", self.path / "teacher")
+            raise ArtifactError(self.no_teacher_reason, self.path / TEACHER_DIR)
         return load_teacher(self.path)
 
     def history(self, name: str) -> Any:

@@ -296,9 +296,7 @@ def write_split_data(out: Path, dataset: NeuralDataset, scored: Sequence[Session
     and the benchmarks all score on exactly these. The training images go to
     the hidden cache, where distillation mixes them into its image stream.
     """
-    import io
-
-    from compactvision.artifacts import atomic_write_bytes
+    from compactvision.artifacts import atomic_write_npy
     from compactvision.rundir import HELDOUT, TRAIN_IMAGES
     from compactvision.data.formats import save_npz
 
@@ -308,9 +306,7 @@ def write_split_data(out: Path, dataset: NeuralDataset, scored: Sequence[Session
     save_npz(NeuralDataset(held, dict(dataset.metadata), truth), out / HELDOUT)
     shape = trained[0].images.shape[1:]
     train = np.concatenate([s.images[splits[s.session_id]["train"]] for s in trained if s.images.shape[1:] == shape])
-    buf = io.BytesIO()
-    np.save(buf, train)
-    atomic_write_bytes(out / TRAIN_IMAGES, buf.getvalue())
+    atomic_write_npy(out / TRAIN_IMAGES, train)
 
 
 def _twin_rates(dataset: NeuralDataset, splits: Mapping[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ run_through_app()  # a deep link on a fresh server starts a page alone: lay it o
 st.title("Gabor bank")
 run = require_run()
 if not run.has_teacher:
-    st.info("This run has no teacher, so no VOneBlock (imported published models are students only).")
+    st.info(f"{run.no_teacher_reason} So there is no VOneBlock to show.")
     st.stop()
 big = teacher(run)
 vone = big.vone

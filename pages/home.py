@@ -69,6 +69,9 @@ if stu:
             cols[3].metric("Multiply-accumulates per prediction (teacher)", f"{tea['macs'] / 1e6:.0f} M",
                            help="the teacher predicts all its neurons in one pass")
 
+if not tea and run.teacher_format:
+    st.caption(run.no_teacher_reason)
+
 st.subheader("Accuracy")
 if summary["accuracy"]:
     st.dataframe(summary["accuracy"], hide_index=True, column_config={

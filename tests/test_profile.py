@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from compactvision.interpret.profile import cell_label, consolidation_layer, neuron_card, readout_map
+from compactvision.interpret.profile import cell_label, consolidation_layer, neuron_card, readout_map, sizes_by_cell_type
 from compactvision.models.student import CompactStudent, StudentArch
 from compactvision.viz.filters import readout_map_figure
 
@@ -26,6 +26,28 @@ def test_consolidation_is_a_narrow_layer_after_the_first():
     assert consolidation_layer([47, 57, 3, 7, 3]) == 2
     assert consolidation_layer([3, 20, 20, 20, 20]) is None, "a narrow first layer is not a bottleneck"
     assert consolidation_layer([20, 20, 20, 20, 6]) is None
+
+
+def test_sizes_are_grouped_by_cell_type_and_split_into_one_and_multi_stage():
+    truth = [{"neuron_id": f"n{i}", "cell_type": t} for i, t in
+             enumerate(["v1_simple", "v1_simple", "curvature", "texture", "colour_opponent"])]
+    metrics = {
+        "n0": {"channels": [8, 39, 63, 60, 3], "n_parameters": 13000, "r_teacher": 0.9, "r_truth": 0.4},
+        "n1": {"channels": [4, 4, 4, 4, 4], "n_parameters": 1000, "r_teacher": 0.8, "r_truth": 0.6},
+        "n2": {"channels": [3, 3, 3, 3, 3], "n_parameters": 900, "r_teacher": 0.95, "r_truth": 0.7},
+        "n3": {"channels": [9, 9, 9, 9, 9], "n_parameters": 3000, "r_teacher": 0.85},
+        "n4": {"channels": [6, 6, 6, 6, 6], "n_parameters": 1500, "r_teacher": 0.9, "r_truth": 0.9},
+    }
+    sizes = sizes_by_cell_type(metrics, truth)
+    assert list(sizes) == ["colour_opponent", "v1_simple", "curvature", "texture", "all"], "one-stage types first"
+    simple = sizes["v1_simple"]
+    assert simple["n"] == 2 and simple["one_stage"] and simple["consolidated"] == 2
+    assert simple["channels"] == [6, 21, 33, 32, 3] and simple["total_filters"] == (173 + 20) / 2
+    assert simple["n_parameters"] == 7000 and simple["r_truth"] == pytest.approx(0.5)
+    assert sizes["texture"]["consolidated"] == 0 and np.isnan(sizes["texture"]["r_truth"]), "no truth score: NaN"
+    every = sizes["all"]
+    assert every["one_stage_filters"] == 30 and every["multi_stage_filters"] == (15 + 45) / 2
+    assert every["consolidated"] == 3 and every["n"] == 5 and every["n_parameters"] == 1500
 
 
 def test_a_card_scores_the_model_and_finds_its_top_image():

@@ -82,6 +82,33 @@ def test_the_twin_compared_with_itself_is_recovered(twin):
     assert res["closed_loop_ratio"] == pytest.approx(1.0)  # its own optimum, shown to itself
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_cell_type_of_the_twin_compared_with_itself_is_recovered(seed):
+    """A recovery test the truth itself fails measures the test, not the model.
+
+    Before: an end-stopped cell's grating orientation, read with gratings
+    filling the image, was about 90 deg off its own (long gratings suppress
+    it), and preferred sizes were read on grids coarser than the tolerance.
+    """
+    from compactvision.interpret.stimuli import recovered
+
+    twin = DigitalTwin(8, seed=seed, image_size=64)  # one neuron of each type
+    natural = natural_crops(128, size=64, seed=5)
+    for i, truth in enumerate(twin.ground_truth()):
+        res = compare_with_twin(twin, twin, i, model_neuron=i, synthesis_steps=32, natural_images=natural)
+        assert recovered(res), (truth["cell_type"], res)
+        if "twin_size_px" in res:
+            assert res["size_error_px"] == 0 and res["twin_size_px"] == pytest.approx(truth["preferred_size_px"], rel=0.25)
+
+
+def test_fine_sizes_step_less_than_the_size_tolerance():
+    from compactvision.interpret.stimuli import fine_sizes
+
+    d = fine_sizes(2.0, 32.0)
+    assert d[0] == pytest.approx(2.0) and d[-1] == pytest.approx(32.0)
+    assert np.all(d[1:] / d[:-1] <= 1.1 + 1e-9) and np.all(d[1:] / d[:-1] > 1.05)
+
+
 def test_the_closed_loop_compares_with_natural_images():
     twin = DigitalTwin(2, seed=0, image_size=SIZE, cell_types=["v1_simple"])
     natural = natural_crops(64, size=SIZE, seed=3)
@@ -120,11 +147,15 @@ def test_recovery_table_applies_each_types_criteria():
             {"cell_type": "v1_complex", "orientation_error_deg": 5.0, "closed_loop_ratio": 0.5},
             {"cell_type": "dot_detector", "size_error_px": 1.0, "true_size_px": 8.0, "closed_loop_ratio": 0.85,
              "closed_loop_beats_natural": True},
+            # The size is judged against the twin neuron's own on the same stimuli, not the record's.
+            {"cell_type": "centre_surround", "size_error_px": 2.5, "true_size_px": 12.0, "twin_size_px": 8.0,
+             "closed_loop_ratio": 0.9, "closed_loop_beats_natural": True},
             {"cell_type": "colour_opponent", "closed_loop_ratio": 0.9, "closed_loop_beats_natural": False}]
     table = recovery_table(rows)
     assert table["v1_simple"] == {"n": 2, "recovered": 1, "fraction": 0.5}
     assert table["v1_complex"]["fraction"] == 0.0  # right orientation, but its image does not drive the neuron
     assert table["dot_detector"]["fraction"] == 1.0
+    assert table["centre_surround"]["fraction"] == 0.0, "2.5 px is within 25% of 12 px, not of 8 px"
     assert table["colour_opponent"]["fraction"] == 0.0  # a natural image drives it harder
 
 

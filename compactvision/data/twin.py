@@ -56,6 +56,9 @@ from compactvision.data.images import arc_points, mixed_images, natural_crops
 
 CELL_TYPES: tuple[str, ...] = ("v1_simple", "v1_complex", "end_stopped", "curvature",
                                "dot_detector", "texture", "centre_surround", "colour_opponent")
+#: The cell types computed in one stage from the image (a filter, a pair of filters, or a difference of
+#: Gaussians, then the output nonlinearity); the others combine several such stages.
+ONE_STAGE_TYPES: tuple[str, ...] = ("v1_simple", "v1_complex", "centre_surround", "colour_opponent")
 
 #: Sharpness of the softplus threshold, in units of the calibrated drive.
 BETA = 4.0

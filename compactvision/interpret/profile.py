@@ -48,6 +48,49 @@ def consolidation_layer(channels: Sequence[int]) -> int | None:
     return next((i for i, c in enumerate(channels) if i > 0 and c <= CONSOLIDATED_MAX), None)
 
 
+def sizes_by_cell_type(metrics: Mapping[str, Mapping[str, Any]],
+                       ground_truth: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Does model size follow the computation? The twin's compact models grouped by cell type.
+
+    `metrics` maps neuron id -> a compact model's recorded metrics (`channels`,
+    `n_parameters`, `r_teacher`, `r_truth`); `ground_truth` holds the twin's
+    records. Per cell type: n, median filters per layer, median total filters
+    and parameters, how many consolidated, median r against the teacher and
+    the truth, and whether the type is computed in one stage. Under the key
+    "all": the median total filters of one-stage and of multi-stage cells, and
+    the consolidated count, over every neuron.
+    """
+    from compactvision.data.twin import ONE_STAGE_TYPES
+
+    types = {str(r["neuron_id"]): str(r["cell_type"]) for r in ground_truth}
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for nid, m in metrics.items():
+        groups.setdefault(types.get(str(nid), "?"), []).append(m)
+
+    def median(ms: Sequence[Mapping[str, Any]], key: str) -> float:
+        values = [m[key] for m in ms if m.get(key) is not None]
+        return float(np.median(values)) if values else float("nan")
+
+    def consolidated(ms: Sequence[Mapping[str, Any]]) -> int:
+        return sum(consolidation_layer(m["channels"]) is not None for m in ms)
+
+    out: dict[str, dict[str, Any]] = {}
+    for kind in sorted(groups, key=lambda k: (k not in ONE_STAGE_TYPES, k)):
+        ms = groups[kind]
+        out[kind] = {"n": len(ms), "one_stage": kind in ONE_STAGE_TYPES,
+                     "channels": np.median([m["channels"] for m in ms], axis=0).astype(int).tolist(),
+                     "total_filters": float(np.median([sum(m["channels"]) for m in ms])),
+                     "n_parameters": median(ms, "n_parameters"), "consolidated": consolidated(ms),
+                     "r_teacher": median(ms, "r_teacher"), "r_truth": median(ms, "r_truth")}
+    every = [m for ms in groups.values() for m in ms]
+    one = [sum(m["channels"]) for k, ms in groups.items() if k in ONE_STAGE_TYPES for m in ms]
+    multi = [sum(m["channels"]) for k, ms in groups.items() if k not in ONE_STAGE_TYPES for m in ms]
+    out["all"] = {"n": len(every), "one_stage_filters": float(np.median(one)) if one else float("nan"),
+                  "multi_stage_filters": float(np.median(multi)) if multi else float("nan"),
+                  "consolidated": consolidated(every), "n_parameters": median(every, "n_parameters")}
+    return out
+
+
 @dataclass
 class NeuronCard:
     """One gallery row: identity, size, accuracy and the image that drives the neuron hardest."""

@@ -39,6 +39,7 @@ from compactvision.errors import ArtifactError
 from compactvision.models.bank import BANK_FORMAT, StudentBank, load_bank
 from compactvision.models.backbone import ResNetSpec, ResNetTrunk
 from compactvision.models.readouts import OUTPUTS, FactorisedReadout, GaussianReadout, Readout
+from compactvision.models.truth import TRUTH_FORMAT, TruthTeacher, load_truth
 from compactvision.models.vone import DEFAULT_STRIDE, DEFAULT_VISUAL_DEGREES, VOneBlock
 from compactvision.train import TrainConfig
 
@@ -447,11 +448,12 @@ def save_teacher(teacher: Teacher, run_dir: str | Path) -> Path:
     return out
 
 
-def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher | StudentBank:
+def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher | StudentBank | TruthTeacher:
     """Rebuild a saved teacher in eval mode; with `verify`, its files must match the run's manifest.
 
     A re-compression run's teacher is a bank of published compact models
-    (`models.bank`); it loads from the same two files.
+    (`models.bank`), and a truth run's the digital twin itself
+    (`models.truth`); each loads from the same two files.
     """
     run_dir = Path(run_dir)
     rel = [f"{TEACHER_DIR}/{WEIGHTS}", f"{TEACHER_DIR}/{ARCHITECTURE}"]
@@ -464,6 +466,8 @@ def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher | StudentB
     arch = read_json(run_dir / rel[1])
     if isinstance(arch, dict) and arch.get("format") == BANK_FORMAT:
         return load_bank(arch, run_dir / rel[0], run_dir / rel[1])
+    if isinstance(arch, dict) and arch.get("format") == TRUTH_FORMAT:
+        return load_truth(arch, run_dir / rel[0], run_dir / rel[1])
     if not isinstance(arch, dict) or arch.get("format") != FORMAT:
         raise ArtifactError(f"not a teacher architecture file (format {arch.get('format') if isinstance(arch, dict) else '?'})",
                             run_dir / rel[1])
