@@ -330,10 +330,14 @@ def add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="paper", choices=COMPRESS_PRESETS, metavar="NAME",
                    help="compression sizes: %(choices)s (default %(default)s: students start at 100 filters per "
                         "layer, as in the reference; tiny and demo are the pipeline presets' sizes)")
+    _add_neurons_and_compression_options(p)
+    p.set_defaults(func=_compress)
+
+
+def _add_neurons_and_compression_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
     _add_pruning_options(p)
     _add_compress_options(p)
-    p.set_defaults(func=_compress)
 
 
 def _add_pruning_options(p: argparse.ArgumentParser) -> None:
@@ -459,9 +463,7 @@ def add_compress_truth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=COMPRESS_PRESETS, metavar="NAME",
                    help="compression sizes: %(choices)s (default: the settings the run's own compact models were "
                         "made with, so the two compare like for like)")
-    p.add_argument("--neurons", type=int, nargs="+", help="only these neuron indices")
-    _add_pruning_options(p)
-    _add_compress_options(p)
+    _add_neurons_and_compression_options(p)
     p.set_defaults(func=_compress_truth)
 
 

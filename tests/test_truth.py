@@ -18,7 +18,7 @@ from compactvision.models.teacher import load_teacher
 from compactvision.models.truth import TruthTeacher
 from compactvision.rundir import HELDOUT, TRAIN_IMAGES, history_path, neuron_ids_of, training_images
 from compactvision.truth_run import prepare_truth_run
-from conftest import ROOT, copy_run
+from conftest import ROOT, copy_run, load_benchmark
 
 def _rerecord(run) -> None:
     """Re-record a run's manifest after a test changed its files, as a user's own edit would have to."""
@@ -127,3 +127,17 @@ def test_every_page_works_on_a_truth_run_and_says_why_it_has_no_teacher(truth_ru
     assert not at.exception, [e.message for e in at.exception]
     if page in ("home", "gabor_bank"):
         assert any("distilled from the digital twin itself" in e.value for e in [*at.caption, *at.info])
+
+
+def test_the_benchmark_sets_both_runs_side_by_side(tiny_run, truth_run, capsys):
+    bench = load_benchmark("truth")
+    bench.print_side_by_side(tiny_run, truth_run)
+    out = capsys.readouterr().out
+    first = neuron_ids_of(truth_run)[0]
+    assert first in out and "median total filters one-stage" in out and "from the truth" in out
+    bench.print_recovery(tiny_run, {"the truth's unpruned student": bench.unpruned_columns(truth_run),
+                                    "the run's compact models": bench.compact_models(tiny_run)})
+    out = capsys.readouterr().out
+    n = len(neuron_ids_of(tiny_run))
+    assert "the truth's unpruned student | the run's compact models" in out
+    assert out.strip().splitlines()[-1].split()[0] == "total" and out.count(f"/{n}") == 2
