@@ -464,20 +464,30 @@ def add_compress_truth(sub: argparse._SubParsersAction) -> None:
                    help="compression sizes: %(choices)s (default: the settings the run's own compact models were "
                         "made with, so the two compare like for like)")
     _add_neurons_and_compression_options(p)
-    p.set_defaults(func=_compress_truth)
+    p.set_defaults(func=_compress_truth, seed=None)  # no --seed: the run's own, like every other setting
 
 
-def _compress_truth(args: argparse.Namespace) -> None:
+def _truth_compression_config(args: argparse.Namespace):
+    """The settings the twin run's compact models were made with (or `--preset`'s), with the options applied."""
     from compactvision.artifacts import read_manifest
-    from compactvision.compress import CompressConfig, compress_run
-    from compactvision.truth_run import prepare_truth_run
+    from compactvision.compress import CompressConfig
 
     recorded = (read_manifest(args.run, verify=False).get("config") or {}).get("compress")
     base = None if args.preset or not recorded else CompressConfig.from_dict(recorded)
     if base is None and not args.preset:
         args.preset = "demo"
+    if args.seed is None:
+        args.seed = base.seed if base is not None else 0
+    return _compression_config(args, base)
+
+
+def _compress_truth(args: argparse.Namespace) -> None:
+    from compactvision.compress import compress_run
+    from compactvision.truth_run import prepare_truth_run
+
+    config = _truth_compression_config(args)
     run = prepare_truth_run(args.run, args.out)
-    summary = compress_run(run, _compression_config(args, base), backend=args.backend, workers=args.workers,
+    summary = compress_run(run, config, backend=args.backend, workers=args.workers,
                            address=args.address, neurons=args.neurons, progress=_progress(args.progress_format),
                            device=args.device)
     _print_compression(summary)

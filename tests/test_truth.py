@@ -10,6 +10,7 @@ import torch
 
 from compactvision.artifacts import list_students, read_json, read_manifest, save_weights, write_manifest
 from compactvision.cli import main
+from compactvision.compress import CompressConfig
 from compactvision.data.formats import load_npz, save_npz
 from compactvision.data.twin import twin_from_ground_truth
 from compactvision.distill import LabelCache
@@ -141,3 +142,26 @@ def test_the_benchmark_sets_both_runs_side_by_side(tiny_run, truth_run, capsys):
     n = len(neuron_ids_of(tiny_run))
     assert "the truth's unpruned student | the run's compact models" in out
     assert out.strip().splitlines()[-1].split()[0] == "total" and out.count(f"/{n}") == 2
+
+
+def test_compress_truth_takes_the_runs_own_settings_seed_included_unless_told(tiny_run, tmp_path):
+    from compactvision import cli
+
+    recorded = read_manifest(tiny_run)["config"]["compress"]
+    run = tmp_path / "seeded"
+    run.mkdir()
+    write_manifest(run, kind="pipeline", config={"compress": {**recorded, "seed": 5}})
+
+    def config(*options):
+        args = cli.build_parser().parse_args(["compress-truth", str(run), "--out", str(tmp_path / "t"), *options])
+        return args.func, cli._truth_compression_config(args)
+
+    func, own = config()
+    assert func is cli._compress_truth and own.seed == 5
+    assert own.to_dict() == CompressConfig.from_dict({**recorded, "seed": 5}).to_dict()
+    assert config("--seed", "2")[1].seed == 2
+    assert config("--threshold", "0.8")[1].prune.threshold == 0.8
+    from compactvision.pipeline import COMPRESS_PRESETS
+
+    preset = config("--preset", "tiny")[1]
+    assert preset.seed == 0 and preset.to_dict() == COMPRESS_PRESETS["tiny"].to_dict()
