@@ -50,7 +50,8 @@ table = {
     "filters per layer": [" · ".join(map(str, r["channels"])) for r in rows],
     "consolidated": [r["consolidated"] for r in rows],
     "r compact": [r["r_student"] for r in rows],
-    "r teacher": [r["r_teacher"] for r in rows],
+    # A run without teacher scores (imported or truth-distilled models) has no column of blanks.
+    **({"r teacher": [r["r_teacher"] for r in rows]} if any(r["r_teacher"] is not None for r in rows) else {}),
     "noise ceiling": [r["ceiling"] for r in rows],
     "r / ceiling": [r["normalised"] for r in rows],
 }

@@ -128,6 +128,8 @@ def test_every_page_works_on_a_truth_run_and_says_why_it_has_no_teacher(truth_ru
     assert not at.exception, [e.message for e in at.exception]
     if page in ("home", "gabor_bank"):
         assert any("distilled from the digital twin itself" in e.value for e in [*at.caption, *at.info])
+    if page == "gallery":
+        assert "r teacher" not in at.dataframe[0].value.columns, "no column of blanks without teacher scores"
 
 
 def test_the_benchmark_sets_both_runs_side_by_side(tiny_run, truth_run, capsys):
