@@ -51,7 +51,7 @@ def prepare_truth_run(twin_run: str | Path, out: str | Path) -> Path:
         if Path(source).resolve() != twin_run.resolve():
             raise ArtifactError(f"{out} is the truth run of {source}, not of {twin_run}", out / MANIFEST)
         return out
-    read_manifest(twin_run)  # every file as its manifest records it
+    source_manifest = read_manifest(twin_run)  # every file as its manifest records it
     held = load_npz(twin_run / HELDOUT)
     if not held.ground_truth:
         raise DataError("the run's data has no ground truth: only a digital-twin run has a truth to distil from",
@@ -71,7 +71,7 @@ def prepare_truth_run(twin_run: str | Path, out: str | Path) -> Path:
     if train is not None:
         atomic_write_npy(out / TRAIN_IMAGES, train)
     save_truth(teacher, out / TEACHER_DIR, WEIGHTS, ARCHITECTURE)
-    write_manifest(out, kind=KIND, seed=read_manifest(twin_run, verify=False).get("seed"),
+    write_manifest(out, kind=KIND, seed=source_manifest.get("seed"),
                    config={"twin_run": str(twin_run), "own_images": own, "teacher": {"image_size": teacher.image_size}},
                    metrics={})
     return out
@@ -95,4 +95,3 @@ def _training_images(twin_run: Path, data: dict[str, Any], session_id: str,
     if not np.array_equal(images[np.asarray(split["test"], int)], heldout_images):
         return None, "none (the twin's images could not be made again exactly)"
     return images[np.asarray(split["train"], int)], "made again"
-

@@ -67,9 +67,14 @@ def sizes_by_cell_type(metrics: Mapping[str, Mapping[str, Any]],
     for nid, m in metrics.items():
         groups.setdefault(types.get(str(nid), "?"), []).append(m)
 
+    def median_of(values: Sequence[float]) -> float:
+        return float(np.median(values)) if len(values) else float("nan")
+
     def median(ms: Sequence[Mapping[str, Any]], key: str) -> float:
-        values = [m[key] for m in ms if m.get(key) is not None]
-        return float(np.median(values)) if values else float("nan")
+        return median_of([m[key] for m in ms if m.get(key) is not None])
+
+    def totals(ms: Sequence[Mapping[str, Any]]) -> list[int]:
+        return [sum(m["channels"]) for m in ms]
 
     def consolidated(ms: Sequence[Mapping[str, Any]]) -> int:
         return sum(consolidation_layer(m["channels"]) is not None for m in ms)
@@ -79,14 +84,14 @@ def sizes_by_cell_type(metrics: Mapping[str, Mapping[str, Any]],
         ms = groups[kind]
         out[kind] = {"n": len(ms), "one_stage": kind in ONE_STAGE_TYPES,
                      "channels": np.median([m["channels"] for m in ms], axis=0).astype(int).tolist(),
-                     "total_filters": float(np.median([sum(m["channels"]) for m in ms])),
+                     "total_filters": median_of(totals(ms)),
                      "n_parameters": median(ms, "n_parameters"), "consolidated": consolidated(ms),
                      "r_teacher": median(ms, "r_teacher"), "r_truth": median(ms, "r_truth")}
     every = [m for ms in groups.values() for m in ms]
-    one = [sum(m["channels"]) for k, ms in groups.items() if k in ONE_STAGE_TYPES for m in ms]
-    multi = [sum(m["channels"]) for k, ms in groups.items() if k not in ONE_STAGE_TYPES for m in ms]
-    out["all"] = {"n": len(every), "one_stage_filters": float(np.median(one)) if one else float("nan"),
-                  "multi_stage_filters": float(np.median(multi)) if multi else float("nan"),
+    one = [m for k, ms in groups.items() if k in ONE_STAGE_TYPES for m in ms]
+    multi = [m for k, ms in groups.items() if k not in ONE_STAGE_TYPES for m in ms]
+    out["all"] = {"n": len(every), "one_stage_filters": median_of(totals(one)),
+                  "multi_stage_filters": median_of(totals(multi)),
                   "consolidated": consolidated(every), "n_parameters": median(every, "n_parameters")}
     return out
 
