@@ -14,6 +14,17 @@ variant's median r on the validation session's second half, with a bootstrap
 one chosen; only then are the test sessions' second halves read, for the
 chosen variant and the baseline, so the choice never sees them. Every
 variant's run is kept under `--work` and reused, so a rerun continues.
+
+    python benchmarks/v4_teacher.py --refit-readouts RUN [--folds 0 5 ...]
+
+compares ways of fitting the held-out sessions' readouts on one finished
+teacher's frozen trunk (RUN: a cowley-protocol teacher or pipeline run). For
+each `--folds` value (0: the penalty chosen and the fit stopped on the last
+tenth of the first half; k: k-fold cross-validation over the whole first half,
+then a fit on all of it; see `compactvision.readout_fit`) the validation
+session's readout is fitted afresh from the same seed and scored on its second
+half. The best is chosen on that alone; only then are the test sessions'
+readouts refitted that way and their second halves read, beside the run's own.
 """
 from __future__ import annotations
 
@@ -61,7 +72,12 @@ def main() -> None:
     ap.add_argument("--release", default=str(ROOT.parent / "shared" / "data" / "cowley_v4"))
     ap.add_argument("--work", default=str(ROOT / "runs" / "v4-alternatives"))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--refit-readouts", metavar="RUN", help="compare held-out readout fits on this run's trunk")
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 5], help="with --refit-readouts: fold counts")
     args = ap.parse_args()
+    if args.refit_readouts:
+        refit_readouts(Path(args.refit_readouts), args.release, args.folds)
+        return
     from compactvision.artifacts import read_manifest
     from compactvision.data.formats import load_dataset
     from compactvision.teacher_stage import train_teacher
@@ -90,6 +106,62 @@ def main() -> None:
         by = json.loads((out / "history" / "teacher_metrics.json").read_text())["by_session"]
         print(f"{name:30} " + "  ".join(f"{by[s]['r']['median']:>14.3f}" if s in by else f"{'-':>14}"
                                         for s in ("190923", "201025")))
+
+
+def refit_readouts(run: Path, release: str, folds: list[int]) -> None:
+    """Held-out readouts refitted on `run`'s frozen trunk for each fold count; chosen on the validation session."""
+    import time
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from compactvision.artifacts import read_json
+    from compactvision.data.formats import load_dataset
+    from compactvision.metrics import bootstrap_median_ci
+    from compactvision.models.teacher import load_teacher
+    from compactvision.teacher_stage import refit_heldout_readout, score_session
+
+    data = read_json(run / "data.json")
+    validation, tests = data.get("validation_session"), data.get("test_sessions") or []
+    if data.get("protocol") != "cowley" or validation is None:
+        raise SystemExit(f"{run} is not a cowley-protocol run with a validation session")
+    dataset = load_dataset(release)
+    teacher = load_teacher(run, verify=False)
+    original = {sid: [{k: v.clone() for k, v in r.state_dict().items()} for r in teacher.readouts_of(sid)]
+                for sid in [validation, *tests]}
+
+    def second_half(sid: str) -> np.ndarray:
+        split = data["sessions"][sid]["split"]
+        return np.asarray(split["test"])
+
+    def refit(sid: str, k: int) -> tuple[float, tuple[float, float], dict, float]:
+        teacher.config = replace(teacher.config, readout_folds=k)
+        torch.manual_seed(teacher.seed)
+        t0 = time.perf_counter()
+        record = refit_heldout_readout(teacher, dataset.session(sid), data["sessions"][sid]["split"])
+        seconds = time.perf_counter() - t0
+        r = score_session(teacher, dataset.session(sid), second_half(sid))["r"]
+        med, lo, hi = bootstrap_median_ci(r[np.isfinite(r)])
+        return med, (lo, hi), record, seconds
+
+    print(f"held-out readouts on the frozen trunk of {run}; chosen on validation session {validation}")
+    print(f"{'readout fit':34} {'median r [95% CI], second half':>32} {'penalty':>8} {'s':>6}")
+    rows = {}
+    for k in folds:
+        med, (lo, hi), record, seconds = refit(validation, k)
+        rows[k] = med
+        name = "last tenth held back" if k == 0 else f"{k}-fold cross-validation"
+        print(f"{name:34} {med:>17.3f} [{lo:.3f}, {hi:.3f}] {record['strength']:>8g} {seconds:>6.0f}", flush=True)
+    best = max(rows, key=lambda k: rows[k])
+    print(f"chosen: {'last tenth held back' if best == 0 else f'{best}-fold cross-validation'}")
+    print(f"{'test session':14} {'the run own readouts':>22} {'refitted, chosen':>22}  (median r, second halves)")
+    for sid in tests:
+        for r, state in zip(teacher.readouts_of(sid), original[sid]):
+            r.load_state_dict(state)
+        own = np.nanmedian(score_session(teacher, dataset.session(sid), second_half(sid))["r"])
+        med, (lo, hi), _, _ = refit(sid, best)
+        print(f"{sid:14} {own:>22.3f} {med:>12.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from compactvision.inputs import as_model_input
+from compactvision.models.readouts import Readout
 from compactvision.models.teacher import Teacher
 from compactvision.progress import Progress, silent
 from compactvision.train import pearson_per_neuron
@@ -52,6 +53,15 @@ class ReadoutFitConfig:
     patience: int = 300  # steps without a better held-back median r before stopping
     regularizer_weight: float = 1.0
     batch_size: int = 256  # for computing the features only
+    #: 0: choose the penalty, and stop, on the held-back images. k >= 2: choose both by k-fold cross-validation
+    #: over the fitting and held-back images together, then fit every member on all of them (`fit_cross_validated`).
+    folds: int = 0
+    #: Which images fall in which fold.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"folds must be 0 (one held-back set) or at least 2, got {self.folds}")
 
 
 @torch.no_grad()
@@ -89,8 +99,13 @@ def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.nda
     if session not in teacher.sessions:
         raise KeyError(f"no session {session!r}; add it first")
     readouts = teacher.readouts_of(session)
-    feats = (member_features(teacher, train[0], config.batch_size), member_features(teacher, val[0], config.batch_size))
     scale = teacher.response_scale(session)
+    if config.folds:
+        images = np.concatenate([np.asarray(train[0]), np.asarray(val[0])])
+        feats_all = member_features(teacher, images, config.batch_size)
+        return fit_cross_validated(readouts, scale, feats_all, np.concatenate([train[1], val[1]]), config,
+                                   progress, stage=f"readout_{session}")
+    feats = (member_features(teacher, train[0], config.batch_size), member_features(teacher, val[0], config.batch_size))
     z, valid = _zscore(train[1], scale.mean, scale.std)
     for r, f in zip(readouts, feats[0]):
         r.warm_start(f, z, valid)
@@ -116,18 +131,23 @@ def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.nda
     return {"penalty": penalty, "strength": chosen, "tried": {str(k): v for k, v in tried.items()}, **fit}
 
 
-def fit_readouts(readouts: list[nn.Module], scale: nn.Module, feats: tuple[list[torch.Tensor], list[torch.Tensor]],
-                 targets: tuple[np.ndarray, np.ndarray], config: ReadoutFitConfig = ReadoutFitConfig(),
-                 progress: Progress = silent) -> dict[str, Any]:
+def fit_readouts(readouts: list[nn.Module], scale: nn.Module,
+                 feats: tuple[list[torch.Tensor], list[torch.Tensor] | None],
+                 targets: tuple[np.ndarray, np.ndarray | None], config: ReadoutFitConfig = ReadoutFitConfig(),
+                 progress: Progress = silent, steps: int | None = None) -> dict[str, Any]:
     """Fit `readouts` (one per member, on that member's `feats`) to (train, val) targets, stopping on val.
 
     `feats` holds each member's training and held-back maps; `scale` maps the
     readouts' z-scores to response units. Leaves the readouts at their best
     held-back median r and returns the history: step, training loss and
-    held-back median r per check.
+    held-back median r per check. With `steps` (a number chosen elsewhere, by
+    cross-validation) there are no held-back images: the readouts take
+    exactly that many steps and keep where they end.
     """
     f_train, f_val = feats
     z_train, valid = _zscore(targets[0], scale.mean, scale.std)
+    if steps is not None:
+        return _fit_steps(readouts, f_train, z_train, valid, config, steps, progress)
     y_val = np.asarray(targets[1], np.float64)
     params = [p for r in readouts for p in r.parameters()]
     for p in params:
@@ -149,15 +169,10 @@ def fit_readouts(readouts: list[nn.Module], scale: nn.Module, feats: tuple[list[
     best = (val_score(), 0, copy.deepcopy([r.state_dict() for r in readouts]))
     history: list[dict[str, float]] = [{"step": 0, "train_loss": float("nan"), "val_r": best[0]}]
     for step in range(1, config.max_steps + 1):
-        optimizer.zero_grad(set_to_none=True)
-        loss = sum((((r(f) - z_train) ** 2) * valid).sum() / n_valid for r, f in zip(readouts, f_train))
-        loss = loss / len(readouts)
-        reg = torch.stack([r.regularizer("mean") for r in readouts]).mean()
-        (loss + config.regularizer_weight * reg).backward()
-        optimizer.step()
+        loss = _step(readouts, optimizer, f_train, z_train, valid, n_valid, config.regularizer_weight)
         if step % config.eval_every == 0 or step == config.max_steps:
             score = val_score()
-            history.append({"step": step, "train_loss": float(loss.detach()), "val_r": score})
+            history.append({"step": step, "train_loss": loss, "val_r": score})
             if score > best[0]:
                 best = (score, step, copy.deepcopy([r.state_dict() for r in readouts]))
             progress("readout", step, config.max_steps)
@@ -168,3 +183,91 @@ def fit_readouts(readouts: list[nn.Module], scale: nn.Module, feats: tuple[list[
         r.eval()
     progress("readout", config.max_steps, config.max_steps)
     return {"best_step": best[1], "best_val_r": best[0], "steps_run": history[-1]["step"], "history": history}
+
+
+def _step(readouts: list[nn.Module], optimizer: torch.optim.Optimizer, f_train: list[torch.Tensor],
+          z_train: torch.Tensor, valid: torch.Tensor, n_valid: torch.Tensor, regularizer_weight: float) -> float:
+    """One full-batch step of every member's readout on its own maps; returns the mean squared error."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = sum((((r(f) - z_train) ** 2) * valid).sum() / n_valid for r, f in zip(readouts, f_train)) / len(readouts)
+    reg = torch.stack([r.regularizer("mean") for r in readouts]).mean()
+    (loss + regularizer_weight * reg).backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _fit_steps(readouts: list[nn.Module], f_train: list[torch.Tensor], z_train: torch.Tensor, valid: torch.Tensor,
+               config: ReadoutFitConfig, steps: int, progress: Progress) -> dict[str, Any]:
+    """`steps` full-batch steps with nothing held back; the readouts keep where they end."""
+    params = [p for r in readouts for p in r.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    for r in readouts:
+        r.train()
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    n_valid = valid.sum().clamp_min(1)
+    history: list[dict[str, float]] = []
+    for step in range(1, steps + 1):
+        loss = _step(readouts, optimizer, f_train, z_train, valid, n_valid, config.regularizer_weight)
+        if step % config.eval_every == 0 or step == steps:
+            history.append({"step": step, "train_loss": loss})
+            progress("readout", step, steps)
+    for r in readouts:
+        r.eval()
+    return {"steps_run": steps, "history": history}
+
+
+def fit_cross_validated(readouts: list[Readout], scale: nn.Module, feats: list[torch.Tensor], targets: np.ndarray,
+                        config: ReadoutFitConfig, progress: Progress = silent, stage: str = "readout") -> dict[str, Any]:
+    """Choose the penalty and the number of steps by k-fold cross-validation, then fit every member on everything.
+
+    With one held-back set of 60 images (a tenth of a first half), the penalty
+    and the stopping step are chosen on a median r whose noise is as large as
+    the differences between strengths, and those 60 images never train the
+    readout. Here every image is held back once: for each strength the first
+    member is fitted `folds` times, each time stopping on the fold it left
+    out; the strength with the best mean held-back median r wins, and the
+    median of its stopping steps is how long every member then trains on all
+    the images. `feats` are each member's maps of all `targets`' images.
+    """
+    n = len(targets)
+    if n < 2 * config.folds:
+        raise ValueError(f"{config.folds}-fold cross-validation needs at least {2 * config.folds} images, got {n}")
+    folds = np.array_split(np.random.default_rng(config.seed).permutation(n), config.folds)
+    init = [copy.deepcopy(r.state_dict()) for r in readouts]
+    penalty = readouts[0].tuned_penalty
+    grid = config.penalty_grid or readouts[0].penalty_grid
+    total = (len(grid) * config.folds + 1) * config.max_steps
+
+    def start(k: int, idx: np.ndarray, strength: float) -> None:
+        """Member k's readout from its initial state, at `strength`, warm-started on images `idx`."""
+        readouts[k].load_state_dict(init[k])
+        setattr(readouts[k], penalty, float(strength))
+        z, valid = _zscore(targets[idx], scale.mean, scale.std)
+        readouts[k].warm_start(feats[k][idx], z, valid)
+
+    tried: dict[float, float] = {}
+    stops: dict[float, int] = {}
+    for i, strength in enumerate(grid):
+        held_r, best_steps = [], []
+        for j, held in enumerate(folds):
+            fit_idx = np.setdiff1d(np.arange(n), held)
+            start(0, fit_idx, strength)
+            done = (i * config.folds + j) * config.max_steps
+            fit = fit_readouts(readouts[:1], scale, ([feats[0][fit_idx]], [feats[0][held]]),
+                               (targets[fit_idx], targets[held]), config,
+                               lambda _s, d, _t: progress(stage, done + d, total))
+            held_r.append(fit["best_val_r"])
+            best_steps.append(fit["best_step"])
+        tried[float(strength)] = float(np.mean(held_r))
+        stops[float(strength)] = int(np.median(best_steps))
+    chosen = max(tried, key=lambda k: tried[k])
+    steps = max(stops[chosen], config.eval_every)
+    everything = np.arange(n)
+    for k in range(len(readouts)):
+        start(k, everything, chosen)
+    done = len(grid) * config.folds * config.max_steps
+    fit = fit_readouts(readouts, scale, (feats, None), (targets, None), config,
+                       lambda _s, d, _t: progress(stage, done + d * config.max_steps // steps, total), steps=steps)
+    return {"penalty": penalty, "strength": chosen, "tried": {str(k): v for k, v in tried.items()},
+            "folds": config.folds, "stop_steps": {str(k): v for k, v in stops.items()}, **fit}

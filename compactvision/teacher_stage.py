@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from compactvision.artifacts import atomic_write_json, load_weights, save_weights, write_manifest
 from compactvision.data.dataset import designated_test
@@ -43,7 +45,7 @@ from compactvision.metrics import feve, pearson_r, r2_er, summarise
 from compactvision.models.backbone import DEFAULT_STAGE, backbone_from_checkpoint, load_trunk_weights
 from compactvision.models.teacher import PRESETS, Teacher, TeacherConfig, build_teacher, save_teacher
 from compactvision.progress import as_progress
-from compactvision.readout_fit import fit_heldout_readout
+from compactvision.readout_fit import ReadoutFitConfig, fit_heldout_readout
 from compactvision.train import TrainResult, fit, predict
 
 COWLEY_TEST_SESSIONS = ("190923", "201025")
@@ -103,27 +105,60 @@ def _set_response_stats(teacher: Teacher, sid: str, y: np.ndarray) -> tuple[np.n
 
 
 def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], checkpoint_dir: Path,
-                 resume: bool, progress: bool | Progress) -> dict[str, Any]:
-    """A held-out session's readout on the frozen trunk (`readout_fit`), kept once fitted so a resume skips it."""
+                 resume: bool, progress: bool | Progress, fresh: bool = False) -> dict[str, Any]:
+    """A held-out session's readout on the frozen trunk (`readout_fit`), kept once fitted so a resume skips it.
+
+    A new session's readouts (or, with `fresh`, new ones for a session the
+    teacher has) are drawn from the teacher's seed, so a refit draws them again.
+    """
     sid = session.session_id
-    if sid not in teacher.sessions:  # else its readout trained with the trunk and starts from there
-        teacher.add_session(sid, session.neuron_ids)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(teacher.seed)
+        if sid not in teacher.sessions:  # else its readout trained with the trunk and starts from there
+            teacher.add_session(sid, session.neuron_ids)
+        elif fresh:
+            teacher.reset_session(sid)
     y = _targets(session, split["train"])
     _set_response_stats(teacher, sid, y)
     done = checkpoint_dir / READOUT_CHECKPOINT
     if resume and done.is_file():
         tensors, meta = load_weights(done)
-        for k, readout in enumerate(teacher.readouts_of(sid)):
-            readout.load_state_dict({n.split(".", 1)[1]: t for n, t in tensors.items() if n.startswith(f"member{k}.")})
-        return json.loads(meta["record"])
+        record = json.loads(meta["record"])
+        # a readout fitted another way (the run resumed with other `readout_folds`) is fitted again
+        if record.get("folds", 0) == teacher.config.readout_folds:
+            for k, readout in enumerate(teacher.readouts_of(sid)):
+                readout.load_state_dict({n.split(".", 1)[1]: t for n, t in tensors.items()
+                                         if n.startswith(f"member{k}.")})
+            return record
     report = as_progress(progress)
     record = fit_heldout_readout(teacher, sid, (session.images[split["train"]], y),
                                  (session.images[split["val"]], _targets(session, split["val"])),
+                                 ReadoutFitConfig(folds=teacher.config.readout_folds, seed=teacher.seed),
                                  progress=report)
     slots = {f"member{k}.{name}": t for k, readout in enumerate(teacher.readouts_of(sid))
              for name, t in readout.state_dict().items()}
     save_weights(done, slots, metadata={"record": json.dumps(record)})
     return record
+
+
+def refit_heldout_readout(teacher: Teacher, session: Session, split: Mapping[str, Any],
+                          progress: bool | Progress = False) -> dict[str, Any]:
+    """`session`'s readout fitted afresh on the frozen trunk, as the stage fits it (the teacher's `readout_folds`).
+
+    `split` is the session's split as `data.json` records it. For comparing
+    ways to fit a finished teacher's held-out readouts; the second half
+    (`split["test"]`) is not used. Its fresh readouts are drawn from the
+    teacher's seed, as the stage draws them, so the same way of fitting gives
+    the same readout again.
+    """
+    teacher.freeze_trunk()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            return _fit_heldout(teacher, session, {k: np.asarray(v) for k, v in split.items()}, Path(scratch),
+                                False, progress, fresh=True)
+    finally:
+        teacher.freeze_trunk(False)
+        teacher.eval()
 
 
 def _fit_image_size(config: TeacherConfig, dataset: NeuralDataset, overridden: bool, source: str) -> TeacherConfig:

@@ -97,3 +97,49 @@ def test_a_gaussian_readout_teacher_fits_a_held_out_session_too():
     with torch.no_grad():
         pred = teacher(torch.as_tensor(images[test]).permute(0, 3, 1, 2).float() / 255, "new").numpy()
     assert np.median(pearson_per_neuron(pred, clean[test])) > 0.6
+
+
+def test_cross_validation_chooses_on_every_image_and_fits_every_member_on_all_of_them():
+    teacher, images, noisy, clean = _teacher_and_responses()
+    fit, val, test = slice(0, 300), slice(300, 340), slice(340, 400)
+    config = ReadoutFitConfig(max_steps=600, patience=150, penalty_grid=(1e-3, 1.0), folds=4)
+    record = fit_heldout_readout(teacher, "new", (images[fit], noisy[fit]), (images[val], noisy[val]), config)
+
+    assert record["folds"] == 4 and set(record["tried"]) == {"0.001", "1.0"}
+    assert record["tried"][str(record["strength"])] == max(record["tried"].values()), "the best mean held-back r wins"
+    assert record["steps_run"] == max(record["stop_steps"][str(record["strength"])], config.eval_every)
+    assert all(r.mask_l1 == record["strength"] for r in teacher.readouts_of("new"))
+    with torch.no_grad():
+        pred = teacher(torch.as_tensor(images[test]).permute(0, 3, 1, 2).float() / 255, "new").numpy()
+    assert np.median(pearson_per_neuron(pred, clean[test])) > 0.6
+
+
+def test_cross_validation_sees_only_the_images_it_is_given_and_is_reproducible():
+    """The held-back images join the folds; the images after them never reach the fit."""
+    teacher, images, noisy, _ = _teacher_and_responses(n_images=200)
+    config = ReadoutFitConfig(max_steps=60, patience=30, penalty_grid=(0.1, 1.0), folds=3)
+    init = [{k: v.clone() for k, v in r.state_dict().items()} for r in teacher.readouts_of("new")]
+
+    def fitted(responses: np.ndarray) -> tuple[dict, list[torch.Tensor]]:
+        for r, state in zip(teacher.readouts_of("new"), init):
+            r.load_state_dict(state)
+        record = fit_heldout_readout(teacher, "new", (images[:150], responses[:150]),
+                                     (images[150:180], responses[150:180]), config)
+        return record, [p.detach().clone() for r in teacher.readouts_of("new") for p in r.parameters()]
+
+    first, weights = fitted(noisy)
+    scrambled = noisy.copy()
+    scrambled[180:] = np.random.default_rng(9).normal(size=scrambled[180:].shape)
+    second, again = fitted(scrambled)
+    assert first["tried"] == second["tried"]
+    assert all(torch.equal(a, b) for a, b in zip(weights, again))
+    changed = noisy.copy()
+    changed[160:180] = np.random.default_rng(10).normal(size=changed[160:180].shape)
+    third, _ = fitted(changed)
+    assert third["tried"] != first["tried"], "the held-back images are part of the folds"
+
+
+@pytest.mark.parametrize("folds", [1, -2])
+def test_a_fold_count_that_cannot_cross_validate_is_refused(folds):
+    with pytest.raises(ValueError, match="folds must be 0"):
+        ReadoutFitConfig(folds=folds)

@@ -119,6 +119,30 @@ def test_a_resumed_run_keeps_the_held_out_readouts_it_already_fitted(tmp_path, m
     assert manifest["metrics"]["validation"]["session"] == "s2"
 
 
+def test_a_run_resumed_with_another_readout_fit_fits_its_held_out_readouts_again(tmp_path, monkeypatch):
+    """A readout checkpoint records how it was fitted; resumed with other `readout_folds`, it is not reused."""
+    import compactvision.teacher_stage as stage
+
+    ds = _sessions(["s1", "s2", "s3"])
+    kwargs = dict(preset="tiny", epochs=1, progress=False, protocol="cowley", test_sessions=("s3",),
+                  validation_session="s2", resume=True)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "score_session", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(ds, tmp_path / "run", config_overrides={"image_size": 32}, **kwargs)
+    monkeypatch.undo()
+    fitted = []
+    real = stage.fit_heldout_readout
+    monkeypatch.setattr(stage, "fit_heldout_readout", lambda *a, **k: fitted.append(a[1]) or real(*a, **k))
+    train_teacher(ds, tmp_path / "run", config_overrides={"image_size": 32, "readout_folds": 2}, **kwargs)
+    assert fitted == ["s3", "s2"]
+    metrics = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())
+    assert metrics["training"]["readout_s3"]["folds"] == 2
+
+
 def test_a_trunk_that_sees_the_held_out_first_halves_never_sees_their_second_halves(tmp_path):
     """With `trunk_sees_held_out`, the held-out sessions' first halves train the trunk; their second halves do not.
 
@@ -169,3 +193,38 @@ def test_a_pipeline_preset_with_a_test_set_scores_its_teacher_on_exactly_those_i
     assert np.isfinite(held["responses"]).all(), "every test image was shown every repeat"
     with pytest.raises(ValueError, match="test_images"):
         replace(p, test_images=299)
+
+
+def test_cross_validated_held_out_readouts_are_recorded_and_a_refit_redoes_them_on_the_frozen_trunk(tmp_path):
+    """`readout_folds` reaches the held-out fits; a refit of a finished teacher's readout is reproducible and
+    leaves every other weight as it was."""
+    import torch
+
+    from compactvision.models.teacher import load_teacher
+    from compactvision.teacher_stage import refit_heldout_readout
+
+    ds = _sessions(["s1", "s2", "s3"])
+    train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False, protocol="cowley",
+                  test_sessions=("s3",), validation_session="s2",
+                  config_overrides={"image_size": 32, "readout_folds": 3})
+    metrics = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())
+    record = metrics["training"]["readout_s3"]
+    assert record["folds"] == 3 and record["steps_run"] >= 10 and set(record["stop_steps"]) == set(record["tried"])
+
+    teacher = load_teacher(tmp_path / "run")
+    assert teacher.config.readout_folds == 3
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    split = json.loads((tmp_path / "run" / "data.json").read_text())["sessions"]["s3"]["split"]
+    again = refit_heldout_readout(teacher, ds.session("s3"), split)
+    assert again["folds"] == 3 and set(again["tried"]) == set(record["tried"])
+    after = {k: v.clone() for k, v in teacher.state_dict().items()}
+    readout = {k for k in after if ".readouts.session_s3." in k}
+    assert len(readout) == 3 * len(teacher.members), sorted(after)
+    assert all(torch.equal(before[k], after[k]) for k in after if k not in readout), "only s3's readout is refitted"
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in readout), \
+        "from the teacher's seed the refit is the stage's own fit again"
+    teacher.seed = 1
+    other = refit_heldout_readout(teacher, ds.session("s3"), split)
+    assert other["folds"] == 3
+    assert any(not torch.equal(after[k], v) for k, v in teacher.state_dict().items() if k in readout), \
+        "another seed draws other fresh readouts: the refit fits afresh"

@@ -116,6 +116,10 @@ class TeacherConfig:
     # how a readout's weighted sum becomes its prediction: "linear", or "softplus" (a learned threshold and
     # floor per neuron, `Readout.respond`)
     readout_output: str = "linear"
+    # a held-out session's readout on the frozen trunk (`readout_fit`): 0 chooses its penalty, and stops, on the
+    # last tenth of the session's first half; k >= 2 chooses both by k-fold cross-validation over the whole first
+    # half and then fits on all of it
+    readout_folds: int = 0
     # training
     epochs: int = 8
     batch_size: int = 128
@@ -153,6 +157,8 @@ class TeacherConfig:
             raise ValueError(f"vone_stride must be at least 1 px, got {self.vone_stride}")
         if self.ensemble < 1:
             raise ValueError(f"an ensemble needs at least one member, got {self.ensemble}")
+        if self.readout_folds == 1 or self.readout_folds < 0:
+            raise ValueError(f"readout_folds must be 0 (one held-back set) or at least 2, got {self.readout_folds}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TeacherConfig":
@@ -377,6 +383,14 @@ class Teacher(nn.Module):
             m.readouts[_slot(session)] = m._readout(len(neuron_ids)).to(device)
         self.scales[_slot(session)] = ResponseScale(len(neuron_ids)).to(device)
         self.sessions[session] = [str(i) for i in neuron_ids]
+
+    def reset_session(self, session: str) -> None:
+        """Fresh readouts (in every member) for `session`, as `add_session` makes them: to refit them another way."""
+        if session not in self.sessions:
+            raise KeyError(f"no session {session!r}; the teacher has {list(self.sessions)}")
+        device = next(self.parameters()).device
+        for m in self.members:
+            m.readouts[_slot(session)] = m._readout(len(self.sessions[session])).to(device)
 
     @property
     def backbone_trainable(self) -> bool:
