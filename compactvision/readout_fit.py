@@ -20,6 +20,13 @@ held-back images, with the first member alone, then fits every member at that
 strength.
 The second half of the session is never seen.
 
+Chosen on 60 images, the penalty and the stopping step are as noisy as the
+differences between strengths, and those 60 images never train the readout.
+`ReadoutFitConfig.folds` (the teacher's `readout_folds`) chooses both by
+k-fold cross-validation over the whole first half instead, then fits every
+member on all of it (`fit_cross_validated`), for about `folds` times the
+penalty search's cost.
+
 Members fit independently, each on its own back end's maps (an ensemble of
 readouts, as the trunk's members are); the session's prediction is their
 average, as always in `Teacher.forward`.
@@ -149,11 +156,7 @@ def fit_readouts(readouts: list[nn.Module], scale: nn.Module,
     if steps is not None:
         return _fit_steps(readouts, f_train, z_train, valid, config, steps, progress)
     y_val = np.asarray(targets[1], np.float64)
-    params = [p for r in readouts for p in r.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    n_valid = valid.sum().clamp_min(1)
+    optimizer, n_valid = _trainable(readouts, config), valid.sum().clamp_min(1)
 
     def val_score() -> float:
         """Held-back median r in evaluation mode (a Gaussian readout reads at its mean position)."""
@@ -185,6 +188,14 @@ def fit_readouts(readouts: list[nn.Module], scale: nn.Module,
     return {"best_step": best[1], "best_val_r": best[0], "steps_run": history[-1]["step"], "history": history}
 
 
+def _trainable(readouts: list[nn.Module], config: ReadoutFitConfig) -> torch.optim.Optimizer:
+    """The readouts' parameters made trainable (the trunk froze them with it), and one Adam over them all."""
+    params = [p for r in readouts for p in r.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return torch.optim.Adam(params, lr=config.lr)
+
+
 def _step(readouts: list[nn.Module], optimizer: torch.optim.Optimizer, f_train: list[torch.Tensor],
           z_train: torch.Tensor, valid: torch.Tensor, n_valid: torch.Tensor, regularizer_weight: float) -> float:
     """One full-batch step of every member's readout on its own maps; returns the mean squared error."""
@@ -199,13 +210,9 @@ def _step(readouts: list[nn.Module], optimizer: torch.optim.Optimizer, f_train: 
 def _fit_steps(readouts: list[nn.Module], f_train: list[torch.Tensor], z_train: torch.Tensor, valid: torch.Tensor,
                config: ReadoutFitConfig, steps: int, progress: Progress) -> dict[str, Any]:
     """`steps` full-batch steps with nothing held back; the readouts keep where they end."""
-    params = [p for r in readouts for p in r.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    optimizer, n_valid = _trainable(readouts, config), valid.sum().clamp_min(1)
     for r in readouts:
         r.train()
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    n_valid = valid.sum().clamp_min(1)
     history: list[dict[str, float]] = []
     for step in range(1, steps + 1):
         loss = _step(readouts, optimizer, f_train, z_train, valid, n_valid, config.regularizer_weight)
