@@ -209,6 +209,10 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--readout-output", choices=["linear", "softplus"],
                    help="how each readout's weighted sum becomes its prediction: linear, or softplus (a learned "
                         "threshold and floor per neuron; default: the preset's)")
+    p.add_argument("--readout-folds", type=int, metavar="K",
+                   help="with --protocol cowley: fit each held-out session's readout by K-fold cross-validation "
+                        "over its first half, then on all of it (0: choose on its last tenth; default: the "
+                        "preset's; 5 won on the V4 validation session)")
     _add_v1_stride_option(p)
     p.add_argument("--v1-noise", type=float, metavar="LEVEL",
                    help="VOneNet-style V1 noise in training and at test time, s.d. LEVEL x sqrt(rate + 1) "
@@ -239,21 +243,26 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
 
 
 def _teacher(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from compactvision.models.teacher import PRESETS
     from compactvision.teacher_stage import COWLEY_TEST_SESSIONS, train_teacher
 
     kwargs = ({"n_neurons": args.neurons, "n_images": args.images, "n_repeats": args.repeats, "seed": args.seed,
                "test_images": args.test_images} if args.data == "twin" else {})
+    overrides = {"front_end": args.front_end, **({"compile": True} if args.compile else {}),
+                 **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
+                 **({"readout_output": args.readout_output} if args.readout_output else {}),
+                 **({"readout_folds": args.readout_folds} if args.readout_folds is not None else {}),
+                 **({"vone_stride": args.v1_stride} if args.v1_stride is not None else {}),
+                 **({"noise": "poisson", "noise_level": args.v1_noise} if args.v1_noise is not None else {})}
+    try:  # options the preset cannot take: a usage error before anything is read or written, not a traceback
+        replace(PRESETS[args.preset], **overrides)
+    except ValueError as e:
+        raise CompactVisionError(str(e)) from None
     manifest = train_teacher(args.data, args.out, preset=args.preset, seed=args.seed, protocol=args.protocol,
                              device=args.device, resume=args.resume, epochs=args.epochs, data_kwargs=kwargs,
-                             progress=_progress(args.progress),
-                             config_overrides={"front_end": args.front_end, **({"compile": True} if args.compile else {}),
-                                               **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
-                                               **({"readout_output": args.readout_output}
-                                                  if args.readout_output else {}),
-                                               **({"vone_stride": args.v1_stride}
-                                                  if args.v1_stride is not None else {}),
-                                               **({"noise": "poisson", "noise_level": args.v1_noise}
-                                                  if args.v1_noise is not None else {})},
+                             progress=_progress(args.progress), config_overrides=overrides,
                              backbone=args.backbone, backbone_stage=args.backbone_stage,
                              backbone_stem=args.backbone_stem, finetune_backbone=args.finetune_backbone,
                              test_sessions=tuple(args.test_sessions or COWLEY_TEST_SESSIONS),

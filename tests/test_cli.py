@@ -192,3 +192,27 @@ def test_pruning_options_that_do_not_go_together_are_a_clear_error(tmp_path, cap
     code = cli.main(["compress", str(tmp_path / "run"), "--criterion", "reconstruction", "--compensation",
                      "least_squares"])
     assert code == 2 and "compensation='mean'" in capsys.readouterr().err
+
+
+def test_teacher_readout_folds_reach_the_config_and_a_bad_count_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import compactvision.teacher_stage as stage
+
+    seen = {}
+
+    def record(data, out, **kwargs):
+        seen.update(kwargs["config_overrides"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(stage, "train_teacher", record)
+    with pytest.raises(SystemExit):
+        cli.main(["teacher", "--data", "release", "--out", str(tmp_path / "a"), "--readout-folds", "5"])
+    assert seen["readout_folds"] == 5
+    seen.clear()
+    with pytest.raises(SystemExit):
+        cli.main(["teacher", "--data", "release", "--out", str(tmp_path / "b")])
+    assert "readout_folds" not in seen, "the preset's own choice stands"
+    monkeypatch.undo()
+    code = cli.main(["teacher", "--data", "twin", "--images", "40", "--neurons", "2", "--out", str(tmp_path / "c"),
+                     "--readout-folds", "1", "--progress", "none"])
+    assert code == 2 and "readout_folds must be 0" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists(), "nothing is written"
