@@ -117,7 +117,6 @@ def refit_readouts(run: Path, release: str, folds: list[int]) -> None:
     from dataclasses import replace
 
     import numpy as np
-    import torch
 
     from compactvision.artifacts import read_json
     from compactvision.data.formats import load_dataset
@@ -131,41 +130,36 @@ def refit_readouts(run: Path, release: str, folds: list[int]) -> None:
         raise SystemExit(f"{run} is not a cowley-protocol run with a validation session")
     dataset = load_dataset(release)
     teacher = load_teacher(run, verify=False)
-    original = {sid: [{k: v.clone() for k, v in r.state_dict().items()} for r in teacher.readouts_of(sid)]
-                for sid in [validation, *tests]}
 
-    def second_half(sid: str) -> np.ndarray:
-        split = data["sessions"][sid]["split"]
-        return np.asarray(split["test"])
+    def second_half_r(sid: str) -> np.ndarray:
+        r = score_session(teacher, dataset.session(sid), np.asarray(data["sessions"][sid]["split"]["test"]))["r"]
+        return r[np.isfinite(r)]
 
-    def refit(sid: str, k: int) -> tuple[float, tuple[float, float], dict, float]:
+    def refit(sid: str, k: int) -> tuple[tuple[float, float, float], dict, float]:
+        """(median r [CI] on the second half, the fit's record, seconds) of `sid`'s readout refitted with k folds."""
         teacher.config = replace(teacher.config, readout_folds=k)
-        torch.manual_seed(teacher.seed)
         t0 = time.perf_counter()
         record = refit_heldout_readout(teacher, dataset.session(sid), data["sessions"][sid]["split"])
         seconds = time.perf_counter() - t0
-        r = score_session(teacher, dataset.session(sid), second_half(sid))["r"]
-        med, lo, hi = bootstrap_median_ci(r[np.isfinite(r)])
-        return med, (lo, hi), record, seconds
+        return bootstrap_median_ci(second_half_r(sid)), record, seconds
+
+    def name(k: int) -> str:
+        return "last tenth held back" if k == 0 else f"{k}-fold cross-validation"
 
     print(f"held-out readouts on the frozen trunk of {run}; chosen on validation session {validation}")
     print(f"{'readout fit':34} {'median r [95% CI], second half':>32} {'penalty':>8} {'s':>6}")
     rows = {}
     for k in folds:
-        med, (lo, hi), record, seconds = refit(validation, k)
+        (med, lo, hi), record, seconds = refit(validation, k)
         rows[k] = med
-        name = "last tenth held back" if k == 0 else f"{k}-fold cross-validation"
-        print(f"{name:34} {med:>17.3f} [{lo:.3f}, {hi:.3f}] {record['strength']:>8g} {seconds:>6.0f}", flush=True)
+        print(f"{name(k):34} {med:>17.3f} [{lo:.3f}, {hi:.3f}] {record['strength']:>8g} {seconds:>6.0f}", flush=True)
     best = max(rows, key=lambda k: rows[k])
-    print(f"chosen: {'last tenth held back' if best == 0 else f'{best}-fold cross-validation'}")
-    print(f"{'test session':14} {'the run own readouts':>22} {'refitted, chosen':>22}  (median r, second halves)")
+    print(f"chosen: {name(best)}")
+    print(f"{'test session':14} {'its own readouts':>22} {'refitted, chosen':>22}  (median r, second halves)")
     for sid in tests:
-        for r, state in zip(teacher.readouts_of(sid), original[sid]):
-            r.load_state_dict(state)
-        own = np.nanmedian(score_session(teacher, dataset.session(sid), second_half(sid))["r"])
-        med, (lo, hi), _, _ = refit(sid, best)
+        own = float(np.median(second_half_r(sid)))  # before its readout is refitted
+        (med, lo, hi), _, _ = refit(sid, best)
         print(f"{sid:14} {own:>22.3f} {med:>12.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
-
 
 if __name__ == "__main__":
     main()
