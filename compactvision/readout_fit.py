@@ -138,23 +138,18 @@ def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.nda
     return {"penalty": penalty, "strength": chosen, "tried": {str(k): v for k, v in tried.items()}, **fit}
 
 
-def fit_readouts(readouts: list[nn.Module], scale: nn.Module,
-                 feats: tuple[list[torch.Tensor], list[torch.Tensor] | None],
-                 targets: tuple[np.ndarray, np.ndarray | None], config: ReadoutFitConfig = ReadoutFitConfig(),
-                 progress: Progress = silent, steps: int | None = None) -> dict[str, Any]:
+def fit_readouts(readouts: list[nn.Module], scale: nn.Module, feats: tuple[list[torch.Tensor], list[torch.Tensor]],
+                 targets: tuple[np.ndarray, np.ndarray], config: ReadoutFitConfig = ReadoutFitConfig(),
+                 progress: Progress = silent) -> dict[str, Any]:
     """Fit `readouts` (one per member, on that member's `feats`) to (train, val) targets, stopping on val.
 
     `feats` holds each member's training and held-back maps; `scale` maps the
     readouts' z-scores to response units. Leaves the readouts at their best
     held-back median r and returns the history: step, training loss and
-    held-back median r per check. With `steps` (a number chosen elsewhere, by
-    cross-validation) there are no held-back images: the readouts take
-    exactly that many steps and keep where they end.
+    held-back median r per check.
     """
     f_train, f_val = feats
     z_train, valid = _zscore(targets[0], scale.mean, scale.std)
-    if steps is not None:
-        return _fit_steps(readouts, f_train, z_train, valid, config, steps, progress)
     y_val = np.asarray(targets[1], np.float64)
     optimizer, n_valid = _trainable(readouts, config), valid.sum().clamp_min(1)
 
@@ -207,9 +202,10 @@ def _step(readouts: list[nn.Module], optimizer: torch.optim.Optimizer, f_train: 
     return float(loss.detach())
 
 
-def _fit_steps(readouts: list[nn.Module], f_train: list[torch.Tensor], z_train: torch.Tensor, valid: torch.Tensor,
+def _fit_steps(readouts: list[nn.Module], scale: nn.Module, f_train: list[torch.Tensor], targets: np.ndarray,
                config: ReadoutFitConfig, steps: int, progress: Progress) -> dict[str, Any]:
-    """`steps` full-batch steps with nothing held back; the readouts keep where they end."""
+    """`steps` full-batch steps (a number chosen elsewhere) with nothing held back; the readouts keep where they end."""
+    z_train, valid = _zscore(targets, scale.mean, scale.std)
     optimizer, n_valid = _trainable(readouts, config), valid.sum().clamp_min(1)
     for r in readouts:
         r.train()
@@ -274,7 +270,7 @@ def fit_cross_validated(readouts: list[Readout], scale: nn.Module, feats: list[t
     for k in range(len(readouts)):
         start(k, everything, chosen)
     done = len(grid) * config.folds * config.max_steps
-    fit = fit_readouts(readouts, scale, (feats, None), (targets, None), config,
-                       lambda _s, d, _t: progress(stage, done + d * config.max_steps // steps, total), steps=steps)
+    fit = _fit_steps(readouts, scale, feats, targets, config, steps,
+                     lambda _s, d, _t: progress(stage, done + d * config.max_steps // steps, total))
     return {"penalty": penalty, "strength": chosen, "tried": {str(k): v for k, v in tried.items()},
             "folds": config.folds, "stop_steps": {str(k): v for k, v in stops.items()}, **fit}

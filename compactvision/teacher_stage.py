@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -104,12 +103,13 @@ def _set_response_stats(teacher: Teacher, sid: str, y: np.ndarray) -> tuple[np.n
     return mean, std
 
 
-def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], checkpoint_dir: Path,
+def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], checkpoint_dir: Path | None,
                  resume: bool, progress: bool | Progress, fresh: bool = False) -> dict[str, Any]:
     """A held-out session's readout on the frozen trunk (`readout_fit`), kept once fitted so a resume skips it.
 
     A new session's readouts (or, with `fresh`, new ones for a session the
     teacher has) are drawn from the teacher's seed, so a refit draws them again.
+    Without `checkpoint_dir` nothing is kept.
     """
     sid = session.session_id
     with torch.random.fork_rng(devices=[]):
@@ -120,8 +120,8 @@ def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
             teacher.reset_session(sid)
     y = _targets(session, split["train"])
     _set_response_stats(teacher, sid, y)
-    done = checkpoint_dir / READOUT_CHECKPOINT
-    if resume and done.is_file():
+    done = checkpoint_dir / READOUT_CHECKPOINT if checkpoint_dir is not None else None
+    if resume and done is not None and done.is_file():
         tensors, meta = load_weights(done)
         record = json.loads(meta["record"])
         # a readout fitted another way (the run resumed with other `readout_folds`) is fitted again
@@ -135,9 +135,10 @@ def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
                                  (session.images[split["val"]], _targets(session, split["val"])),
                                  ReadoutFitConfig(folds=teacher.config.readout_folds, seed=teacher.seed),
                                  progress=report)
-    slots = {f"member{k}.{name}": t for k, readout in enumerate(teacher.readouts_of(sid))
-             for name, t in readout.state_dict().items()}
-    save_weights(done, slots, metadata={"record": json.dumps(record)})
+    if done is not None:
+        slots = {f"member{k}.{name}": t for k, readout in enumerate(teacher.readouts_of(sid))
+                 for name, t in readout.state_dict().items()}
+        save_weights(done, slots, metadata={"record": json.dumps(record)})
     return record
 
 
@@ -153,9 +154,8 @@ def refit_heldout_readout(teacher: Teacher, session: Session, split: Mapping[str
     """
     teacher.freeze_trunk()
     try:
-        with tempfile.TemporaryDirectory() as scratch:
-            return _fit_heldout(teacher, session, {k: np.asarray(v) for k, v in split.items()}, Path(scratch),
-                                False, progress, fresh=True)
+        return _fit_heldout(teacher, session, {k: np.asarray(v) for k, v in split.items()}, None, False, progress,
+                            fresh=True)
     finally:
         teacher.freeze_trunk(False)
         teacher.eval()
