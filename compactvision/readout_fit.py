@@ -34,13 +34,16 @@ average, as always in `Teacher.forward`.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from compactvision.artifacts import atomic_write_json, read_json
+from compactvision.errors import ArtifactError
 from compactvision.inputs import as_model_input
 from compactvision.models.readouts import Readout
 from compactvision.models.teacher import Teacher
@@ -95,13 +98,15 @@ def _zscore(y: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch
 
 
 def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.ndarray], val: tuple[Any, np.ndarray],
-                        config: ReadoutFitConfig = ReadoutFitConfig(), progress: Progress = silent) -> dict[str, Any]:
+                        config: ReadoutFitConfig = ReadoutFitConfig(), progress: Progress = silent,
+                        journal: str | Path | None = None) -> dict[str, Any]:
     """Choose the readout's penalty on `val` with the first member, then fit every member's readout at it.
 
     The session must already exist (`Teacher.add_session`) with its response
     statistics set; its readouts start from their initialisation. Targets
     are images x neurons; NaN marks a missing response. Returns the chosen
     penalty and strength, each strength's held-back median r, and the final fit's history.
+    With cross-validation, `journal` keeps each finished fold's outcome (see `fit_cross_validated`).
     """
     if session not in teacher.sessions:
         raise KeyError(f"no session {session!r}; add it first")
@@ -111,7 +116,7 @@ def fit_heldout_readout(teacher: Teacher, session: str, train: tuple[Any, np.nda
         images = np.concatenate([np.asarray(train[0]), np.asarray(val[0])])
         feats_all = member_features(teacher, images, config.batch_size)
         return fit_cross_validated(readouts, scale, feats_all, np.concatenate([train[1], val[1]]), config,
-                                   progress, stage=f"readout_{session}")
+                                   progress, stage=f"readout_{session}", journal=journal)
     feats = (member_features(teacher, train[0], config.batch_size), member_features(teacher, val[0], config.batch_size))
     z, valid = _zscore(train[1], scale.mean, scale.std)
     for r, f in zip(readouts, feats[0]):
@@ -221,7 +226,8 @@ def _fit_steps(readouts: list[nn.Module], scale: nn.Module, f_train: list[torch.
 
 
 def fit_cross_validated(readouts: list[Readout], scale: nn.Module, feats: list[torch.Tensor], targets: np.ndarray,
-                        config: ReadoutFitConfig, progress: Progress = silent, stage: str = "readout") -> dict[str, Any]:
+                        config: ReadoutFitConfig, progress: Progress = silent, stage: str = "readout",
+                        journal: str | Path | None = None) -> dict[str, Any]:
     """Choose the penalty and the number of steps by k-fold cross-validation, then fit every member on everything.
 
     With one held-back set of 60 images (a tenth of a first half), the penalty
@@ -232,6 +238,13 @@ def fit_cross_validated(readouts: list[Readout], scale: nn.Module, feats: list[t
     out; the strength with the best mean held-back median r wins, and the
     median of its stopping steps is how long every member then trains on all
     the images. `feats` are each member's maps of all `targets`' images.
+
+    The folds cost `folds` x the grid's size fits (about 10 min for a real V4
+    session on 2 cores), so with `journal` (a JSON file) each fold's outcome
+    is written down as it finishes, and a fit that was stopped skips the folds
+    it finished. Every fold starts from the readouts' initial state, so the
+    result equals that of an uninterrupted fit. A journal kept under other
+    settings, or for other data, is ignored and rewritten.
     """
     n = len(targets)
     if n < 2 * config.folds:
@@ -249,19 +262,28 @@ def fit_cross_validated(readouts: list[Readout], scale: nn.Module, feats: list[t
         z, valid = _zscore(targets[idx], scale.mean, scale.std)
         readouts[k].warm_start(feats[k][idx], z, valid)
 
+    key = {"config": {**asdict(config), "penalty_grid": [float(g) for g in grid]}, "penalty": penalty,
+           "n_images": n, "targets": _fingerprint(targets)}
+    finished = _read_journal(journal, key)
     tried: dict[float, float] = {}
     stops: dict[float, int] = {}
     for i, strength in enumerate(grid):
         held_r, best_steps = [], []
         for j, held in enumerate(folds):
-            fit_idx = np.setdiff1d(np.arange(n), held)
-            start(0, fit_idx, strength)
             done = (i * config.folds + j) * config.max_steps
-            fit = fit_readouts(readouts[:1], scale, ([feats[0][fit_idx]], [feats[0][held]]),
-                               (targets[fit_idx], targets[held]), config,
-                               lambda _s, d, _t: progress(stage, done + d, total))
-            held_r.append(fit["best_val_r"])
-            best_steps.append(fit["best_step"])
+            name = f"{float(strength)!r}/{j}"
+            if name not in finished:
+                fit_idx = np.setdiff1d(np.arange(n), held)
+                start(0, fit_idx, strength)
+                fit = fit_readouts(readouts[:1], scale, ([feats[0][fit_idx]], [feats[0][held]]),
+                                   (targets[fit_idx], targets[held]), config,
+                                   lambda _s, d, _t: progress(stage, done + d, total))
+                finished[name] = {"r": fit["best_val_r"], "step": fit["best_step"]}
+                if journal is not None:
+                    atomic_write_json(journal, {**key, "folds_done": finished})
+            progress(stage, done + config.max_steps, total)
+            held_r.append(finished[name]["r"])
+            best_steps.append(finished[name]["step"])
         tried[float(strength)] = float(np.mean(held_r))
         stops[float(strength)] = int(np.median(best_steps))
     chosen = max(tried, key=lambda k: tried[k])
@@ -274,3 +296,23 @@ def fit_cross_validated(readouts: list[Readout], scale: nn.Module, feats: list[t
                      lambda _s, d, _t: progress(stage, done + d * config.max_steps // steps, total))
     return {"penalty": penalty, "strength": chosen, "tried": {str(k): v for k, v in tried.items()},
             "folds": config.folds, "stop_steps": {str(k): v for k, v in stops.items()}, **fit}
+
+
+def _fingerprint(targets: np.ndarray) -> str:
+    """A short digest of the responses, so a journal is only reused for the data it was written for."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(targets, np.float32).tobytes()).hexdigest()[:16]
+
+
+def _read_journal(journal: str | Path | None, key: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The folds a stopped cross-validation finished, when `journal` was written under `key`; else none."""
+    if journal is None or not Path(journal).is_file():
+        return {}
+    try:
+        kept = read_json(journal)
+    except ArtifactError:  # a journal that cannot be read costs its folds again, never the fit
+        return {}
+    if not isinstance(kept, dict) or {k: kept.get(k) for k in key} != key:
+        return {}
+    return dict(kept.get("folds_done", {}))

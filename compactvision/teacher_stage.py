@@ -52,6 +52,8 @@ COWLEY_TEST_SESSIONS = ("190923", "201025")
 COWLEY_VALIDATION_SESSION = "210224"
 Progress = Callable[[str, int, int], None]
 READOUT_CHECKPOINT = "readout.safetensors"
+#: The cross-validated fit's finished folds, so a stopped fit resumes at the fold it was in.
+READOUT_FOLDS = "readout_folds.json"
 
 
 def _targets(session: Session, idx: np.ndarray) -> np.ndarray:
@@ -131,10 +133,13 @@ def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
                                          if n.startswith(f"member{k}.")})
             return record
     report = as_progress(progress)
+    journal = checkpoint_dir / READOUT_FOLDS if checkpoint_dir is not None else None
+    if journal is not None and not resume:
+        journal.unlink(missing_ok=True)
     record = fit_heldout_readout(teacher, sid, (session.images[split["train"]], y),
                                  (session.images[split["val"]], _targets(session, split["val"])),
                                  ReadoutFitConfig(folds=teacher.config.readout_folds, seed=teacher.seed),
-                                 progress=report)
+                                 progress=report, journal=journal)
     if done is not None:
         slots = {f"member{k}.{name}": t for k, readout in enumerate(teacher.readouts_of(sid))
                  for name, t in readout.state_dict().items()}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from compactvision.artifacts import read_json
 from compactvision.models.teacher import PRESETS, build_teacher
 from compactvision.readout_fit import ReadoutFitConfig, fit_heldout_readout, member_features
 from compactvision.train import pearson_per_neuron
@@ -164,3 +165,56 @@ def test_cross_validation_recovers_the_readout_from_any_start_where_one_held_bac
             recovered[folds].append(float(np.median(pearson_per_neuron(pred, clean[test]))))
     assert min(recovered[4]) > 0.8, recovered
     assert max(recovered[4]) - min(recovered[4]) < max(recovered[0]) - min(recovered[0]), recovered
+
+
+def test_a_stopped_cross_validation_resumes_at_the_fold_it_was_in_and_ends_where_an_unbroken_one_does(tmp_path, monkeypatch):
+    """Each finished fold is written down; a fit that was stopped repeats none of them and reaches the same readout.
+    A journal written for other responses, or one that cannot be read, is not trusted."""
+    import compactvision.readout_fit as rf
+
+    teacher, images, noisy, _ = _teacher_and_responses(n_images=200)
+    config = ReadoutFitConfig(max_steps=60, patience=30, penalty_grid=(0.1, 1.0), folds=3)
+    init = [{k: v.clone() for k, v in r.state_dict().items()} for r in teacher.readouts_of("new")]
+    fits: list[int] = []
+    real_fit = rf.fit_readouts
+
+    def counted(*args, **kwargs):
+        fits.append(1)
+        if stop_after is not None and len(fits) > stop_after:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(rf, "fit_readouts", counted)
+
+    def fitted(responses: np.ndarray, journal) -> tuple[dict, list[torch.Tensor]]:
+        for r, state in zip(teacher.readouts_of("new"), init):
+            r.load_state_dict(state)
+        record = fit_heldout_readout(teacher, "new", (images[:150], responses[:150]),
+                                     (images[150:180], responses[150:180]), config, journal=journal)
+        return record, [p.detach().clone() for r in teacher.readouts_of("new") for p in r.parameters()]
+
+    stop_after = None
+    whole, weights = fitted(noisy, None)
+    assert len(fits) == 6, "two strengths x three folds, and the final fit has no held-back images"
+
+    journal = tmp_path / "folds.json"
+    fits.clear()
+    stop_after = 4
+    with pytest.raises(KeyboardInterrupt):
+        fitted(noisy, journal)
+    assert len(read_json(journal)["folds_done"]) == 4
+    fits.clear()
+    stop_after = None
+    resumed, again = fitted(noisy, journal)
+    assert len(fits) == 2, "only the folds the stopped fit had not finished"
+    assert resumed["tried"] == whole["tried"] and resumed["steps_run"] == whole["steps_run"]
+    assert all(torch.equal(a, b) for a, b in zip(weights, again))
+
+    fits.clear()
+    other = noisy + np.random.default_rng(3).normal(0, 0.5, noisy.shape).astype(np.float32)
+    fitted(other, journal)
+    assert len(fits) == 6, "a journal of other responses is fitted again"
+    journal.write_text("{not json")
+    fits.clear()
+    fitted(noisy, journal)
+    assert len(fits) == 6 and len(read_json(journal)["folds_done"]) == 6

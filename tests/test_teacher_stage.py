@@ -9,6 +9,7 @@ import pytest
 from compactvision.data.formats import NeuralDataset, Session
 from compactvision.data.twin import make_twin_dataset
 from compactvision.errors import DataError
+from compactvision.models.readouts import FactorisedReadout
 from compactvision.teacher_stage import train_teacher
 
 
@@ -228,3 +229,32 @@ def test_cross_validated_held_out_readouts_are_recorded_and_a_refit_redoes_them_
     assert other["folds"] == 3
     assert any(not torch.equal(after[k], v) for k, v in teacher.state_dict().items() if k in readout), \
         "another seed draws other fresh readouts: the refit fits afresh"
+
+
+def test_a_run_stopped_inside_a_cross_validated_readout_fit_resumes_at_its_fold(tmp_path, monkeypatch):
+    """The held-out readouts' folds are kept as they finish, so a kill costs at most the fold it was in."""
+    import compactvision.readout_fit as rf
+    import compactvision.teacher_stage as stage
+
+    ds = _sessions(["s1", "s2", "s3"])
+    kwargs = dict(preset="tiny", epochs=1, progress=False, protocol="cowley", test_sessions=("s3",),
+                  validation_session="s2", resume=True, config_overrides={"image_size": 32, "readout_folds": 2})
+    real, fits, stop = rf.fit_readouts, [], {"after": 3}
+
+    def counted(*a, **k):
+        fits.append(1)
+        if len(fits) > stop["after"]:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(rf, "fit_readouts", counted)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(ds, tmp_path / "run", **kwargs)
+    journals = list((tmp_path / "run" / "checkpoints").rglob(stage.READOUT_FOLDS))
+    assert len(journals) == 1 and len(json.loads(journals[0].read_text())["folds_done"]) == 3
+    per_session = 2 * len(FactorisedReadout.penalty_grid)  # folds x strengths
+    fits.clear()
+    stop["after"] = 10 ** 6
+    train_teacher(ds, tmp_path / "run", **kwargs)
+    assert len(fits) == 2 * per_session - 3, "the three finished folds are not fitted again"
+    assert not (tmp_path / "run" / "checkpoints").exists(), "a finished run ships no journal"
