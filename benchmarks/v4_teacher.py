@@ -25,6 +25,12 @@ then a fit on all of it; see `compactvision.readout_fit`) the validation
 session's readout is fitted afresh from the same seed and scored on its second
 half. The best is chosen on that alone; only then are the test sessions'
 readouts refitted that way and their second halves read, beside the run's own.
+`--probe-pools 4 ...` adds the usual linear probe as a reference formulation
+(`PooledLinearProbe`): each member's maps average-pooled to P x P, a ridge
+regression per neuron (its penalty chosen by 5-fold cross-validation over the
+first half), the members' predictions averaged; `--blend-pools 4 ...` adds each
+fold count's readout averaged half and half with such a probe (the teacher's
+`heldout_probe_pool`). Every row competes in the choice.
 """
 from __future__ import annotations
 
@@ -76,10 +82,16 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "runs" / "v4-alternatives"))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--refit-readouts", metavar="RUN", help="compare held-out readout fits on this run's trunk")
-    ap.add_argument("--folds", type=int, nargs="+", default=[0, 5], help="with --refit-readouts: fold counts")
+    ap.add_argument("--folds", type=int, nargs="*", default=[0, 5], help="with --refit-readouts: fold counts")
+    ap.add_argument("--probe-pools", type=int, nargs="*", default=[],
+                    help="with --refit-readouts: also the ridge probe alone on maps pooled to P x P, for each P")
+    ap.add_argument("--blend-pools", type=int, nargs="*", default=[],
+                    help="with --refit-readouts: also each fold count's readout blended half and half with a probe "
+                         "on P x P pooled maps, for each P")
     args = ap.parse_args()
     if args.refit_readouts:
-        refit_readouts(Path(args.refit_readouts), args.release, args.folds)
+        refit_readouts(Path(args.refit_readouts), args.release,
+                       readout_ways(args.folds, args.probe_pools, args.blend_pools))
         return
     from compactvision.artifacts import read_manifest
     from compactvision.data.formats import load_dataset
@@ -111,8 +123,22 @@ def main() -> None:
                                         for s in ("190923", "201025")))
 
 
-def refit_readouts(run: Path, release: str, folds: list[int]) -> None:
-    """Held-out readouts refitted on `run`'s frozen trunk for each fold count; chosen on the validation session."""
+def readout_ways(folds: list[int], probe_pools: list[int], blend_pools: list[int]) -> dict[str, dict]:
+    """Name -> teacher overrides of each way to fit a held-out readout that `--refit-readouts` compares."""
+    def fit(k: int) -> str:
+        return "last tenth held back" if k == 0 else f"{k}-fold cross-validation"
+
+    ways = {fit(k): {"readout_folds": k, "heldout_probe_pool": 0} for k in folds}
+    ways.update({f"ridge probe on {p} x {p} pooled maps": {"heldout_probe_pool": p, "heldout_probe_weight": 1.0}
+                 for p in probe_pools})
+    ways.update({f"{fit(k)} + probe {p} x {p}, half each": {"readout_folds": k, "heldout_probe_pool": p,
+                                                            "heldout_probe_weight": 0.5}
+                 for k in folds for p in blend_pools})
+    return ways
+
+
+def refit_readouts(run: Path, release: str, ways: dict[str, dict]) -> None:
+    """Held-out readouts refitted on `run`'s frozen trunk each way; chosen on the validation session."""
     import time
     from dataclasses import replace
 
@@ -135,31 +161,31 @@ def refit_readouts(run: Path, release: str, folds: list[int]) -> None:
         r = score_session(teacher, dataset.session(sid), np.asarray(data["sessions"][sid]["split"]["test"]))["r"]
         return r[np.isfinite(r)]
 
-    def refit(sid: str, k: int) -> tuple[tuple[float, float, float], dict, float]:
-        """(median r [CI] on the second half, the fit's record, seconds) of `sid`'s readout refitted with k folds."""
-        teacher.config = replace(teacher.config, readout_folds=k)
+    def refit(sid: str, way: str) -> tuple[tuple[float, float, float], str, float]:
+        """(median r [CI] on the second half, the readout's penalty, seconds) of `sid` refitted `way`."""
+        teacher.config = replace(teacher.config, **ways[way])
         t0 = time.perf_counter()
         record = refit_heldout_readout(teacher, dataset.session(sid), data["sessions"][sid]["split"])
         seconds = time.perf_counter() - t0
-        return bootstrap_median_ci(second_half_r(sid)), record, seconds
-
-    def name(k: int) -> str:
-        return "last tenth held back" if k == 0 else f"{k}-fold cross-validation"
+        penalty = f"{record['strength']:g}" if "strength" in record else "-"
+        return bootstrap_median_ci(second_half_r(sid)), penalty, seconds
 
     print(f"held-out readouts on the frozen trunk of {run}; chosen on validation session {validation}")
-    print(f"{'readout fit':34} {'median r [95% CI], second half':>32} {'penalty':>8} {'s':>6}")
+    width = max(34, *(len(w) for w in ways))
+    print(f"{'readout fit':{width}} {'median r [95% CI], second half':>32} {'penalty':>8} {'s':>6}")
     rows = {}
-    for k in folds:
-        (med, lo, hi), record, seconds = refit(validation, k)
-        rows[k] = med
-        print(f"{name(k):34} {med:>17.3f} [{lo:.3f}, {hi:.3f}] {record['strength']:>8g} {seconds:>6.0f}", flush=True)
+    for way in ways:
+        (med, lo, hi), penalty, seconds = refit(validation, way)
+        rows[way] = med
+        print(f"{way:{width}} {med:>17.3f} [{lo:.3f}, {hi:.3f}] {penalty:>8} {seconds:>6.0f}", flush=True)
     best = max(rows, key=lambda k: rows[k])
-    print(f"chosen: {name(best)}")
+    print(f"chosen: {best}")
     print(f"{'test session':14} {'its own readouts':>22} {'refitted, chosen':>22}  (median r, second halves)")
     for sid in tests:
         own = float(np.median(second_half_r(sid)))  # before its readout is refitted
         (med, lo, hi), _, _ = refit(sid, best)
         print(f"{sid:14} {own:>22.3f} {med:>12.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
+
 
 if __name__ == "__main__":
     main()

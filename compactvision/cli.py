@@ -213,6 +213,11 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
                    help="with --protocol cowley: fit each held-out session's readout by K-fold cross-validation "
                         "over its first half, then on all of it (0: choose on its last tenth; default: the "
                         "preset's; 5 won on the V4 validation session)")
+    p.add_argument("--heldout-probe", type=int, metavar="P",
+                   help="with --protocol cowley: blend into each held-out session's prediction a ridge probe of the "
+                        "maps pooled to P x P (0: none; default: the preset's; 4 won on the V4 validation session)")
+    p.add_argument("--heldout-probe-weight", type=float, metavar="W",
+                   help="the probe's share of the blend, in [0, 1] (default 0.5; 1: the probe alone)")
     _add_v1_stride_option(p)
     p.add_argument("--v1-noise", type=float, metavar="LEVEL",
                    help="VOneNet-style V1 noise in training and at test time, s.d. LEVEL x sqrt(rate + 1) "
@@ -254,6 +259,9 @@ def _teacher(args: argparse.Namespace) -> None:
                  **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
                  **({"readout_output": args.readout_output} if args.readout_output else {}),
                  **({"readout_folds": args.readout_folds} if args.readout_folds is not None else {}),
+                 **({"heldout_probe_pool": args.heldout_probe} if args.heldout_probe is not None else {}),
+                 **({"heldout_probe_weight": args.heldout_probe_weight}
+                    if args.heldout_probe_weight is not None else {}),
                  **({"vone_stride": args.v1_stride} if args.v1_stride is not None else {}),
                  **({"noise": "poisson", "noise_level": args.v1_noise} if args.v1_noise is not None else {})}
     try:  # options the preset cannot take: a usage error before anything is read or written, not a traceback

@@ -113,10 +113,13 @@ PRESETS: dict[str, PipelinePreset] = {
     # (`readout_folds`): refitted on that teacher's frozen trunk (`benchmarks/v4_teacher.py --refit-readouts`),
     # the validation session scored 0.467 against 0.453 with the penalty and stop chosen on the last tenth
     # (3 folds: 0.461), for 551 s against 224 s of its readout's fit on 2 cores.
+    # Each held-out prediction is then averaged half and half with a ridge probe of the maps pooled to 4 x 4
+    # (`heldout_probe_pool`): on that trunk, with the readouts as first fitted, the validation session scored 0.470
+    # blended against 0.453 for the readout alone and 0.420 for the probe alone (2 x 2: 0.394, 7 x 7: 0.411).
     "v4": PipelinePreset(
         neurons=0, images=0, repeats=0, image_size=112, teacher_preset="cpu",
         teacher_overrides={"ensemble": 4, "readout_sees_front_end": True, "epochs": 24, "patience": 6,
-                           "readout_folds": 5},
+                           "readout_folds": 5, "heldout_probe_pool": 4},
         compress=STUDENTS_112),
     # The bundled default: two neurons of each cell type, a 4-member CPU teacher ensemble. `make bundle` takes 21.6 min
     # on 2 cores (twin data, teacher, labels and shared student 6.2 min; compression 15.4 min, NHWC students).

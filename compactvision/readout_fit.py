@@ -30,6 +30,12 @@ penalty search's cost.
 Members fit independently, each on its own back end's maps (an ensemble of
 readouts, as the trunk's members are); the session's prediction is their
 average, as always in `Teacher.forward`.
+
+A teacher with `heldout_probe_pool` also fits each member a linear probe on
+the same first half (`fit_probe`: ridge regression on the maps average-pooled
+to a few cells a side, each neuron's penalty chosen by cross-validation) and
+blends it into the readout's prediction. On the real-V4 validation session
+the blend beat either alone (`benchmarks/v4_teacher.py --refit-readouts`).
 """
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ from torch import nn
 from compactvision.artifacts import atomic_write_json, read_json
 from compactvision.errors import ArtifactError
 from compactvision.inputs import as_model_input
-from compactvision.models.readouts import Readout
+from compactvision.models.readouts import PooledLinearProbe, Readout
 from compactvision.models.teacher import Teacher
 from compactvision.progress import Progress, silent
 from compactvision.train import pearson_per_neuron
@@ -316,3 +322,66 @@ def _read_journal(journal: str | Path | None, key: dict[str, Any]) -> dict[str, 
     if not isinstance(kept, dict) or {k: kept.get(k) for k in key} != key:
         return {}
     return dict(kept.get("folds_done", {}))
+
+
+#: Ridge penalties a probe's cross-validation tries, for regressors z-scored on the fitting images.
+PROBE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+
+
+def ridge_path(x: np.ndarray, y: np.ndarray,
+               alphas: tuple[float, ...] = PROBE_ALPHAS) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+    """Ridge regressions of `y` (n x k) on `x` (n x d), z-scored on `x`, for every alpha at the cost of one SVD.
+
+    Returns (mean, 1 / s.d. of x's columns, one d x k weight matrix per
+    alpha, y's mean); the predictions for new rows x' are
+    ((x' - mean) * inv_std) @ w + y_mean.
+    """
+    mean, inv_std = x.mean(0), 1.0 / (x.std(0) + 1e-6)
+    u, sv, vt = np.linalg.svd((x - mean) * inv_std, full_matrices=False)
+    y_mean = y.mean(0)
+    uty = u.T @ (y - y_mean)
+    return mean, inv_std, [vt.T @ ((sv / (sv ** 2 + a))[:, None] * uty) for a in alphas], y_mean
+
+
+def fit_probe(teacher: Teacher, session: str, images: Any, targets: np.ndarray, folds: int = 5,
+              seed: int = 0, alphas: tuple[float, ...] = PROBE_ALPHAS) -> dict[str, Any]:
+    """Give `session` a linear probe in every member, fitted on `images` and `targets` (images x neurons, NaN: none).
+
+    The session's response statistics must be set (the probe predicts the
+    readout's z-scores). Each member's probe is a ridge regression on that
+    member's maps pooled to `heldout_probe_pool` cells a side; each neuron's
+    penalty is the one with the least held-back squared error over `folds`
+    folds of the images, and the probe is then solved on all of them. A
+    missing response counts as the neuron's mean. Returns how it was fitted.
+    """
+    n = len(targets)
+    if n < 2 * folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {2 * folds} images, got {n}")
+    probes: list[PooledLinearProbe] = teacher.add_probe(session)
+    scale = teacher.response_scale(session)
+    z_t, valid_t = _zscore(targets, scale.mean, scale.std)
+    z, valid = z_t.double().cpu().numpy(), valid_t.cpu().numpy()
+    held_out = np.array_split(np.random.default_rng(seed).permutation(n), folds)
+    chosen_alphas = []
+    for probe, maps in zip(probes, member_features(teacher, images)):
+        with torch.no_grad():
+            x = probe.pooled(maps).double().cpu().numpy()
+        error = np.zeros((len(alphas), z.shape[1]))
+        for held in held_out:
+            rows = np.setdiff1d(np.arange(n), held)
+            mean, inv_std, weights, z_mean = ridge_path(x[rows], z[rows], alphas)
+            design = (x[held] - mean) * inv_std
+            for i, w in enumerate(weights):
+                error[i] += (((design @ w + z_mean - z[held]) ** 2) * valid[held]).sum(0)
+        best = error.argmin(0)
+        mean, inv_std, weights, z_mean = ridge_path(x, z, alphas)
+        w = np.stack([weights[best[j]][:, j] for j in range(z.shape[1])])  # neurons x regressors
+        dev = probe.weight.device
+        with torch.no_grad():
+            probe.mean.copy_(torch.as_tensor(mean, dtype=torch.float32, device=dev))
+            probe.inv_std.copy_(torch.as_tensor(inv_std, dtype=torch.float32, device=dev))
+            probe.weight.copy_(torch.as_tensor(w, dtype=torch.float32, device=dev))
+            probe.bias.copy_(torch.as_tensor(z_mean, dtype=torch.float32, device=dev))
+        chosen_alphas.append(np.asarray(alphas)[best])
+    return {"pool": probes[0].pool, "weight": probes[0].blend, "folds": folds,
+            "median_alpha": float(np.median(np.concatenate(chosen_alphas)))}

@@ -44,7 +44,7 @@ from compactvision.metrics import feve, pearson_r, r2_er, summarise
 from compactvision.models.backbone import DEFAULT_STAGE, backbone_from_checkpoint, load_trunk_weights
 from compactvision.models.teacher import PRESETS, Teacher, TeacherConfig, build_teacher, save_teacher
 from compactvision.progress import as_progress
-from compactvision.readout_fit import ReadoutFitConfig, fit_heldout_readout
+from compactvision.readout_fit import ReadoutFitConfig, fit_heldout_readout, fit_probe
 from compactvision.train import TrainResult, fit, predict
 
 COWLEY_TEST_SESSIONS = ("190923", "201025")
@@ -111,9 +111,12 @@ def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
 
     A new session's readouts (or, with `fresh`, new ones for a session the
     teacher has) are drawn from the teacher's seed, so a refit draws them again.
-    Without `checkpoint_dir` nothing is kept.
+    Without `checkpoint_dir` nothing is kept. With `heldout_probe_pool`, the
+    session's linear probes are then fitted on the same first half (seconds,
+    so never kept); a probe of weight 1 leaves nothing for the readout to do,
+    and it is not fitted.
     """
-    sid = session.session_id
+    sid, config = session.session_id, teacher.config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(teacher.seed)
         if sid not in teacher.sessions:  # else its readout trained with the trunk and starts from there
@@ -122,24 +125,37 @@ def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
             teacher.reset_session(sid)
     y = _targets(session, split["train"])
     _set_response_stats(teacher, sid, y)
+    record = _fit_readout(teacher, session, split, y, checkpoint_dir, resume, progress)
+    if config.heldout_probe_pool:
+        first = np.concatenate([split["train"], split["val"]])
+        record["probe"] = fit_probe(teacher, sid, session.images[first], _targets(session, first),
+                                    folds=max(config.readout_folds, 5), seed=teacher.seed)
+    return record
+
+
+def _fit_readout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], y: np.ndarray,
+                 checkpoint_dir: Path | None, resume: bool, progress: bool | Progress) -> dict[str, Any]:
+    """The held-out session's readout fitted, or reloaded from its checkpoint when resuming; returns its record."""
+    sid, config = session.session_id, teacher.config
+    if config.heldout_probe_pool and config.heldout_probe_weight == 1.0:
+        return {"folds": config.readout_folds, "readout": "not fitted: the probe alone predicts (weight 1)"}
     done = checkpoint_dir / READOUT_CHECKPOINT if checkpoint_dir is not None else None
     if resume and done is not None and done.is_file():
         tensors, meta = load_weights(done)
         record = json.loads(meta["record"])
         # a readout fitted another way (the run resumed with other `readout_folds`) is fitted again
-        if record.get("folds", 0) == teacher.config.readout_folds:
+        if record.get("folds", 0) == config.readout_folds:
             for k, readout in enumerate(teacher.readouts_of(sid)):
                 readout.load_state_dict({n.split(".", 1)[1]: t for n, t in tensors.items()
                                          if n.startswith(f"member{k}.")})
             return record
-    report = as_progress(progress)
     journal = checkpoint_dir / READOUT_FOLDS if checkpoint_dir is not None else None
     if journal is not None and not resume:
         journal.unlink(missing_ok=True)
     record = fit_heldout_readout(teacher, sid, (session.images[split["train"]], y),
                                  (session.images[split["val"]], _targets(session, split["val"])),
-                                 ReadoutFitConfig(folds=teacher.config.readout_folds, seed=teacher.seed),
-                                 progress=report, journal=journal)
+                                 ReadoutFitConfig(folds=config.readout_folds, seed=teacher.seed),
+                                 progress=as_progress(progress), journal=journal)
     if done is not None:
         slots = {f"member{k}.{name}": t for k, readout in enumerate(teacher.readouts_of(sid))
                  for name, t in readout.state_dict().items()}

@@ -194,7 +194,7 @@ def test_pruning_options_that_do_not_go_together_are_a_clear_error(tmp_path, cap
     assert code == 2 and "compensation='mean'" in capsys.readouterr().err
 
 
-def test_teacher_readout_folds_reach_the_config_and_a_bad_count_is_a_clear_error(tmp_path, monkeypatch, capsys):
+def test_teacher_readout_folds_and_probe_reach_the_config_and_bad_values_are_clear_errors(tmp_path, monkeypatch, capsys):
     import compactvision.teacher_stage as stage
 
     seen = {}
@@ -205,14 +205,19 @@ def test_teacher_readout_folds_reach_the_config_and_a_bad_count_is_a_clear_error
 
     monkeypatch.setattr(stage, "train_teacher", record)
     with pytest.raises(SystemExit):
-        cli.main(["teacher", "--data", "release", "--out", str(tmp_path / "a"), "--readout-folds", "5"])
+        cli.main(["teacher", "--data", "release", "--out", str(tmp_path / "a"), "--readout-folds", "5",
+                  "--heldout-probe", "4", "--heldout-probe-weight", "0.25"])
     assert seen["readout_folds"] == 5
+    assert seen["heldout_probe_pool"] == 4 and seen["heldout_probe_weight"] == 0.25
     seen.clear()
     with pytest.raises(SystemExit):
         cli.main(["teacher", "--data", "release", "--out", str(tmp_path / "b")])
-    assert "readout_folds" not in seen, "the preset's own choice stands"
+    assert not {"readout_folds", "heldout_probe_pool", "heldout_probe_weight"} & set(seen), \
+        "the preset's own choice stands"
     monkeypatch.undo()
-    code = cli.main(["teacher", "--data", "twin", "--images", "40", "--neurons", "2", "--out", str(tmp_path / "c"),
-                     "--readout-folds", "1", "--progress", "none"])
-    assert code == 2 and "readout_folds must be 0" in capsys.readouterr().err
-    assert not (tmp_path / "c").exists(), "nothing is written"
+    for option, value, message in [("--readout-folds", "1", "readout_folds must be 0"),
+                                   ("--heldout-probe-weight", "2", "heldout_probe_weight must be in")]:
+        code = cli.main(["teacher", "--data", "twin", "--images", "40", "--neurons", "2", "--out",
+                         str(tmp_path / "c"), option, value, "--progress", "none"])
+        assert code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "c").exists(), "nothing is written"

@@ -218,3 +218,50 @@ def test_a_stopped_cross_validation_resumes_at_the_fold_it_was_in_and_ends_where
     fits.clear()
     fitted(noisy, journal)
     assert len(fits) == 6 and len(read_json(journal)["folds_done"]) == 6
+
+
+def test_a_probe_recovers_a_neuron_the_pooled_maps_express_and_blends_with_the_readout(tmp_path):
+    """The ridge probe is solved on the first half alone; it predicts a neuron that is a linear function of the
+    pooled maps on images it never saw, and the teacher's prediction is the readout and the probe in proportion."""
+    from compactvision.models.teacher import load_teacher, save_teacher
+    from compactvision.readout_fit import fit_probe
+
+    teacher, images, _, _ = _teacher_and_responses(n_images=300)
+    teacher.config = replace(teacher.config, heldout_probe_pool=2, heldout_probe_weight=0.5)
+    maps = member_features(teacher, images)
+    pooled = [torch.nn.functional.adaptive_avg_pool2d(m, 2).flatten(1).numpy() for m in maps]
+    rng = np.random.default_rng(4)
+    clean = np.stack([pooled[0] @ rng.normal(size=pooled[0].shape[1]) for _ in range(3)], axis=1)
+    clean = (clean - clean.mean(0)) / clean.std(0)
+    noisy = (clean + rng.normal(0, 0.5, clean.shape)).astype(np.float32)
+    teacher.set_response_stats("new", noisy[:200].mean(0), noisy[:200].std(0))
+    record = fit_probe(teacher, "new", images[:200], noisy[:200], folds=4)
+    assert record["pool"] == 2 and record["weight"] == 0.5 and record["folds"] == 4
+    assert teacher.probed_sessions == ["new"]
+
+    x = torch.as_tensor(images[200:]).permute(0, 3, 1, 2).float() / 255
+    probes = [m.probes["session_new"] for m in teacher.members]
+    with torch.no_grad():
+        shared = teacher.features(x)
+        maps_test = [m.back_end(shared) for m in teacher.members]
+        probe_alone = torch.stack([p(f) for p, f in zip(probes, maps_test)]).mean(0)
+        readout_alone = torch.stack([r(f) for r, f in zip(teacher.readouts_of("new"), maps_test)]).mean(0)
+        blended = teacher(x, "new")
+    scale = teacher.response_scale("new")
+    assert torch.allclose(blended, scale(0.5 * probe_alone + 0.5 * readout_alone), atol=1e-5)
+    assert np.median(pearson_per_neuron(probe_alone.numpy(), clean[200:])) > 0.8
+
+    save_teacher(teacher, tmp_path)
+    again = load_teacher(tmp_path, verify=False)
+    assert again.probed_sessions == ["new"]
+    with torch.no_grad():
+        assert torch.equal(again(x, "new"), blended), "the probe travels with the teacher's weights"
+    assert again.n_parameters() == teacher.n_parameters() > sum(p.numel() for p in teacher.parameters())
+    teacher.reset_session("new")
+    assert teacher.probed_sessions == [], "a refit starts without the old probe"
+
+
+@pytest.mark.parametrize("field, value", [("heldout_probe_pool", -1), ("heldout_probe_weight", 1.5)])
+def test_a_probe_setting_out_of_range_is_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        replace(PRESETS["tiny"], **{field: value})

@@ -258,3 +258,28 @@ def test_a_run_stopped_inside_a_cross_validated_readout_fit_resumes_at_its_fold(
     train_teacher(ds, tmp_path / "run", **kwargs)
     assert len(fits) == 2 * per_session - 3, "the three finished folds are not fitted again"
     assert not (tmp_path / "run" / "checkpoints").exists(), "a finished run ships no journal"
+
+
+def test_held_out_sessions_get_their_probes_from_their_first_halves_and_keep_them(tmp_path):
+    """With `heldout_probe_pool`, every held-out session's prediction blends in a probe fitted on its first half;
+    the saved teacher reloads with them, and the record says how each was fitted."""
+    import torch
+
+    from compactvision.models.teacher import load_teacher
+
+    ds = _sessions(["s1", "s2", "s3"])
+    train_teacher(ds, tmp_path / "run", preset="tiny", epochs=1, progress=False, protocol="cowley",
+                  test_sessions=("s3",), validation_session="s2",
+                  config_overrides={"image_size": 32, "heldout_probe_pool": 2})
+    teacher = load_teacher(tmp_path / "run")
+    assert sorted(teacher.probed_sessions) == ["s2", "s3"], "the trunk's own session reads out as before"
+    probe = teacher.members[0].probes["session_s3"]
+    assert probe.pool == 2 and probe.blend == 0.5 and torch.count_nonzero(probe.weight) > 0
+    metrics = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())
+    assert metrics["training"]["readout_s3"]["probe"]["pool"] == 2
+    # The probe alone (weight 1) leaves the readout unfitted, and says so.
+    train_teacher(ds, tmp_path / "alone", preset="tiny", epochs=1, progress=False, protocol="cowley",
+                  test_sessions=("s3",), validation_session="s2",
+                  config_overrides={"image_size": 32, "heldout_probe_pool": 2, "heldout_probe_weight": 1.0})
+    metrics = json.loads((tmp_path / "alone" / "history" / "teacher_metrics.json").read_text())
+    assert "not fitted" in metrics["training"]["readout_s3"]["readout"]

@@ -186,3 +186,42 @@ class GaussianReadout(Readout):
         self.bias.copy_(gain * (intercept - (centre[best, 0, :] * weights).sum(1)))
         if self.floor is not None:
             self.floor.fill_(-SOFTPLUS_AT_ZERO)
+
+
+class PooledLinearProbe(nn.Module):
+    """A ridge regression of each neuron on the maps average-pooled to `pool` x `pool`: the usual linear probe.
+
+    Not trained by gradient steps: `readout_fit.fit_probe` solves it in closed
+    form on a held-out session's first half, with each neuron's penalty chosen
+    by cross-validation. A held-out session's readout is fitted on a few
+    hundred images; the factorised readout and this probe err differently
+    (one sparse mask against a smooth pooled map), so the teacher averages
+    them, the probe with weight `blend` (the teacher's `heldout_probe_weight`).
+    Everything else is a buffer, saved with the teacher's weights: the
+    z-scoring of the pooled maps (`mean`, `inv_std`), the weights and the bias
+    (in the readout's z-scored units).
+    """
+
+    def __init__(self, in_channels: int, pool: int, n_neurons: int, blend: float = 0.5) -> None:
+        super().__init__()
+        if pool < 1:
+            raise ValueError(f"pool must be at least 1, got {pool}")
+        if not 0.0 <= blend <= 1.0:
+            raise ValueError(f"blend must be in [0, 1], got {blend}")
+        self.pool, self.n_neurons, self.blend = int(pool), int(n_neurons), float(blend)
+        n_in = in_channels * pool * pool
+        self.register_buffer("mean", torch.zeros(n_in))
+        self.register_buffer("inv_std", torch.ones(n_in))
+        self.register_buffer("weight", torch.zeros(n_neurons, n_in))
+        self.register_buffer("bias", torch.zeros(n_neurons))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The regressors: the maps pooled to pool x pool, flattened (N x C * pool * pool)."""
+        return F.adaptive_avg_pool2d(x, self.pool).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (self.pooled(x) - self.mean.to(x.dtype)) * self.inv_std.to(x.dtype)
+        return z @ self.weight.to(x.dtype).T + self.bias.to(x.dtype)
+
+    def n_weights(self) -> int:
+        return sum(b.numel() for b in self.buffers())

@@ -38,7 +38,7 @@ from compactvision.compute import model_macs
 from compactvision.errors import ArtifactError
 from compactvision.models.bank import BANK_FORMAT, StudentBank, load_bank
 from compactvision.models.backbone import ResNetSpec, ResNetTrunk
-from compactvision.models.readouts import OUTPUTS, FactorisedReadout, GaussianReadout, Readout
+from compactvision.models.readouts import OUTPUTS, FactorisedReadout, GaussianReadout, PooledLinearProbe, Readout
 from compactvision.models.truth import TRUTH_FORMAT, TruthTeacher, load_truth
 from compactvision.models.vone import DEFAULT_STRIDE, DEFAULT_VISUAL_DEGREES, VOneBlock
 from compactvision.train import TrainConfig
@@ -120,6 +120,10 @@ class TeacherConfig:
     # last tenth of the session's first half; k >= 2 chooses both by k-fold cross-validation over the whole first
     # half and then fits on all of it
     readout_folds: int = 0
+    # a held-out session's prediction also averages in a ridge probe of the maps pooled to this many cells a side
+    # (`PooledLinearProbe`, fitted in closed form on the same first half), with this weight; 0 keeps the readout alone
+    heldout_probe_pool: int = 0
+    heldout_probe_weight: float = 0.5
     # training
     epochs: int = 8
     batch_size: int = 128
@@ -159,6 +163,10 @@ class TeacherConfig:
             raise ValueError(f"an ensemble needs at least one member, got {self.ensemble}")
         if self.readout_folds == 1 or self.readout_folds < 0:
             raise ValueError(f"readout_folds must be 0 (one held-back set) or at least 2, got {self.readout_folds}")
+        if self.heldout_probe_pool < 0:
+            raise ValueError(f"heldout_probe_pool must be 0 (no probe) or a pooled size >= 1, got {self.heldout_probe_pool}")
+        if not 0.0 <= self.heldout_probe_weight <= 1.0:
+            raise ValueError(f"heldout_probe_weight must be in [0, 1], got {self.heldout_probe_weight}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TeacherConfig":
@@ -243,6 +251,7 @@ class TeacherMember(nn.Module):
         self.back_end = BackEnd(c_in, config.width, config.n_blocks, config.first_stride,
                                 front_end_shortcut=config.readout_sees_front_end)
         self.readouts = nn.ModuleDict({_slot(s): self._readout(n) for s, n in sessions.items()})
+        self.probes = nn.ModuleDict()  # held-out sessions' linear probes, blended into their readouts (`read`)
 
     def _readout(self, n_neurons: int) -> Readout:
         c = self.config
@@ -252,8 +261,16 @@ class TeacherMember(nn.Module):
         return FactorisedReadout(self.back_end.out_channels, *self.map_hw, n_neurons, mask_l1=c.mask_l1,
                                  feature_l1=c.feature_l1, output=c.readout_output)
 
+    def read(self, maps: torch.Tensor, session: str) -> torch.Tensor:
+        """`session`'s z-scored prediction from this member's maps: its readout, blended with its probe if it has one."""
+        z = self.readouts[_slot(session)](maps)
+        if _slot(session) not in self.probes:
+            return z
+        probe = self.probes[_slot(session)]
+        return (1.0 - probe.blend) * z + probe.blend * probe(maps)
+
     def forward(self, v1: torch.Tensor, session: str) -> torch.Tensor:
-        return self.readouts[_slot(session)](self.back_end(v1))
+        return self.read(self.back_end(v1), session)
 
 
 class Teacher(nn.Module):
@@ -348,7 +365,7 @@ class Teacher(nn.Module):
         feats = [m.back_end(shared) for m in self.members]
         cols = []
         for s in self.sessions:
-            z = torch.stack([m.readouts[_slot(s)](f) for m, f in zip(self.members, feats)]).mean(0)
+            z = torch.stack([m.read(f, s) for m, f in zip(self.members, feats)]).mean(0)
             cols.append(self.scales[_slot(s)](z))
         return torch.cat(cols, dim=1)
 
@@ -385,12 +402,32 @@ class Teacher(nn.Module):
         self.sessions[session] = [str(i) for i in neuron_ids]
 
     def reset_session(self, session: str) -> None:
-        """Fresh readouts (in every member) for `session`, as `add_session` makes them: to refit them another way."""
+        """Fresh readouts (in every member) for `session`, as `add_session` makes them, and no probe: to refit them."""
         if session not in self.sessions:
             raise KeyError(f"no session {session!r}; the teacher has {list(self.sessions)}")
         device = next(self.parameters()).device
         for m in self.members:
             m.readouts[_slot(session)] = m._readout(len(self.sessions[session])).to(device)
+            if _slot(session) in m.probes:
+                del m.probes[_slot(session)]
+
+    def add_probe(self, session: str) -> list[PooledLinearProbe]:
+        """An unfitted linear probe (in every member) for `session`, pooled and weighted as the config says."""
+        if session not in self.sessions:
+            raise KeyError(f"no session {session!r}; the teacher has {list(self.sessions)}")
+        if self.config.heldout_probe_pool < 1:
+            raise ValueError("this teacher's config has no probe (heldout_probe_pool is 0)")
+        device = next(self.parameters()).device
+        for m in self.members:
+            m.probes[_slot(session)] = PooledLinearProbe(m.back_end.out_channels, self.config.heldout_probe_pool,
+                                                         len(self.sessions[session]),
+                                                         self.config.heldout_probe_weight).to(device)
+        return [m.probes[_slot(session)] for m in self.members]
+
+    @property
+    def probed_sessions(self) -> list[str]:
+        """The sessions whose predictions blend in a linear probe."""
+        return [s for s in self.sessions if _slot(s) in self.members[0].probes]
 
     @property
     def backbone_trainable(self) -> bool:
@@ -427,7 +464,9 @@ class Teacher(nn.Module):
         return self
 
     def n_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Every learned number, the probes' closed-form weights (buffers) included."""
+        probes = sum(probe.n_weights() for m in self.members for probe in m.probes.values())
+        return sum(p.numel() for p in self.parameters()) + probes
 
 
 def _slot(session: str) -> str:
@@ -457,6 +496,7 @@ def save_teacher(teacher: Teacher, run_dir: str | Path) -> Path:
     save_weights(out / WEIGHTS, teacher.state_dict(), metadata={"format": FORMAT})
     atomic_write_json(out / ARCHITECTURE, {"format": FORMAT, "config": teacher.config.to_dict(),
                                            "sessions": teacher.sessions, "seed": teacher.seed,
+                                           "probed_sessions": teacher.probed_sessions,
                                            "n_parameters": teacher.n_parameters(),
                                            "macs": model_macs(teacher, teacher.config.image_size)})
     return out
@@ -488,6 +528,8 @@ def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher | StudentB
     try:
         config = TeacherConfig.from_dict(arch["config"])
         teacher = Teacher(config, arch["sessions"], seed=int(arch["seed"]))
+        for session in arch.get("probed_sessions", []):
+            teacher.add_probe(session)
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"malformed teacher architecture ({e})", run_dir / rel[1]) from None
     tensors, _ = load_weights(run_dir / rel[0])
