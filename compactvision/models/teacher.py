@@ -10,7 +10,10 @@ what makes the teacher a smoother target for distillation than any one net.
 Each session gets its own readout (its neurons were recorded together) and
 its own response scale: the readouts predict z-scores and the teacher maps
 them back to response units with the training split's per-neuron mean and
-s.d., so `forward` returns predicted responses.
+s.d., so `forward` returns predicted responses. A held-out session's readout,
+fitted on a few hundred images, may be averaged with a closed-form ridge probe
+of the same maps (`heldout_probe_pool`, `PooledLinearProbe`): the two err
+differently, and their blend predicts better than either.
 
 Sizes go from `tiny` (trains in seconds, for tests) through `cpu` (the
 default; 8 epochs over a 20k-image twin take about 4 minutes on two cores,
