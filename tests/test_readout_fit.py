@@ -249,6 +249,9 @@ def test_a_probe_recovers_a_neuron_the_pooled_maps_express_and_blends_with_the_r
         blended = teacher(x, "new")
     scale = teacher.response_scale("new")
     assert torch.allclose(blended, scale(0.5 * probe_alone + 0.5 * readout_alone), atol=1e-5)
+    with torch.no_grad():  # the labels for distillation come from this path: it must blend the same way
+        columns = teacher.predict_all_sessions(x)[:, [teacher.neuron_ids.index(i) for i in teacher.sessions["new"]]]
+    assert torch.allclose(columns, blended, atol=1e-5)
     assert np.median(pearson_per_neuron(probe_alone.numpy(), clean[200:])) > 0.8
 
     save_teacher(teacher, tmp_path)
