@@ -109,17 +109,16 @@ PRESETS: dict[str, PipelinePreset] = {
     # rank one its readouts have ~850 weights each. The teacher's readouts read the V1 front end's maps beside the
     # back end's: on the validation session, r 0.441 against 0.430 for the same ensemble without them; trained for
     # 24 epochs instead of 8 (patience 6), 0.450 (21 min for the whole teacher on 2 cores).
-    # The held-out sessions' readouts are fitted by 5-fold cross-validation over their first halves
-    # (`readout_folds`): refitted on that teacher's frozen trunk (`benchmarks/v4_teacher.py --refit-readouts`),
-    # the validation session scored 0.467 against 0.453 with the penalty and stop chosen on the last tenth
-    # (3 folds: 0.461), for 551 s against 224 s of its readout's fit on 2 cores.
-    # Each held-out prediction is then averaged half and half with a ridge probe of the maps pooled to 4 x 4
-    # (`heldout_probe_pool`): on that trunk, with the readouts as first fitted, the validation session scored 0.470
-    # blended against 0.453 for the readout alone and 0.420 for the probe alone (2 x 2: 0.394, 7 x 7: 0.411).
+    # Each held-out session's prediction averages its readout half and half with a ridge probe of the maps pooled
+    # to 4 x 4 (`heldout_probe_pool`). Refitted on that teacher's frozen trunk (`benchmarks/v4_teacher.py
+    # --refit-readouts`), the validation session scored: readout alone 0.453 with its penalty and stop chosen on
+    # the last tenth of the first half, 0.467 by 5-fold cross-validation (`readout_folds`, 2.5 times the time);
+    # probe alone 0.420 (2 x 2: 0.394, 7 x 7: 0.411); blended 0.470 with the last tenth's readout, 0.467 with the
+    # cross-validated one (from the pipeline). The best, and the cheapest, is kept.
     "v4": PipelinePreset(
         neurons=0, images=0, repeats=0, image_size=112, teacher_preset="cpu",
         teacher_overrides={"ensemble": 4, "readout_sees_front_end": True, "epochs": 24, "patience": 6,
-                           "readout_folds": 5, "heldout_probe_pool": 4},
+                           "heldout_probe_pool": 4},
         compress=STUDENTS_112),
     # The bundled default: two neurons of each cell type, a 4-member CPU teacher ensemble. `make bundle` takes 21.6 min
     # on 2 cores (twin data, teacher, labels and shared student 6.2 min; compression 15.4 min, NHWC students).
