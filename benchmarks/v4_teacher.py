@@ -67,8 +67,9 @@ VARIANTS: dict[str, dict] = {
     "v4 preset, images span 11 deg": {**V4, "visual_degrees": 11.2},
     "v4 preset, images span 16 deg": {**V4, "visual_degrees": 16.0},
     "v4 preset, softplus readout output": {**V4, "readout_output": "softplus"},
-    # the `v4` preset now (`--refit-readouts` compares the readout fits alone, on one trunk)
+    # `--refit-readouts` compares these held-out readout fits alone, on one trunk
     "v4 preset, held-out readouts by 5-fold cross-validation": {**V4, "readout_folds": 5},
+    "v4 preset, held-out readouts blended with 4 x 4 ridge probes (the preset now)": {**V4, "heldout_probe_pool": 4},
 }
 
 
