@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The `v4` pipeline preset's teacher before its held-out readouts were cross-validated: the variant this table
+#: The `v4` pipeline preset's teacher without the held-out readouts' probes: the variant this table
 #: chose. (A variant's run is kept under its name, so a run made before a variant's settings changed is reused.)
 V4 = {"ensemble": 4, "readout_sees_front_end": True, "epochs": 24, "patience": 6}
 
