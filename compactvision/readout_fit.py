@@ -50,6 +50,7 @@ from torch import nn
 
 from compactvision.artifacts import atomic_write_json, read_json
 from compactvision.errors import ArtifactError
+from compactvision.hashing import sha256_bytes
 from compactvision.inputs import as_model_input
 from compactvision.models.readouts import PooledLinearProbe, Readout
 from compactvision.models.teacher import Teacher
@@ -306,9 +307,7 @@ def fit_cross_validated(readouts: list[Readout], scale: nn.Module, feats: list[t
 
 def _fingerprint(targets: np.ndarray) -> str:
     """A short digest of the responses, so a journal is only reused for the data it was written for."""
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(targets, np.float32).tobytes()).hexdigest()[:16]
+    return sha256_bytes(np.ascontiguousarray(targets, np.float32).tobytes())[:16]
 
 
 def _read_journal(journal: str | Path | None, key: dict[str, Any]) -> dict[str, dict[str, float]]:
