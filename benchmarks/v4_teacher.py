@@ -30,7 +30,11 @@ readouts refitted that way and their second halves read, beside the run's own.
 regression per neuron (its penalty chosen by 5-fold cross-validation over the
 first half), the members' predictions averaged; `--blend-pools 4 ...` adds each
 fold count's readout averaged half and half with such a probe (the teacher's
-`heldout_probe_pool`). Every row competes in the choice.
+`heldout_probe_pool`). `--basis-weights W ...` adds the neuron basis (`NeuronBasis`,
+the teacher's `heldout_basis_weight`): each held-out neuron as a ridge regression on
+the teacher's predictions of the trunk's own sessions' neurons; W = 1 alone, else
+each fold count's readout (with each blend pool's probe, half and half) blended
+with it at weight W. Every row competes in the choice.
 """
 from __future__ import annotations
 
@@ -89,10 +93,12 @@ def main() -> None:
     ap.add_argument("--blend-pools", type=int, nargs="*", default=[],
                     help="with --refit-readouts: also each fold count's readout blended half and half with a probe "
                          "on P x P pooled maps, for each P")
+    ap.add_argument("--basis-weights", type=float, nargs="*", default=[],
+                    help="with --refit-readouts: also the neuron basis, alone (1) or blended in with weight W")
     args = ap.parse_args()
     if args.refit_readouts:
         refit_readouts(Path(args.refit_readouts), args.release,
-                       readout_ways(args.folds, args.probe_pools, args.blend_pools))
+                       readout_ways(args.folds, args.probe_pools, args.blend_pools, args.basis_weights))
         return
     from compactvision.artifacts import read_manifest
     from compactvision.data.formats import load_dataset
@@ -124,17 +130,26 @@ def main() -> None:
                                         for s in ("190923", "201025")))
 
 
-def readout_ways(folds: list[int], probe_pools: list[int], blend_pools: list[int]) -> dict[str, dict]:
+def readout_ways(folds: list[int], probe_pools: list[int], blend_pools: list[int],
+                 basis_weights: list[float] = ()) -> dict[str, dict]:
     """Name -> teacher overrides of each way to fit a held-out readout that `--refit-readouts` compares."""
     def fit(k: int) -> str:
         return "last tenth held back" if k == 0 else f"{k}-fold cross-validation"
 
-    ways = {fit(k): {"readout_folds": k, "heldout_probe_pool": 0} for k in folds}
-    ways.update({f"ridge probe on {p} x {p} pooled maps": {"heldout_probe_pool": p, "heldout_probe_weight": 1.0}
+    none = {"heldout_probe_pool": 0, "heldout_basis_weight": 0.0}
+    ways = {fit(k): {**none, "readout_folds": k} for k in folds}
+    ways.update({f"ridge probe on {p} x {p} pooled maps": {**none, "heldout_probe_pool": p, "heldout_probe_weight": 1.0}
                  for p in probe_pools})
-    ways.update({f"{fit(k)} + probe {p} x {p}, half each": {"readout_folds": k, "heldout_probe_pool": p,
-                                                            "heldout_probe_weight": 0.5}
-                 for k in folds for p in blend_pools})
+    blends = {f"{fit(k)} + probe {p} x {p}, half each": {**none, "readout_folds": k, "heldout_probe_pool": p,
+                                                         "heldout_probe_weight": 0.5}
+              for k in folds for p in blend_pools}
+    ways.update(blends)
+    for w in basis_weights:
+        if w == 1.0:
+            ways["neuron basis alone"] = {**none, "heldout_basis_weight": 1.0}
+            continue
+        bases = {fit(k): {**none, "readout_folds": k} for k in folds} if not blend_pools else blends
+        ways.update({f"{name} + neuron basis at {w:g}": {**o, "heldout_basis_weight": w} for name, o in bases.items()})
     return ways
 
 
@@ -157,6 +172,7 @@ def refit_readouts(run: Path, release: str, ways: dict[str, dict]) -> None:
         raise SystemExit(f"{run} is not a cowley-protocol run with a validation session")
     dataset = load_dataset(release)
     teacher = load_teacher(run, verify=False)
+    sources = [s for s in teacher.sessions if s != validation and s not in tests]  # what the trunk trained on
 
     def second_half_r(sid: str) -> np.ndarray:
         r = score_session(teacher, dataset.session(sid), np.asarray(data["sessions"][sid]["split"]["test"]))["r"]
@@ -166,7 +182,7 @@ def refit_readouts(run: Path, release: str, ways: dict[str, dict]) -> None:
         """(median r [CI] on the second half, the readout's penalty, seconds) of `sid` refitted `way`."""
         teacher.config = replace(teacher.config, **ways[way])
         t0 = time.perf_counter()
-        record = refit_heldout_readout(teacher, dataset.session(sid), data["sessions"][sid]["split"])
+        record = refit_heldout_readout(teacher, dataset.session(sid), data["sessions"][sid]["split"], sources)
         seconds = time.perf_counter() - t0
         penalty = f"{record['strength']:g}" if "strength" in record else "-"
         return bootstrap_median_ci(second_half_r(sid)), penalty, seconds

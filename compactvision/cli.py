@@ -218,6 +218,10 @@ def add_teacher(sub: argparse._SubParsersAction) -> None:
                         "maps pooled to P x P (0: none; default: the preset's; 4 won on the V4 validation session)")
     p.add_argument("--heldout-probe-weight", type=float, metavar="W",
                    help="the probe's share of the blend, in [0, 1] (default 0.5; 1: the probe alone)")
+    p.add_argument("--heldout-basis", type=float, metavar="W",
+                   help="with --protocol cowley: blend into each held-out session's prediction, with weight W in "
+                        "[0, 1], a ridge combination of the trunk's own sessions' predicted neurons (0: none; "
+                        "default: the preset's)")
     _add_v1_stride_option(p)
     p.add_argument("--v1-noise", type=float, metavar="LEVEL",
                    help="VOneNet-style V1 noise in training and at test time, s.d. LEVEL x sqrt(rate + 1) "
@@ -262,6 +266,7 @@ def _teacher(args: argparse.Namespace) -> None:
                  **({"heldout_probe_pool": args.heldout_probe} if args.heldout_probe is not None else {}),
                  **({"heldout_probe_weight": args.heldout_probe_weight}
                     if args.heldout_probe_weight is not None else {}),
+                 **({"heldout_basis_weight": args.heldout_basis} if args.heldout_basis is not None else {}),
                  **({"vone_stride": args.v1_stride} if args.v1_stride is not None else {}),
                  **({"noise": "poisson", "noise_level": args.v1_noise} if args.v1_noise is not None else {})}
     try:  # options the preset cannot take: a usage error before anything is read or written, not a traceback

@@ -36,6 +36,9 @@ the same first half (`fit_probe`: ridge regression on the maps average-pooled
 to a few cells a side, each neuron's penalty chosen by cross-validation) and
 blends it into the readout's prediction. On the real-V4 validation session
 the blend beat either alone (`benchmarks/v4_teacher.py --refit-readouts`).
+With `heldout_basis_weight` the session's prediction also blends in a ridge
+regression on the teacher's predictions of the neurons its trunk was trained
+on (`fit_basis`), solved the same way.
 """
 from __future__ import annotations
 
@@ -342,45 +345,89 @@ def ridge_path(x: np.ndarray, y: np.ndarray,
     return mean, inv_std, [vt.T @ ((sv / (sv ** 2 + a))[:, None] * uty) for a in alphas], y_mean
 
 
+def _check_folds(n: int, folds: int) -> None:
+    """Refuse, before anything is changed, a cross-validation with fewer than two images a fold."""
+    if n < 2 * folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {2 * folds} images, got {n}")
+
+
+def cross_validated_ridge(x: np.ndarray, z: np.ndarray, valid: np.ndarray, folds: int, seed: int,
+                          alphas: tuple[float, ...] = PROBE_ALPHAS) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Ridge regressions of `z` (images x neurons) on `x`, each neuron's penalty chosen by `folds`-fold CV.
+
+    A neuron's penalty is the one with the least held-back squared error
+    over the images where `valid` (its response exists); the regression is
+    then solved on every image. Returns ((mean, inv_std, weights as neurons x
+    regressors, z's mean), each neuron's penalty): what `RidgeHead.set_solution` takes.
+    """
+    n = len(z)
+    _check_folds(n, folds)
+    held_out = np.array_split(np.random.default_rng(seed).permutation(n), folds)
+    error = np.zeros((len(alphas), z.shape[1]))
+    for held in held_out:
+        rows = np.setdiff1d(np.arange(n), held)
+        mean, inv_std, weights, z_mean = ridge_path(x[rows], z[rows], alphas)
+        design = (x[held] - mean) * inv_std
+        for i, w in enumerate(weights):
+            error[i] += (((design @ w + z_mean - z[held]) ** 2) * valid[held]).sum(0)
+    best = error.argmin(0)
+    mean, inv_std, weights, z_mean = ridge_path(x, z, alphas)
+    w = np.stack([weights[best[j]][:, j] for j in range(z.shape[1])])  # neurons x regressors
+    return (mean, inv_std, w, z_mean), np.asarray(alphas)[best]
+
+
+def _session_targets(teacher: Teacher, session: str, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`targets` z-scored by the session's response statistics (a missing response: 0, its mean) and where they exist."""
+    scale = teacher.response_scale(session)
+    z_t, valid_t = _zscore(targets, scale.mean, scale.std)
+    return z_t.double().cpu().numpy(), valid_t.cpu().numpy()
+
+
 def fit_probe(teacher: Teacher, session: str, images: Any, targets: np.ndarray, folds: int = 5,
               seed: int = 0, alphas: tuple[float, ...] = PROBE_ALPHAS) -> dict[str, Any]:
     """Give `session` a linear probe in every member, fitted on `images` and `targets` (images x neurons, NaN: none).
 
     The session's response statistics must be set (the probe predicts the
     readout's z-scores). Each member's probe is a ridge regression on that
-    member's maps pooled to `heldout_probe_pool` cells a side; each neuron's
-    penalty is the one with the least held-back squared error over `folds`
-    folds of the images, and the probe is then solved on all of them. A
-    missing response counts as the neuron's mean. Returns how it was fitted.
+    member's maps pooled to `heldout_probe_pool` cells a side, each neuron's
+    penalty chosen by cross-validation (`cross_validated_ridge`). A missing
+    response counts as the neuron's mean. Returns how it was fitted.
     """
-    n = len(targets)
-    if n < 2 * folds:
-        raise ValueError(f"{folds}-fold cross-validation needs at least {2 * folds} images, got {n}")
+    _check_folds(len(targets), folds)
     probes: list[PooledLinearProbe] = teacher.add_probe(session)
-    scale = teacher.response_scale(session)
-    z_t, valid_t = _zscore(targets, scale.mean, scale.std)
-    z, valid = z_t.double().cpu().numpy(), valid_t.cpu().numpy()
-    held_out = np.array_split(np.random.default_rng(seed).permutation(n), folds)
+    z, valid = _session_targets(teacher, session, targets)
     chosen_alphas = []
     for probe, maps in zip(probes, member_features(teacher, images)):
         with torch.no_grad():
             x = probe.pooled(maps).double().cpu().numpy()
-        error = np.zeros((len(alphas), z.shape[1]))
-        for held in held_out:
-            rows = np.setdiff1d(np.arange(n), held)
-            mean, inv_std, weights, z_mean = ridge_path(x[rows], z[rows], alphas)
-            design = (x[held] - mean) * inv_std
-            for i, w in enumerate(weights):
-                error[i] += (((design @ w + z_mean - z[held]) ** 2) * valid[held]).sum(0)
-        best = error.argmin(0)
-        mean, inv_std, weights, z_mean = ridge_path(x, z, alphas)
-        w = np.stack([weights[best[j]][:, j] for j in range(z.shape[1])])  # neurons x regressors
-        dev = probe.weight.device
-        with torch.no_grad():
-            probe.mean.copy_(torch.as_tensor(mean, dtype=torch.float32, device=dev))
-            probe.inv_std.copy_(torch.as_tensor(inv_std, dtype=torch.float32, device=dev))
-            probe.weight.copy_(torch.as_tensor(w, dtype=torch.float32, device=dev))
-            probe.bias.copy_(torch.as_tensor(z_mean, dtype=torch.float32, device=dev))
-        chosen_alphas.append(np.asarray(alphas)[best])
+        solution, chosen = cross_validated_ridge(x, z, valid, folds, seed, alphas)
+        probe.set_solution(*solution)
+        chosen_alphas.append(chosen)
     return {"pool": probes[0].pool, "weight": probes[0].blend, "folds": folds,
             "median_alpha": float(np.median(np.concatenate(chosen_alphas)))}
+
+
+def fit_basis(teacher: Teacher, session: str, sources: Any, images: Any, targets: np.ndarray, folds: int = 5,
+              seed: int = 0, alphas: tuple[float, ...] = PROBE_ALPHAS, batch_size: int = 256) -> dict[str, Any]:
+    """Give `session` a neuron basis over the neurons of `sources`, fitted on `images` and `targets` as `fit_probe` is.
+
+    The regressors are the teacher's z-scored predictions of the sources'
+    neurons (`Teacher.sessions_z`, in eval mode), so the sources must be
+    sessions the trunk was trained on, never another held-out one.
+    """
+    _check_folds(len(targets), folds)
+    basis = teacher.add_basis(session, sources)
+    z, valid = _session_targets(teacher, session, targets)
+    was_training = teacher.training
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    try:
+        with torch.no_grad():
+            x = torch.cat([teacher.sessions_z(as_model_input(images[s:s + batch_size], device), basis.sources).float()
+                           for s in range(0, len(images), batch_size)]).double().cpu().numpy()
+    finally:
+        teacher.train(was_training)
+    solution, chosen = cross_validated_ridge(x, z, valid, folds, seed, alphas)
+    basis.set_solution(*solution)
+    return {"sources": list(basis.sources), "n_regressors": int(x.shape[1]), "weight": basis.blend, "folds": folds,
+            "median_alpha": float(np.median(chosen))}

@@ -44,7 +44,7 @@ from compactvision.metrics import feve, pearson_r, r2_er, summarise
 from compactvision.models.backbone import DEFAULT_STAGE, backbone_from_checkpoint, load_trunk_weights
 from compactvision.models.teacher import PRESETS, Teacher, TeacherConfig, build_teacher, save_teacher
 from compactvision.progress import as_progress
-from compactvision.readout_fit import ReadoutFitConfig, fit_heldout_readout, fit_probe
+from compactvision.readout_fit import ReadoutFitConfig, fit_basis, fit_heldout_readout, fit_probe
 from compactvision.train import TrainResult, fit, predict
 
 COWLEY_TEST_SESSIONS = ("190923", "201025")
@@ -105,16 +105,19 @@ def _set_response_stats(teacher: Teacher, sid: str, y: np.ndarray) -> tuple[np.n
     return mean, std
 
 
-def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], checkpoint_dir: Path | None,
-                 resume: bool, progress: bool | Progress, fresh: bool = False) -> dict[str, Any]:
+def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], sources: Sequence[str],
+                 checkpoint_dir: Path | None, resume: bool, progress: bool | Progress,
+                 fresh: bool = False) -> dict[str, Any]:
     """A held-out session's readout on the frozen trunk (`readout_fit`), kept once fitted so a resume skips it.
 
     A new session's readouts (or, with `fresh`, new ones for a session the
     teacher has) are drawn from the teacher's seed, so a refit draws them again.
     Without `checkpoint_dir` nothing is kept. With `heldout_probe_pool`, the
     session's linear probes are then fitted on the same first half (seconds,
-    so never kept); a probe of weight 1 leaves nothing for the readout to do,
-    and it is not fitted.
+    so never kept), and with `heldout_basis_weight` its neuron basis over the
+    neurons of `sources`, the sessions the trunk was trained on. A probe or
+    basis of weight 1 leaves nothing for the readout to do, and it is not
+    fitted.
     """
     sid, config = session.session_id, teacher.config
     with torch.random.fork_rng(devices=[]):
@@ -126,19 +129,28 @@ def _fit_heldout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
     y = _targets(session, split["train"])
     _set_response_stats(teacher, sid, y)
     record = _fit_readout(teacher, session, split, y, checkpoint_dir, resume, progress)
-    if config.heldout_probe_pool:
-        first = np.concatenate([split["train"], split["val"]])
+    first = np.concatenate([split["train"], split["val"]])
+    folds = max(config.readout_folds, 5)
+    if config.heldout_probe_pool and config.heldout_basis_weight < 1.0:
         record["probe"] = fit_probe(teacher, sid, session.images[first], _targets(session, first),
-                                    folds=max(config.readout_folds, 5), seed=teacher.seed)
+                                    folds=folds, seed=teacher.seed)
+    if config.heldout_basis_weight:
+        record["basis"] = fit_basis(teacher, sid, sources, session.images[first], _targets(session, first),
+                                    folds=folds, seed=teacher.seed)
     return record
+
+
+def _readout_unused(config: TeacherConfig) -> bool:
+    """Whether a held-out session's prediction is all probe or all basis, so its readout need not be fitted."""
+    return config.heldout_basis_weight == 1.0 or (config.heldout_probe_pool > 0 and config.heldout_probe_weight == 1.0)
 
 
 def _fit_readout(teacher: Teacher, session: Session, split: Mapping[str, np.ndarray], y: np.ndarray,
                  checkpoint_dir: Path | None, resume: bool, progress: bool | Progress) -> dict[str, Any]:
     """The held-out session's readout fitted, or reloaded from its checkpoint when resuming; returns its record."""
     sid, config = session.session_id, teacher.config
-    if config.heldout_probe_pool and config.heldout_probe_weight == 1.0:
-        return {"folds": config.readout_folds, "readout": "not fitted: the probe alone predicts (weight 1)"}
+    if _readout_unused(config):
+        return {"folds": config.readout_folds, "readout": "not fitted: a probe or basis alone predicts (weight 1)"}
     done = checkpoint_dir / READOUT_CHECKPOINT if checkpoint_dir is not None else None
     if resume and done is not None and done.is_file():
         tensors, meta = load_weights(done)
@@ -163,20 +175,21 @@ def _fit_readout(teacher: Teacher, session: Session, split: Mapping[str, np.ndar
     return record
 
 
-def refit_heldout_readout(teacher: Teacher, session: Session, split: Mapping[str, Any],
+def refit_heldout_readout(teacher: Teacher, session: Session, split: Mapping[str, Any], sources: Sequence[str],
                           progress: bool | Progress = False) -> dict[str, Any]:
     """`session`'s readout fitted afresh on the frozen trunk, as the stage fits it (the teacher's `readout_folds`).
 
     `split` is the session's split as `data.json` records it. For comparing
     ways to fit a finished teacher's held-out readouts; the second half
-    (`split["test"]`) is not used. Its fresh readouts are drawn from the
+    (`split["test"]`) is not used; `sources` are the sessions the trunk was
+    trained on (a neuron basis's regressors). Its fresh readouts are drawn from the
     teacher's seed, as the stage draws them, so the same way of fitting gives
     the same readout again.
     """
     teacher.freeze_trunk()
     try:
-        return _fit_heldout(teacher, session, {k: np.asarray(v) for k, v in split.items()}, None, False, progress,
-                            fresh=True)
+        return _fit_heldout(teacher, session, {k: np.asarray(v) for k, v in split.items()}, sources, None, False,
+                            progress, fresh=True)
     finally:
         teacher.freeze_trunk(False)
         teacher.eval()
@@ -260,6 +273,7 @@ def train_teacher(data: str | Path | NeuralDataset, out: str | Path, preset: str
         teacher.freeze_trunk()
         for s in readout_only:
             histories[f"readout_{s.session_id}"] = _fit_heldout(teacher, s, splits[s.session_id],
+                                                                [t.session_id for t in trunk_sessions],
                                                                 out / "checkpoints" / f"readout_{s.session_id}",
                                                                 resume, progress)
         teacher.freeze_trunk(False)

@@ -206,17 +206,19 @@ def test_teacher_readout_folds_and_probe_reach_the_config_and_bad_values_are_cle
     monkeypatch.setattr(stage, "train_teacher", record)
     with pytest.raises(SystemExit):
         cli.main(["teacher", "--data", "release", "--out", str(tmp_path / "a"), "--readout-folds", "5",
-                  "--heldout-probe", "4", "--heldout-probe-weight", "0.25"])
+                  "--heldout-probe", "4", "--heldout-probe-weight", "0.25", "--heldout-basis", "0.4"])
     assert seen["readout_folds"] == 5
     assert seen["heldout_probe_pool"] == 4 and seen["heldout_probe_weight"] == 0.25
+    assert seen["heldout_basis_weight"] == 0.4
     seen.clear()
     with pytest.raises(SystemExit):
         cli.main(["teacher", "--data", "release", "--out", str(tmp_path / "b")])
-    assert not {"readout_folds", "heldout_probe_pool", "heldout_probe_weight"} & set(seen), \
+    assert not {"readout_folds", "heldout_probe_pool", "heldout_probe_weight", "heldout_basis_weight"} & set(seen), \
         "the preset's own choice stands"
     monkeypatch.undo()
     for option, value, message in [("--readout-folds", "1", "readout_folds must be 0"),
-                                   ("--heldout-probe-weight", "2", "heldout_probe_weight must be in")]:
+                                   ("--heldout-probe-weight", "2", "heldout_probe_weight must be in"),
+                                   ("--heldout-basis", "-0.5", "heldout_basis_weight must be in")]:
         code = cli.main(["teacher", "--data", "twin", "--images", "40", "--neurons", "2", "--out",
                          str(tmp_path / "c"), option, value, "--progress", "none"])
         assert code == 2 and message in capsys.readouterr().err

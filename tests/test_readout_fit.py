@@ -268,3 +268,75 @@ def test_a_probe_recovers_a_neuron_the_pooled_maps_express_and_blends_with_the_r
 def test_a_probe_setting_out_of_range_is_refused(field, value):
     with pytest.raises(ValueError, match=field):
         replace(PRESETS["tiny"], **{field: value})
+
+
+def _basis_teacher(weight: float = 0.4):
+    """A tiny teacher whose trunk session predicts 4 neurons, and a held-out session of 3 neurons that are noisy
+    linear combinations of those predictions (so the basis's model class holds the truth)."""
+    teacher = build_teacher(replace(PRESETS["tiny"], image_size=SIZE, ensemble=2, heldout_basis_weight=weight),
+                            {"trunk": 4}, seed=1).eval()
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (300, SIZE, SIZE, 3), dtype=np.uint8)
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        known = teacher.sessions_z(x, ["trunk"]).numpy()
+    clean = known @ rng.normal(size=(4, 3))
+    clean = (clean - clean.mean(0)) / clean.std(0)
+    noisy = (clean + rng.normal(0, 0.5, clean.shape)).astype(np.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher.add_session("new", ["n0", "n1", "n2"])
+    teacher.set_response_stats("new", noisy[:200].mean(0), noisy[:200].std(0))
+    return teacher, images, x, noisy, clean
+
+
+def test_a_neuron_basis_recovers_a_neuron_made_of_the_trunks_neurons_and_blends_in(tmp_path):
+    """Solved on the first half alone, the basis predicts unseen images' responses of neurons that combine the
+    trunk's own neurons; the teacher's prediction (and the distillation labels) blend it in at its weight, and
+    it travels with the weights."""
+    from compactvision.models.teacher import load_teacher, save_teacher
+    from compactvision.readout_fit import fit_basis
+
+    teacher, images, x, noisy, clean = _basis_teacher(weight=0.4)
+    record = fit_basis(teacher, "new", ["trunk"], images[:200], noisy[:200], folds=4)
+    assert record["sources"] == ["trunk"] and record["n_regressors"] == 4 and record["weight"] == 0.4
+    assert teacher.basis_sessions == {"new": ["trunk"]}
+    test = x[200:]
+    with torch.no_grad():
+        basis_alone = teacher.bases["session_new"](teacher.sessions_z(test, ["trunk"]))
+        shared = teacher.features(test)
+        readout_alone = torch.stack([r(m.back_end(shared)) for r, m in zip(teacher.readouts_of("new"),
+                                                                          teacher.members)]).mean(0)
+        blended = teacher(test, "new")
+        columns = teacher.predict_all_sessions(test)[:, [teacher.neuron_ids.index(i) for i in teacher.sessions["new"]]]
+    assert np.median(pearson_per_neuron(basis_alone.numpy(), clean[200:])) > 0.8
+    assert torch.allclose(blended, teacher.response_scale("new")(0.6 * readout_alone + 0.4 * basis_alone), atol=1e-5)
+    assert torch.allclose(columns, blended, atol=1e-5), "distillation labels blend the same way"
+
+    save_teacher(teacher, tmp_path)
+    again = load_teacher(tmp_path, verify=False)
+    assert again.basis_sessions == {"new": ["trunk"]}
+    with torch.no_grad():
+        assert torch.equal(again(test, "new"), blended)
+    assert again.n_parameters() == teacher.n_parameters() == sum(p.numel() for p in teacher.parameters()) + \
+        sum(b.numel() for b in teacher.bases["session_new"].buffers())
+    teacher.reset_session("new")
+    assert teacher.basis_sessions == {}, "a refit starts without the old basis"
+
+
+def test_a_neuron_basis_must_rest_on_other_sessions_without_bases():
+    teacher, images, _, noisy, _ = _basis_teacher()
+    for sources in (["new"], ["nowhere"], []):
+        with pytest.raises(ValueError, match="other sessions without bases"):
+            teacher.add_basis("new", sources)
+    teacher.add_basis("new", ["trunk"])
+    teacher.add_session("later", ["m0"])
+    with pytest.raises(ValueError, match="unusable: \\['new'\\]"):
+        teacher.add_basis("later", ["new"])
+    with pytest.raises(ValueError, match="already a source"):
+        teacher.add_basis("trunk", ["later"])
+    off = build_teacher(replace(PRESETS["tiny"], image_size=SIZE), {"trunk": 2, "new": 1})
+    with pytest.raises(ValueError, match="heldout_basis_weight is 0"):
+        off.add_basis("new", ["trunk"])
+    with pytest.raises(ValueError, match="heldout_basis_weight"):
+        replace(PRESETS["tiny"], heldout_basis_weight=1.5)

@@ -216,7 +216,7 @@ def test_cross_validated_held_out_readouts_are_recorded_and_a_refit_redoes_them_
     assert teacher.config.readout_folds == 3
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     split = json.loads((tmp_path / "run" / "data.json").read_text())["sessions"]["s3"]["split"]
-    again = refit_heldout_readout(teacher, ds.session("s3"), split)
+    again = refit_heldout_readout(teacher, ds.session("s3"), split, ["s1"])
     assert again["folds"] == 3 and set(again["tried"]) == set(record["tried"])
     after = {k: v.clone() for k, v in teacher.state_dict().items()}
     readout = {k for k in after if ".readouts.session_s3." in k}
@@ -225,7 +225,7 @@ def test_cross_validated_held_out_readouts_are_recorded_and_a_refit_redoes_them_
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in readout), \
         "from the teacher's seed the refit is the stage's own fit again"
     teacher.seed = 1
-    other = refit_heldout_readout(teacher, ds.session("s3"), split)
+    other = refit_heldout_readout(teacher, ds.session("s3"), split, ["s1"])
     assert other["folds"] == 3
     assert any(not torch.equal(after[k], v) for k, v in teacher.state_dict().items() if k in readout), \
         "another seed draws other fresh readouts: the refit fits afresh"
@@ -283,3 +283,30 @@ def test_held_out_sessions_get_their_probes_from_their_first_halves_and_keep_the
                   config_overrides={"image_size": 32, "heldout_probe_pool": 2, "heldout_probe_weight": 1.0})
     metrics = json.loads((tmp_path / "alone" / "history" / "teacher_metrics.json").read_text())
     assert "not fitted" in metrics["training"]["readout_s3"]["readout"]
+
+
+def test_held_out_sessions_get_neuron_bases_over_the_trunks_sessions_alone(tmp_path):
+    """With `heldout_basis_weight`, each held-out session's basis combines the neurons of the sessions the trunk
+    trained on, never another held-out session's (the validation session is not a test session's source); it
+    reloads with the teacher. A basis of weight 1 predicts alone: neither readout nor probe is fitted."""
+    import torch
+
+    from compactvision.models.teacher import load_teacher
+
+    ds = _sessions(["s1", "s2", "s3"])
+    kwargs = dict(preset="tiny", epochs=1, progress=False, protocol="cowley", test_sessions=("s3",),
+                  validation_session="s2")
+    train_teacher(ds, tmp_path / "run", **kwargs,
+                  config_overrides={"image_size": 32, "heldout_probe_pool": 2, "heldout_basis_weight": 0.3})
+    teacher = load_teacher(tmp_path / "run")
+    assert teacher.basis_sessions == {"s2": ["s1"], "s3": ["s1"]}
+    assert sorted(teacher.probed_sessions) == ["s2", "s3"]
+    assert teacher.bases["session_s3"].blend == 0.3 and torch.count_nonzero(teacher.bases["session_s3"].weight) > 0
+    record = json.loads((tmp_path / "run" / "history" / "teacher_metrics.json").read_text())["training"]["readout_s3"]
+    assert record["basis"]["sources"] == ["s1"] and record["basis"]["n_regressors"] == len(ds.session("s1").neuron_ids)
+
+    train_teacher(ds, tmp_path / "alone", **kwargs,
+                  config_overrides={"image_size": 32, "heldout_probe_pool": 2, "heldout_basis_weight": 1.0})
+    record = json.loads((tmp_path / "alone" / "history" / "teacher_metrics.json").read_text())["training"]["readout_s3"]
+    assert "not fitted" in record["readout"] and "probe" not in record and "basis" in record
+    assert load_teacher(tmp_path / "alone").probed_sessions == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -188,40 +189,83 @@ class GaussianReadout(Readout):
             self.floor.fill_(-SOFTPLUS_AT_ZERO)
 
 
-class PooledLinearProbe(nn.Module):
-    """A ridge regression of each neuron on the maps average-pooled to `pool` x `pool`: the usual linear probe.
+class RidgeHead(nn.Module):
+    """A linear map solved in closed form, not by gradient steps: z-score the regressors, then weights and bias.
 
-    Not trained by gradient steps: `readout_fit.fit_probe` solves it in closed
-    form on a held-out session's first half, with each neuron's penalty chosen
-    by cross-validation. A held-out session's readout is fitted on a few
-    hundred images; the factorised readout and this probe err differently
-    (one sparse mask against a smooth pooled map), so the teacher averages
-    them, the probe with weight `blend` (the teacher's `heldout_probe_weight`).
-    Everything else is a buffer, saved with the teacher's weights: the
-    z-scoring of the pooled maps (`mean`, `inv_std`), the weights and the bias
-    (in the readout's z-scored units).
+    Everything is a buffer, saved with the teacher's weights: the regressors'
+    z-scoring (`mean`, `inv_std`), the weights and the bias (in the session
+    readout's z-scored units). `readout_fit` solves them by ridge regression on
+    a held-out session's first half, each neuron's penalty chosen by
+    cross-validation. `blend` is the weight the teacher gives the head's
+    prediction beside what it blends it with.
     """
 
-    def __init__(self, in_channels: int, pool: int, n_neurons: int, blend: float = 0.5) -> None:
+    def __init__(self, n_in: int, n_neurons: int, blend: float) -> None:
         super().__init__()
-        if pool < 1:
-            raise ValueError(f"pool must be at least 1, got {pool}")
         if not 0.0 <= blend <= 1.0:
             raise ValueError(f"blend must be in [0, 1], got {blend}")
-        self.pool, self.n_neurons, self.blend = int(pool), int(n_neurons), float(blend)
-        n_in = in_channels * pool * pool
+        self.n_neurons, self.blend = int(n_neurons), float(blend)
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("inv_std", torch.ones(n_in))
         self.register_buffer("weight", torch.zeros(n_neurons, n_in))
         self.register_buffer("bias", torch.zeros(n_neurons))
+
+    def regress(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction from regressors `x` (N x n_in)."""
+        z = (x - self.mean.to(x.dtype)) * self.inv_std.to(x.dtype)
+        return z @ self.weight.to(x.dtype).T + self.bias.to(x.dtype)
+
+    def set_solution(self, mean: np.ndarray, inv_std: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Install a solved regression (weight: neurons x regressors)."""
+        with torch.no_grad():
+            for name, value in (("mean", mean), ("inv_std", inv_std), ("weight", weight), ("bias", bias)):
+                buffer = getattr(self, name)
+                buffer.copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32, device=buffer.device))
+
+    def n_weights(self) -> int:
+        return sum(b.numel() for b in self.buffers())
+
+
+class PooledLinearProbe(RidgeHead):
+    """A ridge regression of each neuron on the maps average-pooled to `pool` x `pool`: the usual linear probe.
+
+    `readout_fit.fit_probe` solves it on a held-out session's first half. That
+    session's readout is fitted on a few hundred images; the factorised readout
+    and this probe err differently (one sparse mask against a smooth pooled
+    map), so the teacher averages them, the probe with weight `blend` (the
+    teacher's `heldout_probe_weight`).
+    """
+
+    def __init__(self, in_channels: int, pool: int, n_neurons: int, blend: float = 0.5) -> None:
+        if pool < 1:
+            raise ValueError(f"pool must be at least 1, got {pool}")
+        super().__init__(in_channels * pool * pool, n_neurons, blend)
+        self.pool = int(pool)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The regressors: the maps pooled to pool x pool, flattened (N x C * pool * pool)."""
         return F.adaptive_avg_pool2d(x, self.pool).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (self.pooled(x) - self.mean.to(x.dtype)) * self.inv_std.to(x.dtype)
-        return z @ self.weight.to(x.dtype).T + self.bias.to(x.dtype)
+        return self.regress(self.pooled(x))
 
-    def n_weights(self) -> int:
-        return sum(b.numel() for b in self.buffers())
+
+class NeuronBasis(RidgeHead):
+    """Each neuron of a held-out session as a ridge combination of the trunk's own neurons' predictions.
+
+    The regressors are the teacher's z-scored predictions of every neuron of
+    the `sources` sessions (those the trunk was trained on): a few hundred
+    V4-like features the trunk learnt to predict, rather than the thousands of
+    raw map values a probe weighs, which is what a few hundred images can
+    fit. `readout_fit.fit_basis` solves it; the teacher blends it into the
+    session's prediction with weight `blend` (its `heldout_basis_weight`).
+    """
+
+    def __init__(self, sources: list[str], n_in: int, n_neurons: int, blend: float = 0.5) -> None:
+        if not sources:
+            raise ValueError("a neuron basis needs at least one source session")
+        super().__init__(n_in, n_neurons, blend)
+        self.sources = [str(s) for s in sources]
+
+    def forward(self, source_z: torch.Tensor) -> torch.Tensor:
+        return self.regress(source_z)

@@ -13,7 +13,10 @@ them back to response units with the training split's per-neuron mean and
 s.d., so `forward` returns predicted responses. A held-out session's readout,
 fitted on a few hundred images, may be averaged with a closed-form ridge probe
 of the same maps (`heldout_probe_pool`, `PooledLinearProbe`): the two err
-differently, and their blend predicts better than either.
+differently, and their blend predicts better than either. It may also average
+in a ridge combination of the neurons the trunk was trained on, as the teacher
+predicts them (`heldout_basis_weight`, `NeuronBasis`): what the trunk learnt
+V4 neurons to be, weighed by a few hundred regressors instead of thousands.
 
 Sizes go from `tiny` (trains in seconds, for tests) through `cpu` (the
 default; 8 epochs over a 20k-image twin take about 4 minutes on two cores,
@@ -41,7 +44,8 @@ from compactvision.compute import model_macs
 from compactvision.errors import ArtifactError
 from compactvision.models.bank import BANK_FORMAT, StudentBank, load_bank
 from compactvision.models.backbone import ResNetSpec, ResNetTrunk
-from compactvision.models.readouts import OUTPUTS, FactorisedReadout, GaussianReadout, PooledLinearProbe, Readout
+from compactvision.models.readouts import (OUTPUTS, FactorisedReadout, GaussianReadout, NeuronBasis, PooledLinearProbe,
+                                          Readout)
 from compactvision.models.truth import TRUTH_FORMAT, TruthTeacher, load_truth
 from compactvision.models.vone import DEFAULT_STRIDE, DEFAULT_VISUAL_DEGREES, VOneBlock
 from compactvision.train import TrainConfig
@@ -127,6 +131,9 @@ class TeacherConfig:
     # (`PooledLinearProbe`, fitted in closed form on the same first half), with this weight; 0 keeps the readout alone
     heldout_probe_pool: int = 0
     heldout_probe_weight: float = 0.5
+    # a held-out session's prediction also averages in, with this weight, a ridge combination of the trunk's own
+    # sessions' predicted neurons (`NeuronBasis`, fitted in closed form on the same first half); 0: none
+    heldout_basis_weight: float = 0.0
     # training
     epochs: int = 8
     batch_size: int = 128
@@ -170,6 +177,8 @@ class TeacherConfig:
             raise ValueError(f"heldout_probe_pool must be 0 (no probe) or a pooled size >= 1, got {self.heldout_probe_pool}")
         if not 0.0 <= self.heldout_probe_weight <= 1.0:
             raise ValueError(f"heldout_probe_weight must be in [0, 1], got {self.heldout_probe_weight}")
+        if not 0.0 <= self.heldout_basis_weight <= 1.0:
+            raise ValueError(f"heldout_basis_weight must be in [0, 1], got {self.heldout_basis_weight}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TeacherConfig":
@@ -324,6 +333,7 @@ class Teacher(nn.Module):
             self.members = nn.ModuleList(TeacherMember(channels, config, self.map_hw, sizes)
                                          for _ in range(config.ensemble))
         self.scales = nn.ModuleDict({_slot(s): ResponseScale(n) for s, n in sizes.items()})
+        self.bases = nn.ModuleDict()  # held-out sessions' neuron bases, blended into their predictions
         self.sessions = {s: [str(i) for i in ids] for s, ids in sessions.items()}
         self._trunk_frozen = False
 
@@ -342,8 +352,8 @@ class Teacher(nn.Module):
         if session not in self.sessions:
             raise KeyError(f"no session {session!r}; the teacher has {list(self.sessions)}")
         shared = self.features(x)
-        z = torch.stack([m(shared, session) for m in self.members]).mean(0)
-        return self.scales[_slot(session)](z)
+        feats = [m.back_end(shared) for m in self.members]
+        return self.scales[_slot(session)](self._session_z(feats, session, {}))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What every member sees: the VOneBlock's maps, or a pretrained trunk's (behind the VOneBlock or not)."""
@@ -366,11 +376,30 @@ class Teacher(nn.Module):
         """All sessions' neurons at once (N x total neurons), sharing the front end and back ends."""
         shared = self.features(x)
         feats = [m.back_end(shared) for m in self.members]
-        cols = []
-        for s in self.sessions:
-            z = torch.stack([m.read(f, s) for m, f in zip(self.members, feats)]).mean(0)
-            cols.append(self.scales[_slot(s)](z))
-        return torch.cat(cols, dim=1)
+        known: dict[str, torch.Tensor] = {}
+        return torch.cat([self.scales[_slot(s)](self._session_z(feats, s, known)) for s in self.sessions], dim=1)
+
+    def _session_z(self, feats: Sequence[torch.Tensor], session: str, known: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`session`'s z-scored prediction from the members' maps: their average, blended with its neuron basis.
+
+        `known` keeps every session's z computed so far, so sessions that
+        serve as a basis are read out once however many use them.
+        """
+        if session not in known:
+            z = torch.stack([m.read(f, session) for m, f in zip(self.members, feats)]).mean(0)
+            basis = self.bases[_slot(session)] if _slot(session) in self.bases else None
+            if basis is not None:
+                source_z = torch.cat([self._session_z(feats, s, known) for s in basis.sources], dim=1)
+                z = (1.0 - basis.blend) * z + basis.blend * basis(source_z)
+            known[session] = z
+        return known[session]
+
+    def sessions_z(self, x: torch.Tensor, sessions: Sequence[str]) -> torch.Tensor:
+        """The z-scored predictions of every neuron of `sessions`, side by side (N x their neurons): a basis's regressors."""
+        shared = self.features(x)
+        feats = [m.back_end(shared) for m in self.members]
+        known: dict[str, torch.Tensor] = {}
+        return torch.cat([self._session_z(feats, s, known) for s in sessions], dim=1)
 
     def readouts_of(self, session: str) -> list[Readout]:
         """`session`'s readout in every member, in member order."""
@@ -413,6 +442,8 @@ class Teacher(nn.Module):
             m.readouts[_slot(session)] = m._readout(len(self.sessions[session])).to(device)
             if _slot(session) in m.probes:
                 del m.probes[_slot(session)]
+        if _slot(session) in self.bases:
+            del self.bases[_slot(session)]
 
     def add_probe(self, session: str) -> list[PooledLinearProbe]:
         """An unfitted linear probe (in every member) for `session`, pooled and weighted as the config says."""
@@ -431,6 +462,34 @@ class Teacher(nn.Module):
     def probed_sessions(self) -> list[str]:
         """The sessions whose predictions blend in a linear probe."""
         return [s for s in self.sessions if _slot(s) in self.members[0].probes]
+
+    def add_basis(self, session: str, sources: Sequence[str]) -> NeuronBasis:
+        """An unfitted neuron basis for `session` over the neurons of `sources`, weighted as the config says.
+
+        The sources are sessions the trunk was trained on: none may be
+        `session` itself or have a basis of its own.
+        """
+        if session not in self.sessions:
+            raise KeyError(f"no session {session!r}; the teacher has {list(self.sessions)}")
+        if self.config.heldout_basis_weight <= 0.0:
+            raise ValueError("this teacher's config has no neuron basis (heldout_basis_weight is 0)")
+        sources = [str(s) for s in sources]
+        wrong = [s for s in sources if s not in self.sessions or s == session or _slot(s) in self.bases]
+        if wrong or not sources:
+            raise ValueError(f"a basis for {session!r} needs other sessions without bases of their own; "
+                             f"got {sources} (unusable: {wrong})")
+        if any(session in basis.sources for basis in self.bases.values()):
+            raise ValueError(f"session {session!r} is already a source of another session's basis")
+        device = next(self.parameters()).device
+        n_in = sum(len(self.sessions[s]) for s in sources)
+        self.bases[_slot(session)] = NeuronBasis(sources, n_in, len(self.sessions[session]),
+                                                 self.config.heldout_basis_weight).to(device)
+        return self.bases[_slot(session)]
+
+    @property
+    def basis_sessions(self) -> dict[str, list[str]]:
+        """Session -> the sessions whose neurons its neuron basis combines."""
+        return {s: list(self.bases[_slot(s)].sources) for s in self.sessions if _slot(s) in self.bases}
 
     @property
     def backbone_trainable(self) -> bool:
@@ -467,9 +526,10 @@ class Teacher(nn.Module):
         return self
 
     def n_parameters(self) -> int:
-        """Every learned number, the probes' closed-form weights (buffers) included."""
+        """Every learned number, the probes' and bases' closed-form weights (buffers) included."""
         probes = sum(probe.n_weights() for m in self.members for probe in m.probes.values())
-        return sum(p.numel() for p in self.parameters()) + probes
+        bases = sum(basis.n_weights() for basis in self.bases.values())
+        return sum(p.numel() for p in self.parameters()) + probes + bases
 
 
 def _slot(session: str) -> str:
@@ -500,6 +560,7 @@ def save_teacher(teacher: Teacher, run_dir: str | Path) -> Path:
     atomic_write_json(out / ARCHITECTURE, {"format": FORMAT, "config": teacher.config.to_dict(),
                                            "sessions": teacher.sessions, "seed": teacher.seed,
                                            "probed_sessions": teacher.probed_sessions,
+                                           "basis_sessions": teacher.basis_sessions,
                                            "n_parameters": teacher.n_parameters(),
                                            "macs": model_macs(teacher, teacher.config.image_size)})
     return out
@@ -533,6 +594,8 @@ def load_teacher(run_dir: str | Path, verify: bool = True) -> Teacher | StudentB
         teacher = Teacher(config, arch["sessions"], seed=int(arch["seed"]))
         for session in arch.get("probed_sessions", []):
             teacher.add_probe(session)
+        for session, sources in arch.get("basis_sessions", {}).items():
+            teacher.add_basis(session, sources)
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"malformed teacher architecture ({e})", run_dir / rel[1]) from None
     tensors, _ = load_weights(run_dir / rel[0])
