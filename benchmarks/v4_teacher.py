@@ -44,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The `v4` pipeline preset's teacher without the held-out readouts' probes: the variant this table
+#: The `v4` pipeline preset's teacher without the held-out sessions' probes and bases: the variant this table
 #: chose. (A variant's run is kept under its name, so a run made before a variant's settings changed is reused.)
 V4 = {"ensemble": 4, "readout_sees_front_end": True, "epochs": 24, "patience": 6}
 
@@ -73,7 +73,9 @@ VARIANTS: dict[str, dict] = {
     "v4 preset, softplus readout output": {**V4, "readout_output": "softplus"},
     # `--refit-readouts` compares these held-out readout fits alone, on one trunk
     "v4 preset, held-out readouts by 5-fold cross-validation": {**V4, "readout_folds": 5},
-    "v4 preset, held-out readouts blended with 4 x 4 ridge probes (the preset now)": {**V4, "heldout_probe_pool": 4},
+    "v4 preset, held-out readouts blended with 4 x 4 ridge probes": {**V4, "heldout_probe_pool": 4},
+    "v4 preset, held-out readouts, probes and neuron bases, a third each (the preset now)":
+        {**V4, "heldout_probe_pool": 4, "heldout_basis_weight": 0.33},
 }
 
 

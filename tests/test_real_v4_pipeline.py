@@ -173,16 +173,19 @@ def test_home_compares_a_real_run_with_the_published_models_or_says_why_not(real
 
 def test_the_readout_benchmark_chooses_on_the_validation_session_before_it_reads_a_test_half(real_run, capsys):
     """`benchmarks/v4_teacher.py --refit-readouts` on the real-V4 run: every fold count, the ridge probe alone and
-    each blend of the two on 210224, then the test session refitted the chosen way beside the run's own readouts. The run itself is left as it was."""
+    each blend of the two, the neuron basis alone and blended in, on 210224, then the test session refitted the
+    chosen way beside the run's own readouts. The run itself is left as it was."""
     data, out = real_run
     files = read_manifest(out)["files"]
     bench = load_benchmark("v4_teacher")
-    bench.refit_readouts(out, str(data), bench.readout_ways([0, 2], [2], [2]))
+    bench.refit_readouts(out, str(data), bench.readout_ways([0, 2], [2], [2], [1.0, 0.5]))
     printed = capsys.readouterr().out
     assert "chosen on validation session 210224" in printed
-    rows = [line for line in printed.splitlines() if line.startswith(("last tenth held back", "2-fold", "ridge probe"))]
-    assert len(rows) == 5 and all(len(row.split()) >= 6 for row in rows), printed
-    assert sum("+ probe 2 x 2, half each" in row for row in rows) == 2, printed
+    rows = [line for line in printed.splitlines()
+            if line.startswith(("last tenth held back", "2-fold", "ridge probe", "neuron basis"))]
+    assert len(rows) == 8 and all(len(row.split()) >= 6 for row in rows), printed
+    assert sum("+ probe 2 x 2, half each" in row for row in rows) == 4, printed
+    assert sum(row.startswith("neuron basis alone") or "+ neuron basis at 0.5" in row for row in rows) == 3, printed
     assert all(-1 <= float(row.split("[")[0].split()[-1]) <= 1 for row in rows), printed
     chosen = next(line for line in printed.splitlines() if line.startswith("chosen: "))
     assert printed.index(chosen) < printed.index("\n190923 "), "a test half is read only after the choice"
