@@ -408,7 +408,7 @@ def fit_probe(teacher: Teacher, session: str, images: Any, targets: np.ndarray, 
 
 
 def fit_basis(teacher: Teacher, session: str, sources: Any, images: Any, targets: np.ndarray, folds: int = 5,
-              seed: int = 0, alphas: tuple[float, ...] = PROBE_ALPHAS, batch_size: int = 256) -> dict[str, Any]:
+              seed: int = 0, alphas: tuple[float, ...] = PROBE_ALPHAS) -> dict[str, Any]:
     """Give `session` a neuron basis over the neurons of `sources`, fitted on `images` and `targets` as `fit_probe` is.
 
     The regressors are the teacher's z-scored predictions of the sources'
@@ -418,15 +418,8 @@ def fit_basis(teacher: Teacher, session: str, sources: Any, images: Any, targets
     _check_folds(len(targets), folds)
     basis = teacher.add_basis(session, sources)
     z, valid = _session_targets(teacher, session, targets)
-    was_training = teacher.training
-    teacher.eval()
-    device = next(teacher.parameters()).device
-    try:
-        with torch.no_grad():
-            x = torch.cat([teacher.sessions_z(as_model_input(images[s:s + batch_size], device), basis.sources).float()
-                           for s in range(0, len(images), batch_size)]).double().cpu().numpy()
-    finally:
-        teacher.train(was_training)
+    with torch.no_grad():
+        x = teacher.read_sessions(member_features(teacher, images), basis.sources).double().cpu().numpy()
     solution, chosen = cross_validated_ridge(x, z, valid, folds, seed, alphas)
     basis.set_solution(*solution)
     return {"sources": list(basis.sources), "n_regressors": int(x.shape[1]), "weight": basis.blend, "folds": folds,

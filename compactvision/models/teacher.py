@@ -397,7 +397,10 @@ class Teacher(nn.Module):
     def sessions_z(self, x: torch.Tensor, sessions: Sequence[str]) -> torch.Tensor:
         """The z-scored predictions of every neuron of `sessions`, side by side (N x their neurons): a basis's regressors."""
         shared = self.features(x)
-        feats = [m.back_end(shared) for m in self.members]
+        return self.read_sessions([m.back_end(shared) for m in self.members], sessions)
+
+    def read_sessions(self, feats: Sequence[torch.Tensor], sessions: Sequence[str]) -> torch.Tensor:
+        """`sessions_z` from the members' back-end maps already computed (`readout_fit.member_features`)."""
         known: dict[str, torch.Tensor] = {}
         return torch.cat([self._session_z(feats, s, known) for s in sessions], dim=1)
 
