@@ -66,7 +66,11 @@ class CompressConfig:
     neuron_images: int = 8192       # labels per neuron fit, drawn from the stream
     finetune_epochs: int = 1        # after each pruned layer
     finetune_images: int = 4096
-    final_epochs: int = 2           # retraining of the fully pruned network, on the neuron-fit images
+    final_epochs: int = 2           # retraining of the fully pruned network
+    # Its labels and rate (None: the neuron-fit images, and the rate of every other retraining). A pruned model is
+    # small, so passes over the whole stream are cheap, and they win back what the cuts cost (`pipeline.V4_STUDENTS`).
+    final_images: int | None = None
+    final_lr: float | None = None
     # Retraining of the pruned network before each later visit of the layers (`PruneConfig.rounds`), as the final
     # one is retrained (0: none): it wins back the budget the first visit's cuts spent (see `prune_neuron`).
     round_epochs: int = 0
@@ -103,6 +107,8 @@ class CompressConfig:
         if self.round_epochs < 0 or (self.round_epochs > 0 and self.prune.rounds < 2):
             raise ValueError("round_epochs retrains the pruned network between visits of the layers: it needs "
                              f"prune.rounds >= 2 (got round_epochs={self.round_epochs}, rounds={self.prune.rounds})")
+        if (self.final_images is not None and self.final_images < 1) or (self.final_lr is not None and self.final_lr <= 0):
+            raise ValueError(f"final_images and final_lr must be positive (got {self.final_images}, {self.final_lr})")
         if self.neuron_epochs < (1 if self.strategy == "per_neuron" else 0):
             raise ValueError("a fresh per-neuron student needs neuron_epochs >= 1 (a shared student's copy may take 0)")
 
@@ -286,6 +292,8 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     fit_idx = np.sort(rng.choice(train_idx, size=min(config.neuron_images, len(train_idx)), replace=False))
     tune_idx = np.sort(rng.choice(train_idx, size=min(config.finetune_images, len(train_idx)), replace=False))
     probe_idx = np.sort(rng.choice(train_idx, size=min(config.probe_images, len(train_idx)), replace=False))
+    final_idx = fit_idx if config.final_images is None else \
+        np.sort(rng.choice(train_idx, size=min(config.final_images, len(train_idx)), replace=False))
     val = _val_arrays(cache, val_idx, col)
     stats = {"": _label_stats(cache, train_idx, col)}
 
@@ -329,19 +337,21 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
     def evaluate(m: CompactStudent) -> dict[str, float]:
         return {"r_teacher": _r(predict(m, val[0]), val[1]), **heldout(m)}
 
-    def refit(m: CompactStudent, idx: np.ndarray, epochs: int, task_seed: int) -> CompactStudent:
+    def refit(m: CompactStudent, idx: np.ndarray, epochs: int, task_seed: int,
+              lr: float | None = None) -> CompactStudent:
         """Retrain `m` on images `idx`, keeping it as it was if retraining made it worse on validation.
 
         A short fit from a fresh optimiser can first disturb a network (its BN
         statistics move with small batches); judged on validation images, the
         better of the two goes on, so the next cut's budget is not spent on
         that. A readout still of the fitted rank (or less) is retrained at it.
+        `lr` is the rate (None: the retraining rate).
         """
         if epochs <= 0:
             return m.eval()
         before = copy.deepcopy(m.state_dict())
         r_before = _r(predict(m.eval(), val[0]), val[1])
-        train(m, idx, replace(_train_config(config, epochs, task_seed), lr=config.retrain_lr or config.lr,
+        train(m, idx, replace(_train_config(config, epochs, task_seed), lr=lr or config.retrain_lr or config.lr,
                               frozen_bn=config.retrain_frozen_bn))
         if not _r(predict(m.eval(), val[0]), val[1]) >= r_before:
             m.load_state_dict(before)
@@ -358,7 +368,7 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
                                recover=recover if config.round_epochs > 0 else None)
     if config.final_epochs > 0:
         # The paper retrains the rebuilt network; the last path point records the result.
-        model = refit(model, fit_idx, config.final_epochs, seed + 99)
+        model = refit(model, final_idx, config.final_epochs, seed + 99, config.final_lr)
         scores = evaluate(model)
         path[-1].accuracy = scores.pop("r_teacher")
         path[-1].scores = scores

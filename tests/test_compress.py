@@ -195,6 +195,40 @@ def test_config_round_trips_and_rejects_unknown_strategy():
         CompressConfig(round_epochs=2, prune=PruneConfig(rounds=1))
     with pytest.raises(ValueError, match="round_epochs"):
         CompressConfig(round_epochs=-1)
+    for bad in ({"final_images": 0}, {"final_lr": 0.0}, {"final_lr": -1e-3}):
+        with pytest.raises(ValueError, match="final_images and final_lr"):
+            CompressConfig(**bad)
+
+
+def test_the_final_retraining_takes_its_own_images_and_rate(tiny_run, tmp_path, monkeypatch):
+    """`final_images` and `final_lr` reach the last retraining of a pruned model, and no other fit."""
+    from dataclasses import replace
+
+    import compactvision.compress as compress
+    from compactvision.distill import LabelCache
+    from compactvision.rundir import CACHE_DIR
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    history_path(run, neuron_ids_of(run)[0]).unlink()
+    config = replace(PRESETS["tiny"].compress, final_epochs=1, final_images=1500, final_lr=7e-4)
+    fits: list[list[float]] = []  # [images, rate] of each fit, in order
+    real_stream, real_fit = compress._stream, compress.fit
+
+    def stream(cache, idx, *args):
+        fits.append([len(idx)])
+        return real_stream(cache, idx, *args)
+
+    def fit(model, batches, val, tc, **kw):
+        fits[-1].append(tc.lr)
+        return real_fit(model, batches, val, tc, **kw)
+
+    monkeypatch.setattr(compress, "_stream", stream)
+    monkeypatch.setattr(compress, "fit", fit)
+    compress.compress_neuron(run, 0, config.to_dict(), device="cpu")
+    n_train = len(LabelCache(run / CACHE_DIR / "labels").split()[0])
+    assert fits[-1] == [min(1500, n_train), 7e-4]
+    assert len(fits) > 1 and all(f[0] == config.neuron_images or f[0] == config.finetune_images for f in fits[:-1])
+    assert all(f[1] == config.lr for f in fits[:-1])  # the neuron's fit and the fine-tunes keep their rate
 
 
 #: Below this orientation selectivity (1 - circular variance at the best frequency) a teacher's grating tuning has
@@ -358,7 +392,7 @@ def test_a_run_compressed_before_a_setting_existed_resumes_at_its_default(tiny_r
     run = copy_run(tiny_run, tmp_path / "old")
     tiny = PRESETS["tiny"].compress
     recorded = tiny.to_dict()
-    for newer in ("neuron_channel_l1", "neuron_scale_lr_ratio"):
+    for newer in ("neuron_channel_l1", "neuron_scale_lr_ratio", "final_images", "final_lr"):
         recorded.pop(newer)
     (run / SETTINGS).write_text(json.dumps(recorded))
     guard_settings(run, tiny)  # compact models exist: a refusal would raise
