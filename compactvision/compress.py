@@ -68,7 +68,7 @@ class CompressConfig:
     finetune_images: int = 4096
     final_epochs: int = 2           # retraining of the fully pruned network
     # Its labels and rate (None: the neuron-fit images, and the rate of every other retraining). A pruned model is
-    # small, so passes over the whole stream are cheap, and they win back what the cuts cost (`pipeline.V4_STUDENTS`).
+    # small, so passes over the whole stream are cheap, and they win back what the cuts cost (`pipeline.STUDENTS_112`).
     final_images: int | None = None
     final_lr: float | None = None
     # Retraining of the pruned network before each later visit of the layers (`PruneConfig.rounds`), as the final
