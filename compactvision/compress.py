@@ -107,7 +107,8 @@ class CompressConfig:
         if self.round_epochs < 0 or (self.round_epochs > 0 and self.prune.rounds < 2):
             raise ValueError("round_epochs retrains the pruned network between visits of the layers: it needs "
                              f"prune.rounds >= 2 (got round_epochs={self.round_epochs}, rounds={self.prune.rounds})")
-        if (self.final_images is not None and self.final_images < 1) or (self.final_lr is not None and self.final_lr <= 0):
+        if ((self.final_images is not None and self.final_images < 1)
+                or (self.final_lr is not None and self.final_lr <= 0)):
             raise ValueError(f"final_images and final_lr must be positive (got {self.final_images}, {self.final_lr})")
         if self.neuron_epochs < (1 if self.strategy == "per_neuron" else 0):
             raise ValueError("a fresh per-neuron student needs neuron_epochs >= 1 (a shared student's copy may take 0)")
