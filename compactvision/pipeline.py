@@ -69,12 +69,12 @@ from compactvision.prune import PruneConfig
 #: On the re-compression benchmark's 8 neurons the pruned models then followed the published ones at 0.918, above
 #: the unpruned columns' 0.910 (the 1-epoch retraining: 0.878-0.88 after pruning), and reached 0.638 against the
 #: responses (theirs 0.654; before: 0.607-0.61), at 411 s per neuron on 2 workers with every stage counted.
+_STREAM_112 = StreamConfig(n_images=32768, image_size=112, chunk=256, natural_fraction=0.075, synthetic_fraction=0.025)
 STUDENTS_112 = CompressConfig(
-    stream=StreamConfig(n_images=32768, image_size=112, chunk=256, natural_fraction=0.075, synthetic_fraction=0.025),
-    strategy="shared", readout_form="factorised",
+    stream=_STREAM_112, strategy="shared", readout_form="factorised",
     student_channels=(64, 64, 64, 64, 64), shared_epochs=5, neuron_epochs=0, neuron_images=3072, finetune_epochs=1,
-    finetune_images=1024, final_epochs=2, final_images=32768, final_lr=1e-3, batch_size=64, lr=2e-3, retrain_lr=2e-4,
-    retrain_frozen_bn=True,
+    finetune_images=1024, final_epochs=2, final_images=_STREAM_112.n_images, final_lr=1e-3, batch_size=64, lr=2e-3,
+    retrain_lr=2e-4, retrain_frozen_bn=True,
     probe_images=256, score_images=512, prune=PruneConfig(compensation="least_squares", rounds=3),
     channels_last=True)
 
