@@ -2,7 +2,8 @@
 
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
                                     [--images N] [--own-zoom Z] [--batch-size B] [--lr LR]
-                                    [--readout-rank K] [--neuron-epochs N] [--distil-only] [--rank-cap]
+                                    [--readout-rank K] [--neuron-epochs N] [--threshold T] [--round-epochs N]
+                                    [--distil-only] [--rank-cap]
                                     [--finished-only] [--sessions 190923 201025] [--preset recompress]
     bash benchmarks/recompress_gpu.sh [SECONDS [ARGS...]]   # on one GPU, within a time budget
 
@@ -28,7 +29,9 @@ release's images through random windows of 1 - Z to 1 times their side, `--batch
 `--lr LR` train the students in batches of B at rate LR, and `--readout-rank K`
 reads each neuron out at rank K. `--neuron-epochs N` fits each neuron's copy
 of the shared student for N epochs on its own before pruning, and links the
-labels and shared student from the run that made them. `--rank-cap` prints,
+labels and shared student from the run that made them; `--threshold T` and
+`--round-epochs N` prune to another share of the unpruned r² and retrain
+between visits of the layers, linking them likewise. `--rank-cap` prints,
 and does nothing else, how closely each published model follows itself with
 its own readout cut to rank 1 and 2: what a readout of that form loses on the
 published model's own features. `r distilled~theirs`
@@ -249,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--neuron-epochs", type=int,
                     help="epochs of each neuron's own fit before pruning, instead of the preset's (kept apart; the "
                          "labels and shared student are linked from a run that made them the same way)")
+    ap.add_argument("--threshold", type=float,
+                    help="fraction of the unpruned student's r² against the teacher that pruning keeps, instead of "
+                         "the preset's (kept apart; labels and shared student linked)")
+    ap.add_argument("--round-epochs", type=int,
+                    help="epochs of retraining, as the final one, before each later visit of the layers, instead of "
+                         "the preset's (kept apart; labels and shared student linked)")
     ap.add_argument("--rank-cap", action="store_true",
                     help="print how closely each published model follows itself with its readout cut to rank 1 and 2")
     ap.add_argument("--distil-only", action="store_true",
@@ -281,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, readout_rank=args.readout_rank)
     if args.neuron_epochs is not None:
         config = replace(config, neuron_epochs=args.neuron_epochs)
+    if args.threshold is not None:
+        config = replace(config, prune=replace(config.prune, threshold=args.threshold))
+    if args.round_epochs is not None:
+        config = replace(config, round_epochs=args.round_epochs)
     # A run's folder names what sets it apart (a preset other than `recompress`, each setting changed from the
     # preset), so a variant never resumes another.
     variant = (f"{per_session or 'all'}" + ("" if args.preset == "recompress" else f"_{args.preset}")
@@ -290,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                + (f"_lr{config.lr:g}" if config.lr != preset.lr else "")
                + (f"_z{config.stream.own_zoom:g}" if config.stream.own_zoom != preset.stream.own_zoom else "")
                + (f"_k{config.readout_rank}" if config.readout_rank != preset.readout_rank else "")
-               + (f"_n{config.neuron_epochs}" if config.neuron_epochs != preset.neuron_epochs else ""))
+               + (f"_n{config.neuron_epochs}" if config.neuron_epochs != preset.neuron_epochs else "")
+               + (f"_t{config.prune.threshold:g}" if config.prune.threshold != preset.prune.threshold else "")
+               + (f"_re{config.round_epochs}" if config.round_epochs != preset.round_epochs else ""))
     # Another choice of sessions is another sample, kept in folders of its own.
     tag = "" if tuple(args.sessions) == TEST_SESSIONS else "_" + "-".join(args.sessions)
     imported, run = args.work / f"imported_{per_session or 'all'}{tag}", args.work / f"ours_{variant}{tag}"

@@ -71,8 +71,9 @@ class CompressConfig:
     # small, so passes over the whole stream are cheap, and they win back what the cuts cost (`pipeline.STUDENTS_112`).
     final_images: int | None = None
     final_lr: float | None = None
-    # Retraining of the pruned network before each later visit of the layers (`PruneConfig.rounds`), as the final
-    # one is retrained (0: none): it wins back the budget the first visit's cuts spent (see `prune_neuron`).
+    # Retraining of the pruned network before each later visit of the layers (`PruneConfig.rounds`), for this many
+    # epochs on the final retraining's images at its rate (0: none): it wins back the budget the first visit's cuts
+    # spent (see `prune_neuron`).
     round_epochs: int = 0
     # Slimming after the per-neuron fit (`TrainConfig.channel_l1`, `scale_lr_ratio`; 0: none): a copy of a
     # shared student carries every neuron's channels, and those this neuron does not need go to zero before
@@ -362,7 +363,8 @@ def _compress_neuron(run_dir: Path, index: int, neuron_id: str, config: Compress
         return refit(m, tune_idx, config.finetune_epochs, seed + layer + 1)
 
     def recover(m: CompactStudent) -> CompactStudent:
-        return refit(m, fit_idx, config.round_epochs, seed + 98)
+        # Between visits the pruned network is retrained as the final one is: on its images, at its rate.
+        return refit(m, final_idx, config.round_epochs, seed + 98, config.final_lr)
 
     model, path = prune_neuron(model.eval(), probe, labels, config.prune, finetune=finetune, evaluate=evaluate,
                                reference=fitted if model is not fitted else None,
