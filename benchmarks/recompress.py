@@ -3,6 +3,7 @@
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
                                     [--images N] [--own-zoom Z] [--batch-size B] [--lr LR]
                                     [--readout-rank K] [--neuron-epochs N] [--threshold T] [--round-epochs N]
+                                    [--budget even]
                                     [--distil-only] [--rank-cap]
                                     [--finished-only] [--sessions 190923 201025] [--preset recompress]
     bash benchmarks/recompress_gpu.sh [SECONDS [ARGS...]]   # on one GPU, within a time budget
@@ -31,7 +32,8 @@ reads each neuron out at rank K. `--neuron-epochs N` fits each neuron's copy
 of the shared student for N epochs on its own before pruning, and links the
 labels and shared student from the run that made them; `--threshold T` and
 `--round-epochs N` prune to another share of the unpruned r² and retrain
-between visits of the layers, linking them likewise. `--rank-cap` prints,
+between visits of the layers, and `--budget even` shares each visit's budget
+among its layers (`PruneConfig.budget`), linking them likewise. `--rank-cap` prints,
 and does nothing else, how closely each published model follows itself with
 its own readout cut to rank 1 and 2: what a readout of that form loses on the
 published model's own features. `r distilled~theirs`
@@ -60,6 +62,7 @@ from compactvision.distill import LabelCache, same_stream
 from compactvision.errors import CompactVisionError
 from compactvision.metrics import pearson_r
 from compactvision.pipeline import COMPRESS_PRESETS
+from compactvision.prune import BUDGETS
 from compactvision.progress import reporter
 from compactvision.rundir import CACHE_DIR, SHARED_STUDENT, heldout_data, history_path, neuron_ids_of
 from compactvision.train import predict
@@ -255,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float,
                     help="fraction of the unpruned student's r² against the teacher that pruning keeps, instead of "
                          "the preset's (kept apart; labels and shared student linked)")
+    ap.add_argument("--budget", choices=BUDGETS,
+                    help="how each visit of the layers spends the accuracy budget, instead of the preset's (kept "
+                         "apart; labels and shared student linked)")
     ap.add_argument("--round-epochs", type=int,
                     help="epochs of retraining, as the final one, before each later visit of the layers, instead of "
                          "the preset's (kept apart; labels and shared student linked)")
@@ -294,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, prune=replace(config.prune, threshold=args.threshold))
     if args.round_epochs is not None:
         config = replace(config, round_epochs=args.round_epochs)
+    if args.budget is not None:
+        config = replace(config, prune=replace(config.prune, budget=args.budget))
     # A run's folder names what sets it apart (a preset other than `recompress`, each setting changed from the
     # preset), so a variant never resumes another.
     variant = (f"{per_session or 'all'}" + ("" if args.preset == "recompress" else f"_{args.preset}")
@@ -305,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                + (f"_k{config.readout_rank}" if config.readout_rank != preset.readout_rank else "")
                + (f"_n{config.neuron_epochs}" if config.neuron_epochs != preset.neuron_epochs else "")
                + (f"_t{config.prune.threshold:g}" if config.prune.threshold != preset.prune.threshold else "")
-               + (f"_re{config.round_epochs}" if config.round_epochs != preset.round_epochs else ""))
+               + (f"_re{config.round_epochs}" if config.round_epochs != preset.round_epochs else "")
+               + (f"_{config.prune.budget}" if config.prune.budget != preset.prune.budget else ""))
     # Another choice of sessions is another sample, kept in folders of its own.
     tag = "" if tuple(args.sessions) == TEST_SESSIONS else "_" + "-".join(args.sessions)
     imported, run = args.work / f"imported_{per_session or 'all'}{tag}", args.work / f"ours_{variant}{tag}"

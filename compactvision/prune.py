@@ -52,6 +52,7 @@ from compactvision.models.student import CompactStudent, select_channels, tf_sam
 
 CRITERIA = ("output", "reconstruction")
 ORDERS = ("last_first", "readout_then_first")
+BUDGETS = ("greedy", "even")
 COMPENSATIONS = ("least_squares", "mean")
 CHUNK = 128  # probe images per forward pass
 
@@ -72,6 +73,11 @@ class PruneConfig:
     criterion: str = "output"
     order: str = "readout_then_first"
     rounds: int = 2
+    # How a visit of the layers spends the accuracy budget (what the model has above the floor). "greedy": each
+    # layer may spend all that is left, so the layer cut first takes it and the later ones get only free cuts.
+    # "even": each layer may spend its share of what is left, 1/n with n layers still to visit, so every layer
+    # is cut some (the retraining between visits, `CompressConfig.round_epochs`, then refills the budget).
+    budget: str = "greedy"
     # "least_squares" or "mean". The twin presets were built and measured with "mean"; the real-V4 presets
     # carry by least squares (measured in benchmarks/recompress.py). The reference criterion needs "mean".
     compensation: str = "mean"
@@ -104,6 +110,8 @@ class PruneConfig:
             raise ValueError(f"compensation must be one of {COMPENSATIONS}, got {self.compensation!r}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         if self.criterion == "reconstruction" and self.compensation != "mean":
             raise ValueError("the reconstruction criterion is the reference's, which carries dropped filters by "
                              "their means: use compensation='mean' with it")
@@ -462,7 +470,8 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
 
     Every cut must keep `threshold` x the *unpruned* student's r² against the
     teacher on the probe, so the whole path, not only each step, stays within
-    the budget. `finetune(model, layer)` retrains after each cut (the paper
+    the budget; with `config.budget` "even" a cut may spend only its layer's
+    share of what is left in the visit. `finetune(model, layer)` retrains after each cut (the paper
     retrains the rebuilt network); `evaluate(model)` returns the scores of
     each step ("r_teacher" becomes the step's accuracy). `reference` is the
     unpruned student when `student` is already a sparser version of it (a
@@ -496,10 +505,14 @@ def prune_neuron(student: CompactStudent, probe: torch.Tensor, labels: np.ndarra
         if visit and recover is not None and any(c > config.min_filters for c in student.arch.channels):
             student = recover(student).eval()
             path[-1] = step(path[-1].layer, student, path[-1].explained, path[-1].round)
-        for layer in config.layer_order(config.order, len(student.layers)):
-            if visit and student.arch.channels[layer] <= config.min_filters:
-                continue
-            cut, explained = prune_layer(student, probe, labels, layer, config, floor)
+        layers = [layer for layer in config.layer_order(config.order, len(student.layers))
+                  if not (visit and student.arch.channels[layer] <= config.min_filters)]
+        for i, layer in enumerate(layers):
+            bar = floor
+            if config.budget == "even":
+                now = r_squared(responses(student, probe), labels)
+                bar = max(floor, now - (now - floor) / (len(layers) - i))
+            cut, explained = prune_layer(student, probe, labels, layer, config, bar)
             if visit and cut.arch.channels == student.arch.channels:
                 continue  # nothing more to cut here: no fine-tune, no step
             student = cut if finetune is None else finetune(cut, layer).eval()

@@ -374,3 +374,26 @@ def test_a_slimmed_student_is_pruned_within_its_references_budget():
     floor = 0.8 * r_squared(responses(reference, x), labels)
     assert r_squared(responses(small, x), labels) >= min(floor, path[1].accuracy ** 2) - 1e-6
     assert small.arch.channels[2] <= 4  # the zeroed filters went for free
+
+
+def test_an_even_budget_leaves_each_layer_of_a_visit_its_share():
+    """Greedy, the layer cut first may spend the whole budget; even, each cut spends at most its share of what is
+    left, 1/n with n layers still to visit, and the path still ends above the floor."""
+    m = _random_student(seed=3)
+    x = torch.rand(64, 3, 32, 32)
+    labels = responses(m, x)
+
+    def evaluate(model: CompactStudent) -> dict[str, float]:
+        return {"r_teacher": r_squared(responses(model, x), labels)}  # r², the budget's own measure
+
+    greedy = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=1), evaluate=evaluate)[1]
+    even = prune_neuron(m, x, labels, PruneConfig(threshold=0.8, rounds=1, budget="even"), evaluate=evaluate)[1]
+    floor = 0.8 * even[0].accuracy
+    assert [s.layer for s in even] == [None, 4, 0, 1, 2, 3]
+    for n, (before, step) in zip(range(5, 0, -1), zip(even, even[1:])):
+        assert step.accuracy >= before.accuracy - (before.accuracy - floor) / n - 1e-9
+    assert even[-1].accuracy >= floor - 1e-9
+    assert greedy[1].accuracy < even[1].accuracy, "greedy, the readout layer's cut spends more than a fifth"
+    assert greedy[1].channels[4] < even[1].channels[4]
+    with pytest.raises(ValueError, match="budget"):
+        PruneConfig(budget="lavish")
