@@ -3,7 +3,7 @@
     python benchmarks/recompress.py [--release PATH] [--work runs/recompress] [--per-session 4] [--shared-epochs N]
                                     [--images N] [--own-zoom Z] [--batch-size B] [--lr LR]
                                     [--readout-rank K] [--neuron-epochs N] [--threshold T] [--round-epochs N]
-                                    [--budget even]
+                                    [--final-epochs N] [--budget even]
                                     [--distil-only] [--rank-cap]
                                     [--finished-only] [--sessions 190923 201025] [--preset recompress]
     bash benchmarks/recompress_gpu.sh [SECONDS [ARGS...]]   # on one GPU, within a time budget
@@ -32,7 +32,8 @@ reads each neuron out at rank K. `--neuron-epochs N` fits each neuron's copy
 of the shared student for N epochs on its own before pruning, and links the
 labels and shared student from the run that made them; `--threshold T` and
 `--round-epochs N` prune to another share of the unpruned r² and retrain
-between visits of the layers, and `--budget even` shares each visit's budget
+between visits of the layers, `--final-epochs N` retrains each pruned model
+for N epochs, and `--budget even` shares each visit's budget
 among its layers (`PruneConfig.budget`), linking them likewise. `--rank-cap` prints,
 and does nothing else, how closely each published model follows itself with
 its own readout cut to rank 1 and 2: what a readout of that form loses on the
@@ -258,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float,
                     help="fraction of the unpruned student's r² against the teacher that pruning keeps, instead of "
                          "the preset's (kept apart; labels and shared student linked)")
+    ap.add_argument("--final-epochs", type=int,
+                    help="epochs of each pruned model's final retraining instead of the preset's (kept apart; labels "
+                         "and shared student linked)")
     ap.add_argument("--budget", choices=BUDGETS,
                     help="how each visit of the layers spends the accuracy budget, instead of the preset's (kept "
                          "apart; labels and shared student linked)")
@@ -300,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, prune=replace(config.prune, threshold=args.threshold))
     if args.round_epochs is not None:
         config = replace(config, round_epochs=args.round_epochs)
+    if args.final_epochs is not None:
+        config = replace(config, final_epochs=args.final_epochs)
     if args.budget is not None:
         config = replace(config, prune=replace(config.prune, budget=args.budget))
     # A run's folder names what sets it apart (a preset other than `recompress`, each setting changed from the
@@ -314,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                + (f"_n{config.neuron_epochs}" if config.neuron_epochs != preset.neuron_epochs else "")
                + (f"_t{config.prune.threshold:g}" if config.prune.threshold != preset.prune.threshold else "")
                + (f"_re{config.round_epochs}" if config.round_epochs != preset.round_epochs else "")
+               + (f"_f{config.final_epochs}" if config.final_epochs != preset.final_epochs else "")
                + (f"_{config.prune.budget}" if config.prune.budget != preset.prune.budget else ""))
     # Another choice of sessions is another sample, kept in folders of its own.
     tag = "" if tuple(args.sessions) == TEST_SESSIONS else "_" + "-".join(args.sessions)
