@@ -226,6 +226,48 @@ def reuse_shared_stages(run: Path, work: Path, config: CompressConfig) -> tuple[
     return None, []
 
 
+#: Settings a variant changes from its preset: option, type (or choices), where in `CompressConfig` it goes, the
+#: tag its run's folder carries, and what it is. In the order of the tags in a folder's name.
+VARIANT_OPTIONS: tuple[tuple[str, type | tuple[str, ...], str, str, str], ...] = (
+    ("--shared-epochs", int, "shared_epochs", "e", "epochs of the shared student"),
+    ("--images", int, "stream.n_images", "i", "images the published models label for distillation"),
+    ("--batch-size", int, "batch_size", "b", "the students' batch size"),
+    ("--lr", float, "lr", "lr", "the students' learning rate"),
+    ("--own-zoom", float, "stream.own_zoom", "z",
+     "the stream's own images seen through random windows of 1 - Z to 1 times their side"),
+    ("--readout-rank", int, "readout_rank", "k", "rank of the shared student's factorised readout"),
+    ("--neuron-epochs", int, "neuron_epochs", "n", "epochs of each neuron's own fit before pruning"),
+    ("--threshold", float, "prune.threshold", "t",
+     "fraction of the unpruned student's r² against the teacher that pruning keeps"),
+    ("--round-epochs", int, "round_epochs", "re",
+     "epochs of retraining, as the final one, before each later visit of the layers"),
+    ("--final-epochs", int, "final_epochs", "f", "epochs of each pruned model's final retraining"),
+    ("--budget", BUDGETS, "prune.budget", "", "how each visit of the layers spends the accuracy budget"),
+)
+
+
+def variant_name(per_session: int | None, preset_name: str, config: CompressConfig) -> str:
+    """A run's folder names what sets it apart: its sample, a preset other than `recompress`, and each setting
+    changed from the preset, so a variant never resumes another."""
+    preset = COMPRESS_PRESETS[preset_name]
+    changed = [(tag, _setting(config, path)) for _, _, path, tag, _ in VARIANT_OPTIONS
+               if _setting(config, path) != _setting(preset, path)]
+    return (f"{per_session or 'all'}" + ("" if preset_name == "recompress" else f"_{preset_name}")
+            + "".join(f"_{tag}{v:g}" if isinstance(v, float) else f"_{tag}{v}" for tag, v in changed))
+
+
+def _setting(config: object, path: str) -> object:
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _with_setting(config: object, path: str, value: object) -> object:
+    """`config` with the (dotted) setting at `path` changed; the frozen settings it sits in are copied."""
+    head, _, rest = path.partition(".")
+    return replace(config, **{head: _with_setting(getattr(config, head), rest, value) if rest else value})
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -241,33 +283,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"the sessions whose published models are re-compressed (default {' '.join(TEST_SESSIONS)})")
     ap.add_argument("--preset", default="recompress", choices=COMPRESS_PRESETS)
     ap.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    ap.add_argument("--shared-epochs", type=int,
-                    help="epochs of the shared student instead of the preset's (its runs are kept apart)")
-    ap.add_argument("--images", type=int,
-                    help="images the published models label for distillation, instead of the preset's (kept apart)")
-    ap.add_argument("--batch-size", type=int,
-                    help="the students' batch size instead of the preset's (kept apart; the labels are shared)")
-    ap.add_argument("--lr", type=float, help="the students' learning rate instead of the preset's (kept apart)")
-    ap.add_argument("--own-zoom", type=float,
-                    help="the stream's own images seen through random windows of 1 - Z to 1 times their side, "
-                         "instead of the preset's (kept apart)")
-    ap.add_argument("--readout-rank", type=int,
-                    help="rank of the shared student's factorised readout instead of the preset's (kept apart)")
-    ap.add_argument("--neuron-epochs", type=int,
-                    help="epochs of each neuron's own fit before pruning, instead of the preset's (kept apart; the "
-                         "labels and shared student are linked from a run that made them the same way)")
-    ap.add_argument("--threshold", type=float,
-                    help="fraction of the unpruned student's r² against the teacher that pruning keeps, instead of "
-                         "the preset's (kept apart; labels and shared student linked)")
-    ap.add_argument("--final-epochs", type=int,
-                    help="epochs of each pruned model's final retraining instead of the preset's (kept apart; labels "
-                         "and shared student linked)")
-    ap.add_argument("--budget", choices=BUDGETS,
-                    help="how each visit of the layers spends the accuracy budget, instead of the preset's (kept "
-                         "apart; labels and shared student linked)")
-    ap.add_argument("--round-epochs", type=int,
-                    help="epochs of retraining, as the final one, before each later visit of the layers, instead of "
-                         "the preset's (kept apart; labels and shared student linked)")
+    for option, kind, _, _, text in VARIANT_OPTIONS:
+        ap.add_argument(option, **({"choices": kind} if isinstance(kind, tuple) else {"type": kind}),
+                        help=f"{text}, instead of the preset's (a run of its own; labels and a shared student made "
+                             "the same way are linked from a sibling run)")
     ap.add_argument("--rank-cap", action="store_true",
                     help="print how closely each published model follows itself with its readout cut to rank 1 and 2")
     ap.add_argument("--distil-only", action="store_true",
@@ -285,43 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         per_session = args.per_session
     else:
         per_session = None if torch.cuda.is_available() else 4
-    preset = config = COMPRESS_PRESETS[args.preset]
-    if args.shared_epochs:
-        config = replace(config, shared_epochs=args.shared_epochs)
-    if args.images:
-        config = replace(config, stream=replace(config.stream, n_images=args.images))
-    if args.batch_size:
-        config = replace(config, batch_size=args.batch_size)
-    if args.lr:
-        config = replace(config, lr=args.lr)
-    if args.own_zoom is not None:
-        config = replace(config, stream=replace(config.stream, own_zoom=args.own_zoom))
-    if args.readout_rank:
-        config = replace(config, readout_rank=args.readout_rank)
-    if args.neuron_epochs is not None:
-        config = replace(config, neuron_epochs=args.neuron_epochs)
-    if args.threshold is not None:
-        config = replace(config, prune=replace(config.prune, threshold=args.threshold))
-    if args.round_epochs is not None:
-        config = replace(config, round_epochs=args.round_epochs)
-    if args.final_epochs is not None:
-        config = replace(config, final_epochs=args.final_epochs)
-    if args.budget is not None:
-        config = replace(config, prune=replace(config.prune, budget=args.budget))
-    # A run's folder names what sets it apart (a preset other than `recompress`, each setting changed from the
-    # preset), so a variant never resumes another.
-    variant = (f"{per_session or 'all'}" + ("" if args.preset == "recompress" else f"_{args.preset}")
-               + (f"_e{config.shared_epochs}" if config.shared_epochs != preset.shared_epochs else "")
-               + (f"_i{config.stream.n_images}" if config.stream.n_images != preset.stream.n_images else "")
-               + (f"_b{config.batch_size}" if config.batch_size != preset.batch_size else "")
-               + (f"_lr{config.lr:g}" if config.lr != preset.lr else "")
-               + (f"_z{config.stream.own_zoom:g}" if config.stream.own_zoom != preset.stream.own_zoom else "")
-               + (f"_k{config.readout_rank}" if config.readout_rank != preset.readout_rank else "")
-               + (f"_n{config.neuron_epochs}" if config.neuron_epochs != preset.neuron_epochs else "")
-               + (f"_t{config.prune.threshold:g}" if config.prune.threshold != preset.prune.threshold else "")
-               + (f"_re{config.round_epochs}" if config.round_epochs != preset.round_epochs else "")
-               + (f"_f{config.final_epochs}" if config.final_epochs != preset.final_epochs else "")
-               + (f"_{config.prune.budget}" if config.prune.budget != preset.prune.budget else ""))
+    config = COMPRESS_PRESETS[args.preset]
+    for option, _, path, _, _ in VARIANT_OPTIONS:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            config = _with_setting(config, path, value)
+    variant = variant_name(per_session, args.preset, config)
     # Another choice of sessions is another sample, kept in folders of its own.
     tag = "" if tuple(args.sessions) == TEST_SESSIONS else "_" + "-".join(args.sessions)
     imported, run = args.work / f"imported_{per_session or 'all'}{tag}", args.work / f"ours_{variant}{tag}"

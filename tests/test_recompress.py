@@ -155,3 +155,18 @@ def test_the_benchmark_scores_finished_neurons_only_and_starts_no_work_for_that(
     run = tmp_path / "w" / "ours_1_tiny_100101"
     assert neuron_ids_of(run) == ["100101_neuron0"], "--per-session picks the sample, GPU or not"
     assert not (run / ".cache" / "labels").exists() and not (run / SHARED_STUDENT).exists()
+
+
+def test_each_variant_runs_in_a_folder_named_for_what_it_changes():
+    """Runs made before keep their names (so they resume), and a setting reaches the config at its dotted place."""
+    bench = load_benchmark("recompress")
+    preset = bench.COMPRESS_PRESETS["recompress"]
+    assert bench.variant_name(4, "recompress", preset) == "4"
+    assert bench.variant_name(None, "tiny", bench.COMPRESS_PRESETS["tiny"]) == "all_tiny"
+    config = preset
+    for path, value in (("stream.n_images", 65536), ("stream.own_zoom", 0.3), ("prune.threshold", 0.8),
+                        ("round_epochs", 1), ("prune.budget", "even")):
+        config = bench._with_setting(config, path, value)
+    assert config.stream.n_images == 65536 and config.prune.threshold == 0.8 and config.prune.budget == "even"
+    assert config.prune.rounds == preset.prune.rounds and config.stream.image_size == preset.stream.image_size
+    assert bench.variant_name(4, "recompress", config) == "4_i65536_z0.3_t0.8_re1_even"
