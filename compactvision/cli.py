@@ -379,6 +379,9 @@ def _add_pruning_options(p: argparse.ArgumentParser) -> None:
                    help="how the kept filters stand in for dropped ones: least_squares refits the next layer's "
                         "weights; mean folds the dropped filters' means into its bias (default from the preset)")
     p.add_argument("--min-filters", type=int, help="filters every layer keeps at the least (default 3)")
+    p.add_argument("--budget", choices=["greedy", "even"],
+                   help="how each visit of the layers spends the accuracy budget: greedy lets each layer spend all "
+                        "that is left; even, its share of it (default from the preset)")
     _add_round_epochs_option(p)
     _add_slimming_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the image stream, initialisation and pruning probes")
@@ -420,7 +423,8 @@ def _compression_config(args: argparse.Namespace, base=None):
     if args.readout_rank is not None:
         config = replace(config, readout_rank=args.readout_rank)
     prune = {k: v for k, v in (("threshold", args.threshold), ("criterion", args.criterion),
-                               ("min_filters", args.min_filters), ("compensation", args.compensation))
+                               ("min_filters", args.min_filters), ("compensation", args.compensation),
+                               ("budget", args.budget))
              if v is not None}
     rest = {} if args.round_epochs is None else {"round_epochs": args.round_epochs}
     if args.criterion == "reconstruction":

@@ -47,7 +47,8 @@ def test_strategy_and_readout_options_override_the_preset_into_a_valid_config():
     assert config("--criterion", "reconstruction").prune.compensation == "mean"  # the reference's own carry
     assert preset.neuron_channel_l1 == 0 and preset.neuron_epochs == 0
     assert config("--strategy", "per_neuron", "--slimming", "0.5").neuron_channel_l1 == 0.5
-    assert config("--round-epochs", "2").round_epochs == 2 and preset.round_epochs == 0
+    assert config("--round-epochs", "2").round_epochs == 2
+    assert config("--budget", "even").prune.budget == "even" and preset.prune.budget == "greedy"
 
 
 def test_round_epochs_follow_the_visits_they_come_between(monkeypatch):
