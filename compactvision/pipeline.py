@@ -240,7 +240,7 @@ COMPRESS_PRESETS: dict[str, CompressConfig] = {
     # 17,356 to 7,674 parameters (theirs 12,699), r against theirs 0.918 either way, against the responses 0.638
     # -> 0.635 (theirs 0.654), 411 -> 589 s per neuron on 2 workers. Sharing each visit's budget evenly among
     # its layers (`--budget even`) kept 190923_neuron0 at 16,281 parameters against 12,063 greedy; pruning to
-    # 0.8 of the r² cost 0.02-0.03 of r against the responses. The `v4` pipeline keeps `STUDENTS_112`: its
+    # 0.8 of the r² cost 0.02-0.04 of r against the responses. The `v4` pipeline keeps `STUDENTS_112`: its
     # models are already half the published size, and its run resumes under the settings it began with.
     "recompress": replace(STUDENTS_112, round_epochs=1, final_epochs=4),
 }
